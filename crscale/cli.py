@@ -1,0 +1,266 @@
+"""The ``crscale`` command line. Thin: parses arguments and calls the layers below.
+
+Exit status: 0 when everything asked for succeeded, 1 when some input failed (the others
+were still processed), 2 for a usage error or an archive that cannot be opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from crscale._version import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _chunks(text: str) -> list[int]:
+    parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError("chunks are 'N' or 'NY,NX' with positive integers")
+    return parts
+
+
+def _add_ingest_args(p: argparse.ArgumentParser, *, inputs_required: bool) -> None:
+    p.add_argument(
+        "inputs",
+        nargs="+" if inputs_required else "*",
+        metavar="INPUT",
+        help="FITS files, directories (searched recursively), glob patterns ('raw/**/*.fz'), "
+        "or manifests (@list.txt: one file per line, optional dq=PATH weight=PATH)",
+    )
+    p.add_argument("--archive", "-a", required=True, help="the Zarr archive (created if missing)")
+    p.add_argument("--force", action="store_true",
+                   help="redo files whose SHA-256 is already in the archive")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="use a running Dask scheduler (address or scheduler-file.json) instead "
+                   "of starting a LocalCluster")
+    p.add_argument("--workers", type=int, metavar="N", help="LocalCluster worker processes")
+    p.add_argument("--chunks", type=_chunks, metavar="NY,NX",
+                   help="Zarr chunk shape (default from config: crscale.archive.chunks)")
+    p.add_argument("--hdu", action="append", metavar="SEL", dest="hdus",
+                   help="only these science HDUs: index, EXTNAME or EXTNAME,EXTVER (repeatable)")
+    p.add_argument("--dq", metavar="PATH",
+                   help="separate data-quality / bad-pixel file for a single input file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--report", metavar="JSON", help="also write the per-file results as JSON")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 on duplicates too, not only on failures")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``crscale`` command."""
+    parser = argparse.ArgumentParser(
+        prog="crscale",
+        description="Survey-scale cosmic-ray detection on Dask: FITS -> Zarr archive -> "
+        "CR masks, cleaned images and CR catalogues.",
+    )
+    parser.add_argument("--version", action="version", version=f"crscale {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ingest", help="ingest FITS exposures into a Zarr archive",
+                       description="Ingest FITS exposures into a crscale Zarr archive, in "
+                       "parallel on Dask. Re-running skips files already ingested.")
+    _add_ingest_args(p, inputs_required=True)
+
+    p = sub.add_parser("run", help="the whole pipeline over inputs (stages available: ingest)",
+                       description="Run every available stage over the inputs: ingest now; "
+                       "detect and catalogue join as they are built.")
+    _add_ingest_args(p, inputs_required=False)
+    p.add_argument("--sample", action="store_true",
+                   help="add the bundled real sample exposures to the inputs")
+
+    p = sub.add_parser("info", help="summarise an archive",
+                       description="Print a readable summary of an archive: exposures, "
+                       "stages, guessed metadata, warnings and failures.")
+    p.add_argument("archive", help="the Zarr archive")
+    p.add_argument("--exposure", "-e", help="details of one exposure")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON")
+
+    sub.add_parser("sample-data", help="print the folder of the bundled real sample data")
+    return parser
+
+
+def _cmd_ingest(args: argparse.Namespace, inputs: list) -> int:
+    from crscale.engine.ingest import ingest
+    from crscale.io.errors import ArchiveError
+
+    if args.dq:
+        from crscale.io.inputs import InputSpec
+
+        if len(inputs) != 1:
+            print("crscale: --dq needs exactly one input file; use a manifest "
+                  "(image dq=PATH per line) for many", file=sys.stderr)
+            return EXIT_USAGE
+        inputs = [InputSpec(str(Path(inputs[0]).absolute()), str(Path(args.dq).absolute()))]
+    if not inputs:
+        print("crscale: no inputs (give files, directories, patterns or --sample)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.workers and not args.scheduler:
+            from crscale.engine.cluster import dask_client
+
+            with dask_client(n_workers=args.workers) as client:
+                report = ingest(inputs, args.archive, client=client, force=args.force,
+                                hdus=args.hdus, chunks=args.chunks,
+                                progress=not args.no_progress)
+        else:
+            report = ingest(inputs, args.archive, scheduler=args.scheduler, force=args.force,
+                            hdus=args.hdus, chunks=args.chunks, progress=not args.no_progress)
+    except ArchiveError as exc:
+        print(f"crscale: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(report.summary())
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
+    if not report.ok or (args.strict and report.by_status("duplicate")):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def format_info(summary: dict) -> str:
+    """Render :meth:`crscale.io.Archive.summary` as text."""
+    sw = summary.get("software", {})
+    lines = [
+        f"crscale archive {summary['path']}",
+        f"  format {summary['crscale_format']}, created {summary.get('created')} "
+        f"with crscale {sw.get('crscale', '?')} (zarr {sw.get('zarr', '?')})",
+        f"  {summary['n_exposures']} exposure(s), {summary['n_detectors']} detector(s), "
+        f"{summary['n_pixels'] / 1e6:.2f} Mpix, {_fmt_bytes(summary['disk_bytes'])} on disk",
+    ]
+    rows = summary["exposures"]
+    if rows:
+        header = ("exposure", "instrument", "date_obs", "exptime", "det", "shape", "stages",
+                  "guessed")
+        table = []
+        for r in rows:
+            shapes = sorted(set(r["shapes"]))
+            shape = " ".join(f"{s[0]}x{s[1]}" for s in shapes)
+            stages = ",".join(f"{k}:{v}" for k, v in r["status"].items())
+            exptime = "-" if r["exptime"] is None else f"{r['exptime']:g}"
+            table.append((r["exposure_id"], r["instrument"] or "?", (r["date_obs"] or "?")[:19],
+                          exptime, str(len(r["detectors"])), shape, stages,
+                          ",".join(r.get("guessed", [])) or "-"))
+        widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
+        lines.append("")
+        for t in (header, *table):
+            lines.append(("  " + "  ".join(c.ljust(w) for c, w in zip(t, widths, strict=True))).rstrip())
+    warned = [r for r in rows if r["warnings"]]
+    if warned:
+        lines.append("")
+        lines.append(f"Warnings ({len(warned)} exposure(s)):")
+        for r in warned:
+            for w in r["warnings"]:
+                lines.append(f"  {r['exposure_id']}: {w}")
+    failures = summary["failures"]
+    failed = [f for f in failures if f.get("kind") != "duplicate"]
+    dups = [f for f in failures if f.get("kind") == "duplicate"]
+    lines.append("")
+    lines.append(f"Failures: {len(failed)}" + ("" if failed else " (none)"))
+    for f in failed:
+        lines.append(f"  [{f.get('stage')}/{f.get('kind')}] {f.get('problem')}  ({f.get('time')})")
+    if dups:
+        lines.append(f"Duplicates skipped: {len(dups)}")
+        for f in dups:
+            lines.append(f"  {f.get('path')}: {f.get('problem')}")
+    if summary.get("n_staging_leftovers"):
+        lines.append(f"Interrupted writes left in staging/: {summary['n_staging_leftovers']} "
+                     "(removed by the next ingest)")
+    return "\n".join(lines)
+
+
+def format_exposure(archive, exposure_id: str) -> str:  # noqa: ANN001 - Archive, imported lazily
+    """Render one exposure's attributes and detectors as text."""
+    attrs = archive.exposure_attrs(exposure_id)
+    src = attrs["source"]
+    lines = [
+        f"exposure {exposure_id}",
+        f"  source     {src['path']}",
+        f"  sha256     {src['sha256']}  ({_fmt_bytes(src['size'])})",
+    ]
+    for key in ("instrument", "telescope", "date_obs", "exptime", "filter", "object"):
+        lines.append(f"  {key:<10} {attrs.get(key)}")
+    for stage, st in attrs.get("status", {}).items():
+        lines.append(f"  {stage:<10} {st.get('state')} at {st.get('time')} "
+                     f"(crscale {st.get('crscale_version')})")
+    for det in archive.detectors(exposure_id):
+        ds = archive.open_detector(exposure_id, det)
+        a = ds.attrs
+        planes = ", ".join(f"{v} {ds[v].dtype} chunks {ds[v].encoding.get('chunks')}"
+                           for v in ds.data_vars)
+        lines.append(f"  detector {det}: HDU {a.get('hdu_index')} "
+                     f"(EXTNAME={a.get('extname')!r}, EXTVER={a.get('extver')}), "
+                     f"{ds.sizes['y']}x{ds.sizes['x']}")
+        lines.append(f"    planes     {planes}")
+        lines.append(f"    gain {a.get('gain'):.4g} e-/ADU, read noise {a.get('readnoise'):.4g} e-, "
+                     f"saturation {a.get('saturation')}, binning {a.get('binning')}, "
+                     f"detector {a.get('detector')!r}")
+        if a.get("dq_source"):
+            lines.append(f"    dq from    {a['dq_source']}")
+        if a.get("guessed"):
+            lines.append(f"    guessed    {', '.join(a['guessed'])}")
+    return "\n".join(lines)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from crscale.io.archive import Archive, dumps_summary
+    from crscale.io.errors import ArchiveError
+
+    try:
+        archive = Archive(args.archive, mode="r")
+    except ArchiveError as exc:
+        print(f"crscale: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.exposure:
+        if args.exposure not in archive:
+            print(f"crscale: no exposure {args.exposure!r} in {archive.path}", file=sys.stderr)
+            return EXIT_USAGE
+        if args.json:
+            print(json.dumps(archive.exposure_attrs(args.exposure), indent=2))
+        else:
+            print(format_exposure(archive, args.exposure))
+        return EXIT_OK
+    summary = archive.summary()
+    print(dumps_summary(summary) if args.json else format_info(summary))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``crscale`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "ingest":
+        return _cmd_ingest(args, list(args.inputs))
+    if args.command == "run":
+        inputs = list(args.inputs)
+        if args.sample:
+            from crscale import sample_data_dir
+
+            inputs.append(str(sample_data_dir() / "images"))
+        print("crscale run: stages available in this version: ingest")
+        return _cmd_ingest(args, inputs)
+    if args.command == "info":
+        return _cmd_info(args)
+    if args.command == "sample-data":
+        from crscale import sample_data_dir
+
+        print(sample_data_dir())
+        return EXIT_OK
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

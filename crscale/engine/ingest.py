@@ -1,0 +1,379 @@
+"""The ingest stage: FITS files into the archive, in parallel on a Dask cluster.
+
+The client expands the inputs, hashes every file on the workers, decides what to do
+with each (ingest, skip as already ingested, reject as a duplicate) and gives every new
+exposure a unique id; workers then read the FITS files and write their exposures, each
+atomically (see :mod:`crscale.io.archive`). Failures come back as results, never as
+exceptions, so one bad file never stops the run; the client records them in the archive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from distributed import Client, as_completed
+from tqdm.auto import tqdm
+
+from crscale import config
+from crscale.engine.cluster import dask_client
+from crscale.io.archive import Archive
+from crscale.io.errors import ArchiveError, InputError
+from crscale.io.fits_reader import exposure_id_from_path, read_exposure, sha256_file
+from crscale.io.inputs import InputSpec, expand_inputs
+
+#: Futures kept in flight per worker thread; bounds scheduler memory on huge inputs.
+IN_FLIGHT_PER_THREAD = 4
+
+
+@dataclass
+class IngestResult:
+    """What happened to one input file.
+
+    Attributes
+    ----------
+    path : str
+        The input file.
+    status : {"done", "skipped", "duplicate", "failed"}
+        Outcome.
+    exposure_id : str or None
+        Archive id (for done, skipped and duplicates: the id holding that content).
+    message : str
+        Human-readable detail (the problem, for failures).
+    kind : str
+        Class of failure (``"corrupt"``, ``"truncated"``, ``"no-image"``, ``"archive"``...).
+    sha256 : str or None
+        Checksum of the file.
+    warnings : list of str
+        Metadata warnings (guessed keywords, NaN pixels ...).
+    n_detectors, n_pixels, nbytes : int
+        Size of what was written.
+    seconds : float
+        Worker time spent.
+    """
+
+    path: str
+    status: str
+    exposure_id: str | None = None
+    message: str = ""
+    kind: str = ""
+    sha256: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    n_detectors: int = 0
+    n_pixels: int = 0
+    nbytes: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class IngestReport:
+    """All results of an ingest run, in input order."""
+
+    archive: str
+    results: list[IngestResult]
+    seconds: float = 0.0
+
+    def by_status(self, status: str) -> list[IngestResult]:
+        """Results with the given status."""
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def ok(self) -> bool:
+        """True when no input failed."""
+        return not self.by_status("failed")
+
+    def counts(self) -> dict[str, int]:
+        """Number of results per status."""
+        return {s: len(self.by_status(s)) for s in ("done", "skipped", "duplicate", "failed")}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {"archive": self.archive, "seconds": self.seconds, "counts": self.counts(),
+                "results": [asdict(r) for r in self.results]}
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        c = self.counts()
+        done = self.by_status("done")
+        mpix = sum(r.n_pixels for r in done) / 1e6
+        mb = sum(r.nbytes for r in done) / 1e6
+        lines = [
+            f"ingest: {c['done']} ingested, {c['skipped']} already in the archive, "
+            f"{c['duplicate']} duplicate(s), {c['failed']} failed "
+            f"({mpix:.1f} Mpix, {mb:.1f} MB read, {self.seconds:.1f} s)"
+        ]
+        for r in self.by_status("duplicate"):
+            lines.append(f"  duplicate: {r.path}: {r.message}")
+        for r in self.by_status("failed"):
+            lines.append(f"  FAILED: {r.message}")
+        n_warn = sum(1 for r in done if r.warnings)
+        if n_warn:
+            lines.append(f"  {n_warn} exposure(s) with header warnings (see `crscale info`)")
+        return "\n".join(lines)
+
+
+def ingest_settings(
+    *,
+    chunks: Sequence[int] | None = None,
+    hdus: Sequence[str | int] | None = None,
+) -> dict[str, Any]:
+    """Resolve ingest settings on the client (workers may not share its dask config)."""
+    return {
+        "chunks": list(chunks) if chunks else list(config.get("archive.chunks")),
+        "shards": config.get("archive.shards"),
+        "compressor": dict(config.get("archive.compressor")),
+        "image_dtype": config.get("archive.image_dtype"),
+        "dq_extnames": list(config.get("ingest.dq_extnames")),
+        "aux_extnames": list(config.get("ingest.aux_extnames")),
+        "fallbacks": dict(config.get("ingest.fallbacks")),
+        "hdus": list(hdus) if hdus else None,
+    }
+
+
+def hash_file(path: str) -> tuple[str, str | None, str]:
+    """Worker task: ``(path, sha256 or None, error message)``."""
+    try:
+        return path, sha256_file(path), ""
+    except OSError as exc:
+        return path, None, f"{path}: cannot read ({exc.strerror or exc})"
+
+
+def ingest_one(
+    spec: InputSpec,
+    archive_path: str,
+    exposure_id: str,
+    sha256: str,
+    settings: dict[str, Any],
+    overwrite: bool = False,
+) -> IngestResult:
+    """Worker task: read one FITS exposure and write it to the archive.
+
+    Never raises for bad input or a failed write: the outcome is in the result.
+    """
+    t0 = time.perf_counter()
+    result = IngestResult(path=spec.path, status="failed", exposure_id=exposure_id, sha256=sha256)
+    try:
+        exposure = read_exposure(
+            spec.path,
+            dq_path=spec.dq_path,
+            weight_path=spec.weight_path,
+            hdus=settings["hdus"],
+            exposure_id=exposure_id,
+            sha256=sha256,
+            dq_extnames=settings["dq_extnames"],
+            aux_extnames=settings["aux_extnames"],
+            fallbacks=settings["fallbacks"],
+        )
+        if exposure.sha256 != sha256:
+            raise InputError(spec.path, "file changed while being ingested (SHA-256 differs)",
+                             kind="changed")
+        archive = Archive(archive_path, mode="a")
+        archive.write_exposure(
+            exposure,
+            chunks=settings["chunks"],
+            shards=settings["shards"],
+            compressor=settings["compressor"],
+            image_dtype=settings["image_dtype"],
+            overwrite=overwrite,
+        )
+        result.status = "done"
+        result.warnings = exposure.all_warnings
+        result.n_detectors = len(exposure.detectors)
+        result.n_pixels = sum(d.image.size for d in exposure.detectors)
+        result.nbytes = exposure.size
+        result.message = f"{len(exposure.detectors)} detector(s)"
+    except InputError as exc:
+        result.message, result.kind = str(exc), exc.kind
+    except ArchiveError as exc:
+        result.message, result.kind = f"{spec.path}: {exc}", "archive"
+    except MemoryError:
+        result.message, result.kind = f"{spec.path}: out of memory while reading", "memory"
+    except Exception as exc:  # one bad file must never stop the run
+        result.message = f"{spec.path}: unexpected {type(exc).__name__}: {exc}"
+        result.kind = "internal"
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _windowed(
+    client: Client,
+    func: Callable[..., Any],
+    calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+    *,
+    desc: str,
+    progress: bool,
+    window: int,
+) -> Iterable[Any]:
+    """Run ``func`` over ``calls`` with at most ``window`` tasks in flight; yield results."""
+    bar = tqdm(total=len(calls), desc=desc, unit="file", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    pending = iter(calls)
+    ac = as_completed()
+    for args, kwargs in itertools.islice(pending, window):
+        ac.add(client.submit(func, *args, pure=False, **kwargs))
+    try:
+        for future in ac:
+            try:
+                yield future.result()
+            finally:
+                future.release()
+                bar.update(1)
+            nxt = next(pending, None)
+            if nxt is not None:
+                ac.add(client.submit(func, *nxt[0], pure=False, **nxt[1]))
+    finally:
+        bar.close()
+
+
+def _plan(
+    specs: list[InputSpec],
+    hashes: dict[str, str],
+    archive: Archive,
+    force: bool,
+) -> tuple[list[tuple[InputSpec, str, str, bool]], list[IngestResult]]:
+    """Decide what to do with each hashed file: (spec, id, sha, overwrite) or a result."""
+    done_index = archive.index_by_sha256()
+    taken = set(archive.exposure_ids())
+    source_of = {eid: archive.exposure_attrs(eid)["source"]["path"] for eid in done_index.values()}
+    first_in_run: dict[str, str] = {}
+    todo: list[tuple[InputSpec, str, str, bool]] = []
+    settled: list[IngestResult] = []
+    for spec in specs:
+        sha = hashes.get(spec.path)
+        if sha is None:
+            continue
+        if sha in first_in_run:
+            settled.append(IngestResult(
+                spec.path, "duplicate", None, f"same content (SHA-256) as {first_in_run[sha]} "
+                "in this run; not ingested twice", "duplicate", sha))
+            continue
+        first_in_run[sha] = spec.path
+        existing = done_index.get(sha)
+        if existing is not None and not force:
+            if os.path.realpath(source_of[existing]) == os.path.realpath(spec.path):
+                settled.append(IngestResult(spec.path, "skipped", existing,
+                                            "already ingested", "", sha))
+            else:
+                settled.append(IngestResult(
+                    spec.path, "duplicate", existing,
+                    f"same content (SHA-256) as {source_of[existing]}, already ingested as "
+                    f"{existing!r}; not ingested twice", "duplicate", sha))
+            continue
+        if existing is not None:
+            todo.append((spec, existing, sha, True))
+            continue
+        eid = exposure_id_from_path(spec.path)
+        if eid in taken:
+            eid = f"{eid}_{sha[:8]}"
+        taken.add(eid)
+        todo.append((spec, eid, sha, False))
+    return todo, settled
+
+
+def ingest(
+    inputs: Sequence[str | InputSpec],
+    archive: str | os.PathLike[str],
+    *,
+    client: Client | None = None,
+    scheduler: str | None = None,
+    force: bool = False,
+    hdus: Sequence[str | int] | None = None,
+    chunks: Sequence[int] | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = print,
+) -> IngestReport:
+    """Ingest FITS files into a crscale archive, in parallel with dask.
+
+    Parameters
+    ----------
+    inputs : sequence of str or InputSpec
+        Files, directories (recursive), glob patterns, manifests, or
+        :class:`~crscale.io.inputs.InputSpec` (see :func:`crscale.io.inputs.expand_inputs`).
+    archive : path
+        The archive (created if missing).
+    client : distributed.Client, optional
+        A client to use; default: connect to ``scheduler`` or start a LocalCluster.
+    scheduler : str, optional
+        Scheduler address or scheduler file, when no ``client`` is given.
+    force : bool
+        Re-ingest files whose SHA-256 is already in the archive (in place, atomically).
+    hdus : sequence of str or int, optional
+        Restrict to these science HDUs (index, EXTNAME or ``"EXTNAME,EXTVER"``).
+    chunks : sequence of int, optional
+        Zarr chunk shape (y, x); default ``crscale.archive.chunks``.
+    progress : bool
+        Show progress bars on stderr.
+    echo : callable, optional
+        Where messages go; ``None`` for silence.
+
+    Returns
+    -------
+    IngestReport
+        One result per input; ``report.ok`` is False when any input failed.
+    """
+    t0 = time.perf_counter()
+    say = echo or (lambda _msg: None)
+    arch = Archive(archive, mode="a")
+    arch.clean_staging()
+    specs, problems = expand_inputs(inputs)
+    results: dict[str, IngestResult] = {}
+    for p in problems:
+        results[p.path] = IngestResult(p.path, "failed", message=f"{p.path}: {p.problem}",
+                                       kind=p.kind)
+    settings = ingest_settings(chunks=chunks, hdus=hdus)
+
+    with contextlib.nullcontext(client) if client is not None else dask_client(
+        scheduler, echo=echo
+    ) as cl:
+        threads = sum(cl.nthreads().values()) or 1
+        window = max(8, IN_FLIGHT_PER_THREAD * threads)
+        hashes: dict[str, str] = {}
+        if specs:
+            for path, sha, err in _windowed(cl, hash_file, [((s.path,), {}) for s in specs],
+                                            desc="hashing", progress=progress, window=window):
+                if sha is None:
+                    results[path] = IngestResult(path, "failed", message=err, kind="unreadable")
+                else:
+                    hashes[path] = sha
+        todo, settled = _plan(specs, hashes, arch, force)
+        for r in settled:
+            results[r.path] = r
+        calls = [
+            ((spec, str(arch.path), eid, sha, settings), {"overwrite": overwrite})
+            for spec, eid, sha, overwrite in todo
+        ]
+        if calls:
+            for r in _windowed(cl, ingest_one, calls, desc="ingest", progress=progress,
+                               window=window):
+                results[r.path] = r
+        elif specs:
+            say("ingest: nothing new to ingest")
+
+    ordered = [results[p.path] for p in problems] + [
+        results[s.path] for s in specs if s.path in results
+    ]
+    report = IngestReport(archive=str(arch.path), results=ordered,
+                          seconds=time.perf_counter() - t0)
+    _record(arch, report, say)
+    return report
+
+
+def _record(arch: Archive, report: IngestReport, say: Callable[[str], None]) -> None:
+    """Record failures and duplicates in the archive; clear old failures of files now done."""
+    for r in report.results:
+        try:
+            if r.status == "failed":
+                arch.record_failure(r.path, r.message, kind=r.kind or "error", sha256=r.sha256)
+            elif r.status == "duplicate":
+                arch.record_failure(r.path, r.message, kind="duplicate", sha256=r.sha256,
+                                    duplicate_of=r.exposure_id)
+            else:
+                arch.clear_failure(r.path)
+        except OSError as exc:
+            say(f"warning: could not record the outcome of {r.path} in {arch.path} ({exc})")

@@ -1,0 +1,605 @@
+"""The crscale archive: a Zarr v3 store with one group per exposure and per detector.
+
+The layout and every attribute are specified in ``docs/archive-format.md``; this module
+is the only code that writes it. Format version :data:`FORMAT_VERSION` is stored in the
+root attribute ``crscale_format``.
+
+Write safety
+------------
+An exposure is written into ``staging/<id>-<token>`` and moved into
+``exposures/<id>`` with one directory rename once every array and attribute is on disk,
+its ingest status (``done``) written last. A job killed mid-write (or a full disk) leaves
+only a staging directory, removed on the next open for writing; the exposure either is
+complete or is not there. A forced re-ingest keeps the old copy until the new one is
+complete. Later stages write their arrays into the exposure group first and set their
+status last (:meth:`Archive.set_status`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import hashlib
+import json
+import os
+import platform
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from crscale import config
+from crscale._version import __version__
+from crscale.io.errors import ArchiveError
+from crscale.io.fits_reader import DetectorData, Exposure
+
+FORMAT_VERSION = "1.0"
+STAGES = ("ingest", "detect", "catalogue")
+_STAGING = "staging"
+_TRASH = "trash"
+
+
+def utcnow() -> str:
+    """Current UTC time as ISO 8601 with seconds."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of crscale and the libraries that shape the archive."""
+    import astropy
+    import dask
+    import xarray
+
+    return {
+        "crscale": __version__,
+        "zarr": zarr.__version__,
+        "numpy": np.__version__,
+        "astropy": astropy.__version__,
+        "dask": dask.__version__,
+        "xarray": xarray.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """Make nested values JSON-serialisable (numpy scalars, NaN, tuples)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def image_storage_dtype(image: np.ndarray, policy: str) -> tuple[np.dtype, str | None]:
+    """Pick the stored dtype of an image and say whether that loses information.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Pixel values as read.
+    policy : {"auto", "float32"}
+        ``"auto"`` stores float32 when every value survives the conversion exactly and
+        the source dtype otherwise; ``"float32"`` always stores float32.
+
+    Returns
+    -------
+    dtype : numpy.dtype
+        The dtype to store.
+    note : str or None
+        A warning when the conversion is lossy, else None.
+    """
+    f32 = np.dtype("float32")
+    if image.dtype == f32:
+        return f32, None
+    if np.issubdtype(image.dtype, np.integer) and image.dtype.itemsize <= 2:
+        return f32, None  # every 8- and 16-bit integer is exact in float32
+    converted = image.astype(f32)
+    exact = np.array_equal(converted.astype(image.dtype), image, equal_nan=True) if (
+        np.issubdtype(image.dtype, np.floating)
+    ) else bool(np.all(np.abs(image) <= 2**24))
+    if exact:
+        return f32, None
+    if policy == "float32":
+        return f32, f"stored as float32: the source {image.dtype} values are not all exact in float32"
+    return image.dtype, None
+
+
+class Archive:
+    """A crscale archive on local disk.
+
+    Parameters
+    ----------
+    path : str or Path
+        The archive directory (``*.zarr``).
+    mode : {"r", "a"}
+        ``"r"`` opens an existing archive read-only; ``"a"`` opens or creates it.
+
+    Raises
+    ------
+    ArchiveError
+        The path is not a crscale archive, or has a newer format than this crscale reads.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "r") -> None:
+        self.path = Path(path).absolute()
+        self.mode = mode
+        if mode not in ("r", "a"):
+            raise ValueError("mode must be 'r' or 'a'")
+        exists = (self.path / "zarr.json").exists()
+        if mode == "r" and not exists:
+            raise ArchiveError(f"{self.path}: no crscale archive here (no zarr.json)")
+        if exists:
+            try:
+                self.root = zarr.open_group(store=str(self.path), mode="r" if mode == "r" else "r+")
+            except Exception as exc:  # zarr raises several types for unreadable metadata
+                raise ArchiveError(f"{self.path}: cannot open as a Zarr v3 group ({exc})") from exc
+            fmt = self.root.attrs.get("crscale_format")
+            if fmt is None:
+                raise ArchiveError(f"{self.path}: a Zarr group but not a crscale archive")
+            if int(str(fmt).split(".")[0]) > int(FORMAT_VERSION.split(".")[0]):
+                raise ArchiveError(
+                    f"{self.path}: archive format {fmt} is newer than this crscale "
+                    f"({__version__}, format {FORMAT_VERSION}); upgrade crscale"
+                )
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.root = zarr.open_group(store=str(self.path), mode="a", zarr_format=3)
+            self.root.attrs.update(
+                {
+                    "crscale_format": FORMAT_VERSION,
+                    "created": utcnow(),
+                    "software": software_versions(),
+                }
+            )
+        if mode == "a":
+            # staging/ and trash/ are groups too, so that Zarr sees no stray folders.
+            for name in ("exposures", "failures", _STAGING, _TRASH):
+                if name not in self.root:
+                    try:
+                        self.root.create_group(name)
+                    except zarr.errors.ContainsGroupError:
+                        pass  # another process created it first
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def format_version(self) -> str:
+        """The archive's ``crscale_format``."""
+        return str(self.root.attrs["crscale_format"])
+
+    def exposure_ids(self) -> list[str]:
+        """Identifiers of the exposures in the archive, sorted."""
+        if "exposures" not in self.root:
+            return []
+        return sorted(self.root["exposures"].group_keys())
+
+    def __contains__(self, exposure_id: str) -> bool:
+        return (self.path / "exposures" / exposure_id / "zarr.json").exists()
+
+    def exposure(self, exposure_id: str) -> zarr.Group:
+        """The Zarr group of one exposure."""
+        try:
+            return self.root[f"exposures/{exposure_id}"]
+        except KeyError as exc:
+            raise KeyError(f"no exposure {exposure_id!r} in {self.path}") from exc
+
+    def exposure_attrs(self, exposure_id: str) -> dict[str, Any]:
+        """All attributes of one exposure."""
+        return dict(self.exposure(exposure_id).attrs)
+
+    def detectors(self, exposure_id: str) -> list[str]:
+        """Detector group names of one exposure, in source HDU order."""
+        attrs = self.exposure(exposure_id).attrs
+        return list(attrs.get("detectors", sorted(self.exposure(exposure_id).group_keys())))
+
+    def iter_exposures(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(exposure_id, attrs)`` for every exposure."""
+        for eid in self.exposure_ids():
+            yield eid, self.exposure_attrs(eid)
+
+    def index_by_sha256(self) -> dict[str, str]:
+        """Map source SHA-256 to exposure id, for exposures whose ingest is done."""
+        out = {}
+        for eid, attrs in self.iter_exposures():
+            if attrs.get("status", {}).get("ingest", {}).get("state") == "done":
+                out[attrs["source"]["sha256"]] = eid
+        return out
+
+    def open_detector(self, exposure_id: str, detector: str) -> Any:
+        """Open one detector group as an :class:`xarray.Dataset` with dims (y, x).
+
+        Parameters
+        ----------
+        exposure_id : str
+            The exposure.
+        detector : str
+            The detector group name (see :meth:`detectors`).
+
+        Returns
+        -------
+        xarray.Dataset
+            Lazily loaded (dask-backed) ``image``, ``dq`` and any other planes, with the
+            detector attributes in ``.attrs``.
+        """
+        import xarray as xr
+
+        group = f"exposures/{exposure_id}/{detector}"
+        if group not in self.root:
+            raise KeyError(f"no detector {detector!r} in exposure {exposure_id!r} of {self.path}")
+        return xr.open_zarr(str(self.path), group=group, consolidated=False, zarr_format=3)
+
+    def status(self, exposure_id: str) -> dict[str, Any]:
+        """Per-stage status of one exposure (``{"ingest": {"state": "done", ...}}``)."""
+        return dict(self.exposure(exposure_id).attrs.get("status", {}))
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Recorded input failures, oldest first."""
+        if "failures" not in self.root:
+            return []
+        recs = [dict(self.root[f"failures/{k}"].attrs) for k in self.root["failures"].group_keys()]
+        return sorted(recs, key=lambda r: (r.get("time", ""), r.get("path", "")))
+
+    # ------------------------------------------------------------------ writing
+    def _require_writable(self) -> None:
+        if self.mode != "a":
+            raise ArchiveError(f"{self.path}: opened read-only")
+
+    def clean_staging(self) -> int:
+        """Remove staging and trash left by interrupted writes; return how many were removed."""
+        self._require_writable()
+        removed = 0
+        for name in (_STAGING, _TRASH):
+            folder = self.path / name
+            if folder.is_dir():
+                for child in folder.iterdir():
+                    if child.is_dir():
+                        shutil.rmtree(child, ignore_errors=True)
+                        removed += 1
+        return removed
+
+    def set_status(self, exposure_id: str, stage: str, state: str, **info: Any) -> None:
+        """Record a stage's status for one exposure (write it after the stage's data).
+
+        Parameters
+        ----------
+        exposure_id : str
+            The exposure.
+        stage : str
+            One of :data:`STAGES`.
+        state : str
+            ``"done"``, ``"failed"`` or ``"running"``.
+        **info
+            Extra JSON-safe fields (model id, threshold, error message ...).
+        """
+        self._require_writable()
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+        group = self.exposure(exposure_id)
+        status = dict(group.attrs.get("status", {}))
+        status[stage] = _json_safe(
+            {"state": state, "time": utcnow(), "crscale_version": __version__, **info}
+        )
+        group.attrs["status"] = status
+
+    def record_failure(
+        self,
+        path: str,
+        problem: str,
+        *,
+        stage: str = "ingest",
+        kind: str = "error",
+        sha256: str | None = None,
+        **extra: Any,
+    ) -> None:
+        """Record a failed (or duplicate) input in ``failures/``, one record per source path.
+
+        Parameters
+        ----------
+        path : str
+            Source file.
+        problem : str
+            The message shown to the user.
+        stage : str
+            Stage that failed.
+        kind : str
+            Class of problem (``"corrupt"``, ``"truncated"``, ``"duplicate"`` ...).
+        sha256 : str, optional
+            Source checksum when known.
+        **extra
+            More JSON-safe fields.
+        """
+        self._require_writable()
+        key = _failure_key(path, stage)
+        group = self.root["failures"].require_group(key)
+        group.attrs.put(
+            _json_safe(
+                {
+                    "path": path,
+                    "stage": stage,
+                    "kind": kind,
+                    "problem": problem,
+                    "sha256": sha256,
+                    "time": utcnow(),
+                    "crscale_version": __version__,
+                    **extra,
+                }
+            )
+        )
+
+    def clear_failure(self, path: str, stage: str = "ingest") -> None:
+        """Forget a failure record once the same source has been processed."""
+        self._require_writable()
+        key = _failure_key(path, stage)
+        if f"failures/{key}" in self.root:
+            shutil.rmtree(self.path / "failures" / key, ignore_errors=True)
+
+    def write_exposure(
+        self,
+        exposure: Exposure,
+        *,
+        chunks: Sequence[int] | None = None,
+        shards: Sequence[int] | None = None,
+        compressor: dict[str, Any] | None = None,
+        image_dtype: str | None = None,
+        overwrite: bool = False,
+    ) -> str:
+        """Write one exposure atomically and mark its ingest done.
+
+        Parameters
+        ----------
+        exposure : Exposure
+            What :func:`crscale.io.read_exposure` returned.
+        chunks : sequence of int, optional
+            Chunk shape (y, x); default ``crscale.archive.chunks``. Clipped to the image.
+        shards : sequence of int, optional
+            Shard shape (a multiple of ``chunks``); default ``crscale.archive.shards``.
+        compressor : dict, optional
+            Blosc settings ``{"cname", "clevel", "shuffle"}``; default from config.
+        image_dtype : {"auto", "float32"}, optional
+            Stored dtype policy; default ``crscale.archive.image_dtype``.
+        overwrite : bool
+            Replace an existing exposure of the same id (the old one is kept until the
+            new one is complete).
+
+        Returns
+        -------
+        str
+            The exposure id.
+
+        Raises
+        ------
+        ArchiveError
+            The exposure exists and ``overwrite`` is false, or the write failed (the
+            message names the archive and the cause, e.g. no space left on device).
+        """
+        self._require_writable()
+        chunks = list(chunks or config.get("archive.chunks"))
+        shards = shards if shards is not None else config.get("archive.shards")
+        compressor = compressor or config.get("archive.compressor")
+        policy = image_dtype or config.get("archive.image_dtype")
+        eid = exposure.exposure_id
+        final = self.path / "exposures" / eid
+        if final.exists() and not overwrite:
+            raise ArchiveError(f"{self.path}: exposure {eid!r} exists (use overwrite/--force)")
+
+        token = uuid.uuid4().hex[:12]
+        staging_name = f"{eid}-{token}"
+        staging_dir = self.path / _STAGING / staging_name
+        try:
+            group = zarr.open_group(store=str(staging_dir), mode="w", zarr_format=3)
+            warnings_out = list(exposure.warnings)
+            for det in exposure.detectors:
+                warnings_out.extend(
+                    self._write_detector(group, det, chunks, shards, compressor, policy)
+                )
+            first = exposure.detectors[0].meta
+            attrs = {
+                "exposure_id": eid,
+                "source": {
+                    "path": exposure.path,
+                    "name": os.path.basename(exposure.path),
+                    "sha256": exposure.sha256,
+                    "size": exposure.size,
+                    "dq_path": exposure.dq_path,
+                    "weight_path": exposure.weight_path,
+                },
+                "instrument": first.instrument,
+                "telescope": first.telescope,
+                "date_obs": first.date_obs,
+                "mjd_obs": first.mjd_obs,
+                "exptime": first.exptime,
+                "filter": first.filter,
+                "object": first.object,
+                "detectors": [d.name for d in exposure.detectors],
+                "header": exposure.primary_header,
+                "warnings": warnings_out,
+                "software": software_versions(),
+            }
+            group.attrs.put(_json_safe(attrs))
+            # Status last: a group without it was never finished.
+            group.attrs["status"] = _json_safe(
+                {"ingest": {"state": "done", "time": utcnow(), "crscale_version": __version__}}
+            )
+            self._move_into_place(staging_dir, final)
+        except OSError as exc:
+            shutil.rmtree(staging_dir, ignore_errors=True)
+            if exc.errno == errno.ENOSPC:
+                raise ArchiveError(
+                    f"{self.path}: no space left on device while writing exposure {eid!r}; "
+                    "nothing of it was kept, the rest of the archive is intact"
+                ) from exc
+            raise ArchiveError(f"{self.path}: cannot write exposure {eid!r} ({exc})") from exc
+        except BaseException:
+            shutil.rmtree(staging_dir, ignore_errors=True)
+            raise
+        return eid
+
+    def _write_detector(
+        self,
+        group: zarr.Group,
+        det: DetectorData,
+        chunks: list[int],
+        shards: Sequence[int] | None,
+        compressor: dict[str, Any],
+        policy: str,
+    ) -> list[str]:
+        notes = []
+        sub = group.create_group(det.name)
+        dtype, note = image_storage_dtype(det.image, policy)
+        if note:
+            notes.append(f"{det.name}: {note}")
+        self._write_array(sub, "image", det.image.astype(dtype, copy=False), chunks, shards, compressor)
+        if det.dq is not None:
+            self._write_array(sub, "dq", det.dq, chunks, shards, compressor)
+        for name, plane in det.aux.items():
+            self._write_array(sub, name, plane, chunks, shards, compressor)
+        meta = det.meta.to_dict()
+        attrs = {
+            **meta,
+            "pixel_size_um": None,
+            "extname": det.extname,
+            "extver": det.extver,
+            "hdu_index": det.hdu_index,
+            "shape": list(det.image.shape),
+            "bitpix": det.bitpix,
+            "bzero": det.bzero,
+            "bscale": det.bscale,
+            "source_dtype": str(det.image.dtype),
+            "image_dtype": str(dtype),
+            "n_nonfinite": det.n_nonfinite,
+            "dq_source": det.dq_source,
+            "aux_sources": det.aux_sources,
+            "header": det.header,
+        }
+        sub.attrs.put(_json_safe(attrs))
+        return notes
+
+    @staticmethod
+    def _write_array(
+        group: zarr.Group,
+        name: str,
+        data: np.ndarray,
+        chunks: list[int],
+        shards: Sequence[int] | None,
+        compressor: dict[str, Any],
+    ) -> None:
+        chunk_shape = tuple(max(1, min(int(c), int(s))) for c, s in zip(chunks, data.shape, strict=True))
+        shard_shape = None
+        if shards:
+            shard_shape = tuple(
+                max(c, (min(int(s), n) + c - 1) // c * c)
+                for s, c, n in zip(shards, chunk_shape, data.shape, strict=True)
+            )
+        fill = np.nan if np.issubdtype(data.dtype, np.floating) else 0
+        arr = group.create_array(
+            name,
+            shape=data.shape,
+            dtype=data.dtype,
+            chunks=chunk_shape,
+            shards=shard_shape,
+            compressors=[
+                BloscCodec(
+                    cname=compressor.get("cname", "zstd"),
+                    clevel=int(compressor.get("clevel", 5)),
+                    shuffle=compressor.get("shuffle", "bitshuffle"),
+                )
+            ],
+            fill_value=fill,
+            dimension_names=["y", "x"],
+        )
+        arr[...] = data
+
+    def _move_into_place(self, staging_dir: Path, final: Path) -> None:
+        """Rename a finished staging group into ``exposures/``, keeping any old copy until then."""
+        trash_dir = None
+        if final.exists():
+            trash_dir = self.path / _TRASH / f"{final.name}-{uuid.uuid4().hex[:12]}"
+            os.replace(final, trash_dir)
+        try:
+            os.replace(staging_dir, final)
+        except OSError:
+            if trash_dir is not None:
+                os.replace(trash_dir, final)
+            raise
+        if trash_dir is not None:
+            shutil.rmtree(trash_dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> dict[str, Any]:
+        """A JSON-safe summary: format, counts, per-exposure rows, failures."""
+        rows = []
+        n_det = 0
+        n_pix = 0
+        for eid, attrs in self.iter_exposures():
+            dets = attrs.get("detectors", [])
+            n_det += len(dets)
+            shapes = []
+            guessed: list[str] = []
+            for d in dets:
+                try:
+                    det_group = self.root[f"exposures/{eid}/{d}"]
+                    shape = tuple(det_group["image"].shape)
+                except KeyError:
+                    continue
+                shapes.append(shape)
+                n_pix += int(np.prod(shape))
+                guessed.extend(g for g in det_group.attrs.get("guessed", []) if g not in guessed)
+            rows.append(
+                {
+                    "exposure_id": eid,
+                    "instrument": attrs.get("instrument"),
+                    "date_obs": attrs.get("date_obs"),
+                    "exptime": attrs.get("exptime"),
+                    "detectors": dets,
+                    "shapes": shapes,
+                    "guessed": guessed,
+                    "status": {k: v.get("state") for k, v in attrs.get("status", {}).items()},
+                    "warnings": attrs.get("warnings", []),
+                    "source": attrs.get("source", {}).get("path"),
+                }
+            )
+        staging = self.path / _STAGING
+        return {
+            "path": str(self.path),
+            "crscale_format": self.format_version,
+            "created": self.root.attrs.get("created"),
+            "software": self.root.attrs.get("software", {}),
+            "n_exposures": len(rows),
+            "n_detectors": n_det,
+            "n_pixels": n_pix,
+            "disk_bytes": _du(self.path),
+            "exposures": rows,
+            "failures": self.failures(),
+            "n_staging_leftovers": sum(1 for c in staging.iterdir() if c.is_dir())
+            if staging.is_dir()
+            else 0,
+        }
+
+
+def _failure_key(path: str, stage: str) -> str:
+    digest = hashlib.sha1(f"{stage}:{os.path.abspath(path)}".encode()).hexdigest()[:16]
+    return f"{stage}-{digest}"
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def dumps_summary(summary: dict[str, Any]) -> str:
+    """Serialise :meth:`Archive.summary` as indented JSON."""
+    return json.dumps(summary, indent=2, sort_keys=False)
