@@ -395,7 +395,7 @@ class Archive:
         staging_dir = self.path / _STAGING / staging_name
         try:
             group = zarr.open_group(store=str(staging_dir), mode="w", zarr_format=3)
-            warnings_out = list(exposure.warnings)
+            warnings_out = list(exposure.all_warnings)
             for det in exposure.detectors:
                 warnings_out.extend(
                     self._write_detector(group, det, chunks, shards, compressor, policy)

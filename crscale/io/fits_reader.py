@@ -481,15 +481,24 @@ def read_exposure(
                 dq_planes.append((index, hdu, extname, extver))
             elif upper in aux_names:
                 aux_planes.append((index, hdu, extname, extver))
-            elif hdus is None or any(_selector_matches(s, index, extname, extver) for s in hdus):
+            else:
                 science.append((index, hdu, extname, extver))
-        if not science:
+        # Names come from every science HDU, so a selection does not rename groups.
+        all_names = _detector_names([(i, n, v) for i, _, n, v in science])
+        chosen = [
+            (name, entry)
+            for name, entry in zip(all_names, science, strict=True)
+            if hdus is None or any(_selector_matches(s, entry[0], entry[2], entry[3]) for s in hdus)
+        ]
+        if not chosen:
             what = "no 2-D science image HDU" if hdus is None else f"no HDU matches {list(hdus)}"
             raise InputError(path, what, kind="no-image")
 
-        names = _detector_names([(i, n, v) for i, _, n, v in science])
         detectors = []
-        for name, (index, hdu, extname, extver) in zip(names, science, strict=True):
+        for name, (index, hdu, extname, extver) in chosen:
+            # Copy the header before touching the data: astropy rewrites BITPIX/BZERO/BSCALE
+            # of scaled integer images once they are read.
+            header = hdu.header.copy()
             image = _load_data(path, hdu, index)
             finite = np.isfinite(image) if np.issubdtype(image.dtype, np.floating) else None
             n_bad = 0 if finite is None else int(image.size - np.count_nonzero(finite))
@@ -497,7 +506,6 @@ def read_exposure(
                 raise InputError(
                     path, f"HDU #{index} ({name}): no finite pixel (all NaN/inf)", kind="no-finite-pixels"
                 )
-            header = hdu.header
             meta = extract_metadata(
                 header, primary if index > 0 else None, fallbacks=fallbacks, raw_dtype=image.dtype
             )
