@@ -209,24 +209,40 @@ def _windowed(
     desc: str,
     progress: bool,
     window: int,
-) -> Iterable[Any]:
-    """Run ``func`` over ``calls`` with at most ``window`` tasks in flight; yield results."""
+) -> Iterable[tuple[tuple[Any, ...], Any, BaseException | None]]:
+    """Run ``func`` over ``calls`` with at most ``window`` tasks in flight.
+
+    Yields ``(args, result, None)``, or ``(args, None, error)`` when the task itself was
+    lost (a worker killed more often than the scheduler allows, a cancelled future), so
+    that the caller records that file as failed and the run goes on.
+    """
     bar = tqdm(total=len(calls), desc=desc, unit="file", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     pending = iter(calls)
     ac = as_completed()
+    args_of = {}
+
+    def submit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        future = client.submit(func, *args, pure=False, **kwargs)
+        args_of[future.key] = args
+        ac.add(future)
+
     for args, kwargs in itertools.islice(pending, window):
-        ac.add(client.submit(func, *args, pure=False, **kwargs))
+        submit(args, kwargs)
     try:
         for future in ac:
+            args = args_of.pop(future.key)
             try:
-                yield future.result()
+                value, error = future.result(), None
+            except Exception as exc:  # the task was lost, not a bad file: record, go on
+                value, error = None, exc
             finally:
                 future.release()
                 bar.update(1)
+            yield args, value, error
             nxt = next(pending, None)
             if nxt is not None:
-                ac.add(client.submit(func, *nxt[0], pure=False, **nxt[1]))
+                submit(*nxt)
     finally:
         bar.close()
 
@@ -335,8 +351,13 @@ def ingest(
         window = max(8, IN_FLIGHT_PER_THREAD * threads)
         hashes: dict[str, str] = {}
         if specs:
-            for path, sha, err in _windowed(cl, hash_file, [((s.path,), {}) for s in specs],
-                                            desc="hashing", progress=progress, window=window):
+            for (path,), value, lost in _windowed(
+                cl, hash_file, [((s.path,), {}) for s in specs], desc="hashing",
+                progress=progress, window=window,
+            ):
+                if lost is not None:
+                    value = (path, None, f"{path}: hashing task lost ({type(lost).__name__}: {lost})")
+                _, sha, err = value
                 if sha is None:
                     results[path] = IngestResult(path, "failed", message=err, kind="unreadable")
                 else:
@@ -349,8 +370,13 @@ def ingest(
             for spec, eid, sha, overwrite in todo
         ]
         if calls:
-            for r in _windowed(cl, ingest_one, calls, desc="ingest", progress=progress,
-                               window=window):
+            for args, r, lost in _windowed(cl, ingest_one, calls, desc="ingest",
+                                           progress=progress, window=window):
+                if lost is not None:
+                    spec, _, eid, sha = args[:4]
+                    r = IngestResult(spec.path, "failed", eid,
+                                     f"{spec.path}: task lost ({type(lost).__name__}: {lost})",
+                                     "lost", sha)
                 results[r.path] = r
         elif specs:
             say("ingest: nothing new to ingest")
