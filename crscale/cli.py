@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_ingest(args: argparse.Namespace, inputs: list) -> int:
     from crscale.engine.ingest import ingest
-    from crscale.io.errors import ArchiveError
+    from crscale.io.errors import CrscaleError
 
     if args.dq:
         from crscale.io.inputs import InputSpec
@@ -113,7 +113,8 @@ def _cmd_ingest(args: argparse.Namespace, inputs: list) -> int:
         else:
             report = ingest(inputs, args.archive, scheduler=args.scheduler, force=args.force,
                             hdus=args.hdus, chunks=args.chunks, progress=not args.no_progress)
-    except ArchiveError as exc:
+    except (CrscaleError, OSError) as exc:
+        # The archive cannot be created or the cluster reached: nothing was processed.
         print(f"crscale: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(report.summary())
@@ -179,7 +180,7 @@ def format_info(summary: dict) -> str:
             lines.append(f"  {f.get('path')}: {f.get('problem')}")
     if summary.get("n_staging_leftovers"):
         lines.append(f"Interrupted writes left in staging/: {summary['n_staging_leftovers']} "
-                     "(removed by the next ingest)")
+                     "(a later ingest removes them once an hour old)")
     return "\n".join(lines)
 
 

@@ -149,3 +149,22 @@ def test_read_only_and_foreign_stores_are_refused(tmp_path):
     ro = Archive(tmp_path / "a.zarr", mode="r")
     with pytest.raises(ArchiveError, match="read-only"):
         ro.write_exposure(read_exposure(SAAO))
+
+
+def test_forced_reingest_killed_between_renames_is_restored(tmp_path):
+    arch = Archive(tmp_path / "a.zarr", mode="a")
+    arch.write_exposure(read_exposure(SAAO))
+    # The state a kill leaves between "old copy to trash/" and "new copy into place".
+    (tmp_path / "a.zarr/exposures/a8280271").rename(tmp_path / "a.zarr/trash/a8280271-0123456789ab")
+    assert "a8280271" not in arch
+    assert arch.clean_staging() == 1
+    assert arch.status("a8280271")["ingest"]["state"] == "done"
+    np.testing.assert_array_equal(arch.open_detector("a8280271", "PRIMARY")["image"].values,
+                                  astropy_pixels(SAAO, 0))
+
+
+def test_recent_staging_of_a_live_run_is_left_alone(tmp_path):
+    arch = Archive(tmp_path / "a.zarr", mode="a")
+    (tmp_path / "a.zarr/staging/live-123").mkdir()
+    assert arch.clean_staging(older_than=3600) == 0
+    assert (tmp_path / "a.zarr/staging/live-123").exists()

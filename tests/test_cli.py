@@ -69,6 +69,13 @@ def test_dq_option_and_usage_errors(client, tmp_path):
     assert "no crscale archive" in res.stderr
     res = crscale("ingest", SAAO, "--archive", archive, "--chunks", "0,5", check=2)
     assert "chunks" in res.stderr
+    res = crscale("ingest", SAAO, "--archive", archive, "--scheduler", tmp_path / "none.json",
+                  check=2)
+    assert "scheduler file" in res.stderr and "does not exist" in res.stderr
+    (tmp_path / "file").write_text("a file, not a folder")
+    res = crscale("ingest", SAAO, "--archive", tmp_path / "file" / "a.zarr", "--scheduler", addr,
+                  check=2)
+    assert "crscale:" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_sample_data_and_version():

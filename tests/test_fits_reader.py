@@ -178,3 +178,32 @@ def test_checksum_mismatch_is_a_warning_not_a_failure(tmp_path):
     exp = read_exposure(path)
     assert len(exp.detectors) == 1
     assert any("Checksum" in w or "Datasum" in w for w in exp.warnings), exp.warnings
+
+
+def _mef_with_dq_planes(tmp_path):
+    """The real LCO MEF plus one DQ extension per amplifier (saturated pixels flagged)."""
+    out = tmp_path / "mef_with_dq.fits"
+    with fits.open(MEF) as hdul:
+        hdus = [hdu.copy() for hdu in hdul]
+        for ver in range(1, 5):
+            flag = (hdul[ver].data > 2000 + 100 * ver).astype(np.uint8) * ver
+            hdus.append(fits.ImageHDU(flag, name="DQ", ver=ver))
+    fits.HDUList(hdus).writeto(out)
+    return out
+
+
+def test_dq_extensions_follow_extver_and_hdu_selection(tmp_path):
+    path = _mef_with_dq_planes(tmp_path)
+    full = read_exposure(path)
+    assert [d.dq_source for d in full.detectors] == [f"HDU {4 + v} (DQ)" for v in range(1, 5)]
+    for ver, det in enumerate(full.detectors, 1):
+        assert set(np.unique(det.dq)) <= {0, ver}
+    only2 = read_exposure(path, hdus=["SCI,2"]).detectors
+    assert [d.name for d in only2] == ["SCI_2"]
+    np.testing.assert_array_equal(only2[0].dq, astropy_pixels(path, 6))
+
+
+def test_stored_header_keeps_real_keywords_starting_with_z():
+    exp = read_exposure(DECAM)
+    assert "ZD" in exp.primary_header  # zenith distance, not a compression keyword
+    assert exp.detectors[0].meta.keywords["saturation"] == "SATURATE+SATURATA+SATURATB"

@@ -112,6 +112,7 @@ def test_bad_inputs_are_recorded_and_the_rest_is_ingested(client, tmp_path):
         assert r.status == "failed" and r.kind == kind, (name, r)
         assert name in r.message
     assert status["same_as_saao.fits"].status == "duplicate"
+    assert status["same_as_saao.fits"].exposure_id == "a8280271"
     assert "a8280271.fits" in status["same_as_saao.fits"].message
 
     arch = Archive(archive)

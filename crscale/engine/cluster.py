@@ -11,6 +11,11 @@ import dask.config
 from distributed import Client, LocalCluster
 
 from crscale import config
+from crscale.io.errors import CrscaleError
+
+
+class ClusterError(CrscaleError):
+    """No Dask cluster could be reached or started."""
 
 
 def local_cluster_kwargs(n_workers: int | None = None) -> dict[str, Any]:
@@ -76,10 +81,15 @@ def dask_client(
         The connected client.
     """
     if scheduler:
-        if scheduler.endswith(".json") and os.path.exists(scheduler):
-            client = Client(scheduler_file=scheduler)
-        else:
-            client = Client(scheduler)
+        try:
+            if scheduler.endswith(".json"):
+                if not os.path.exists(scheduler):
+                    raise ClusterError(f"scheduler file {scheduler} does not exist")
+                client = Client(scheduler_file=scheduler)
+            else:
+                client = Client(scheduler)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ClusterError(f"cannot connect to the Dask scheduler at {scheduler} ({exc})") from exc
         try:
             if echo:
                 echo(f"Dask scheduler {client.scheduler.address}, dashboard {client.dashboard_link}")

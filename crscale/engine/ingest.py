@@ -30,6 +30,8 @@ from crscale.io.inputs import InputSpec, expand_inputs
 
 #: Futures kept in flight per worker thread; bounds scheduler memory on huge inputs.
 IN_FLIGHT_PER_THREAD = 4
+#: Staging left this long is from a dead run (one exposure is written in seconds).
+STALE_STAGING_SECONDS = 3600.0
 
 
 @dataclass
@@ -257,7 +259,7 @@ def _plan(
     done_index = archive.index_by_sha256()
     taken = set(archive.exposure_ids())
     source_of = {eid: archive.exposure_attrs(eid)["source"]["path"] for eid in done_index.values()}
-    first_in_run: dict[str, str] = {}
+    first_in_run: dict[str, tuple[str, str | None]] = {}  # sha -> (path, exposure id)
     todo: list[tuple[InputSpec, str, str, bool]] = []
     settled: list[IngestResult] = []
     for spec in specs:
@@ -265,12 +267,13 @@ def _plan(
         if sha is None:
             continue
         if sha in first_in_run:
+            first_path, first_id = first_in_run[sha]
             settled.append(IngestResult(
-                spec.path, "duplicate", None, f"same content (SHA-256) as {first_in_run[sha]} "
+                spec.path, "duplicate", first_id, f"same content (SHA-256) as {first_path} "
                 "in this run; not ingested twice", "duplicate", sha))
             continue
-        first_in_run[sha] = spec.path
         existing = done_index.get(sha)
+        first_in_run[sha] = (spec.path, existing)
         if existing is not None and not force:
             if os.path.realpath(source_of[existing]) == os.path.realpath(spec.path):
                 settled.append(IngestResult(spec.path, "skipped", existing,
@@ -288,6 +291,7 @@ def _plan(
         if eid in taken:
             eid = f"{eid}_{sha[:8]}"
         taken.add(eid)
+        first_in_run[sha] = (spec.path, eid)
         todo.append((spec, eid, sha, False))
     return todo, settled
 
@@ -336,7 +340,7 @@ def ingest(
     t0 = time.perf_counter()
     say = echo or (lambda _msg: None)
     arch = Archive(archive, mode="a")
-    arch.clean_staging()
+    arch.clean_staging(older_than=STALE_STAGING_SECONDS)
     specs, problems = expand_inputs(inputs)
     results: dict[str, IngestResult] = {}
     for p in problems:
@@ -356,10 +360,11 @@ def ingest(
                 progress=progress, window=window,
             ):
                 if lost is not None:
-                    value = (path, None, f"{path}: hashing task lost ({type(lost).__name__}: {lost})")
+                    value = (path, None, f"{path}: task lost ({type(lost).__name__}: {lost})")
                 _, sha, err = value
                 if sha is None:
-                    results[path] = IngestResult(path, "failed", message=err, kind="unreadable")
+                    kind = "lost" if lost is not None else "unreadable"
+                    results[path] = IngestResult(path, "failed", message=err, kind=kind)
                 else:
                     hashes[path] = sha
         todo, settled = _plan(specs, hashes, arch, force)

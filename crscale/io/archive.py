@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -145,7 +146,11 @@ class Archive:
             fmt = self.root.attrs.get("crscale_format")
             if fmt is None:
                 raise ArchiveError(f"{self.path}: a Zarr group but not a crscale archive")
-            if int(str(fmt).split(".")[0]) > int(FORMAT_VERSION.split(".")[0]):
+            try:
+                major = int(str(fmt).split(".")[0])
+            except ValueError as exc:
+                raise ArchiveError(f"{self.path}: unreadable crscale_format {fmt!r}") from exc
+            if major > int(FORMAT_VERSION.split(".")[0]):
                 raise ArchiveError(
                     f"{self.path}: archive format {fmt} is newer than this crscale "
                     f"({__version__}, format {FORMAT_VERSION}); upgrade crscale"
@@ -252,18 +257,38 @@ class Archive:
         if self.mode != "a":
             raise ArchiveError(f"{self.path}: opened read-only")
 
-    def clean_staging(self) -> int:
-        """Remove staging and trash left by interrupted writes; return how many were removed."""
+    def clean_staging(self, older_than: float = 0.0) -> int:
+        """Remove what interrupted writes left behind; return how many entries were handled.
+
+        Parameters
+        ----------
+        older_than : float
+            Only entries untouched for this many seconds, so that a run does not remove
+            the writes of another run still in progress on the same archive.
+
+        Notes
+        -----
+        A copy in ``trash/`` whose exposure is missing from ``exposures/`` (a forced
+        re-ingest killed between its two renames) is moved back, not deleted.
+        """
         self._require_writable()
-        removed = 0
+        handled = 0
+        now = time.time()
         for name in (_STAGING, _TRASH):
             folder = self.path / name
-            if folder.is_dir():
-                for child in folder.iterdir():
-                    if child.is_dir():
-                        shutil.rmtree(child, ignore_errors=True)
-                        removed += 1
-        return removed
+            if not folder.is_dir():
+                continue
+            for child in folder.iterdir():
+                if not child.is_dir() or now - child.stat().st_mtime < older_than:
+                    continue
+                handled += 1
+                if name == _TRASH:
+                    home = self.path / "exposures" / child.name.rsplit("-", 1)[0]
+                    if not home.exists():
+                        os.replace(child, home)
+                        continue
+                shutil.rmtree(child, ignore_errors=True)
+        return handled
 
     def set_status(self, exposure_id: str, stage: str, state: str, **info: Any) -> None:
         """Record a stage's status for one exposure (write it after the stage's data).
@@ -430,7 +455,7 @@ class Archive:
             )
             self._move_into_place(staging_dir, final)
         except OSError as exc:
-            shutil.rmtree(staging_dir, ignore_errors=True)
+            _remove_staging(staging_dir)
             if exc.errno == errno.ENOSPC:
                 raise ArchiveError(
                     f"{self.path}: no space left on device while writing exposure {eid!r}; "
@@ -438,7 +463,7 @@ class Archive:
                 ) from exc
             raise ArchiveError(f"{self.path}: cannot write exposure {eid!r} ({exc})") from exc
         except BaseException:
-            shutil.rmtree(staging_dir, ignore_errors=True)
+            _remove_staging(staging_dir)
             raise
         return eid
 
@@ -582,6 +607,16 @@ class Archive:
             if staging.is_dir()
             else 0,
         }
+
+
+def _remove_staging(folder: Path) -> None:
+    # A chunk write still in flight in zarr's I/O threads can re-create part of the folder
+    # just after it is removed; look again briefly. A later ingest removes any remnant.
+    for _ in range(5):
+        shutil.rmtree(folder, ignore_errors=True)
+        time.sleep(0.05)
+        if not folder.exists():
+            return
 
 
 def _failure_key(path: str, stage: str) -> str:

@@ -24,7 +24,10 @@ from crscale import config
 from crscale.io.errors import InputError
 from crscale.io.metadata import DetectorMeta, extract_metadata, header_to_json
 
-_FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz", ".gz", ".fits.fz", ".fits.gz")
+_FITS_SUFFIXES = (
+    ".fits", ".fit", ".fts", ".fz", ".gz",
+    ".fits.fz", ".fits.gz", ".fit.fz", ".fit.gz", ".fts.fz", ".fts.gz",
+)
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
@@ -309,25 +312,31 @@ def _detector_names(entries: list[tuple[int, str | None, int | None]]) -> list[s
 
 
 def _attach(
-    planes: list[tuple[str, int, str | None, int | None, np.ndarray]],
+    planes: list[tuple[str, int, Any, str | None, int | None]],
+    science: list[tuple[int, Any, str | None, int | None]],
     detectors: list[DetectorData],
     kind: str,
     path: str,
     file_warnings: list[str],
 ) -> None:
-    """Attach DQ / auxiliary planes found in the same file to their science detector."""
-    for plane_name, index, extname, extver, data in planes:
-        if len(detectors) == 1:
-            target = detectors[0]
-        else:
-            match = [d for d in detectors if d.extver == extver]
-            target = match[0] if len(match) == 1 else None
-        if target is None:
+    """Attach DQ / auxiliary planes found in the same file to their science detector.
+
+    A plane belongs to the only science HDU of the file, or else to the one science HDU
+    with its EXTVER; planes of science HDUs left out by an HDU selection are not read.
+    """
+    by_index = {d.hdu_index: d for d in detectors}
+    for plane_name, index, hdu, extname, extver in planes:
+        owners = science if len(science) == 1 else [e for e in science if e[3] == extver]
+        if len(owners) != 1:
             file_warnings.append(
                 f"HDU #{index} ({extname}) is a {kind} plane but matches no single science "
                 "HDU by EXTVER; not kept"
             )
             continue
+        target = by_index.get(owners[0][0])
+        if target is None:
+            continue  # its science HDU was not selected
+        data = _load_data(path, hdu, index)
         if data.shape != target.image.shape:
             file_warnings.append(
                 f"HDU #{index} ({extname}) has shape {data.shape}, science HDU {target.name} "
@@ -390,7 +399,11 @@ def _read_companion(
                     kind="dq-mismatch",
                 )
             source = f"{comp_path}[{index}]"
-            if kind == "dq":
+            if kind == "dq" and det.dq is not None:
+                plane = _unsigned(data)
+                det.dq = det.dq.astype(np.promote_types(det.dq.dtype, plane.dtype)) | plane
+                det.dq_source = f"{det.dq_source} | {source}"
+            elif kind == "dq":
                 det.dq = _unsigned(data)
                 det.dq_source = source
             else:
@@ -530,14 +543,10 @@ def read_exposure(
                     n_nonfinite=n_bad,
                 )
             )
-        _attach(
-            [(n or f"hdu{i}", i, n, v, _load_data(path, h, i)) for i, h, n, v in dq_planes],
-            detectors, "dq", path, file_warnings,
-        )
-        _attach(
-            [((n or f"hdu{i}").lower(), i, n, v, _load_data(path, h, i)) for i, h, n, v in aux_planes],
-            detectors, "aux", path, file_warnings,
-        )
+        _attach([(n or f"hdu{i}", i, h, n, v) for i, h, n, v in dq_planes],
+                science, detectors, "dq", path, file_warnings)
+        _attach([((n or f"hdu{i}").lower(), i, h, n, v) for i, h, n, v in aux_planes],
+                science, detectors, "aux", path, file_warnings)
         primary_json = header_to_json(primary)
 
     if dq_path is not None:

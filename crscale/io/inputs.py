@@ -158,7 +158,7 @@ def expand_inputs(
         elif os.path.exists(expanded):
             named.append((expanded, dq, weight))
         else:
-            problems.append(InputProblem(item, "file does not exist"))
+            problems.append(InputProblem(os.path.abspath(expanded), "file does not exist"))
 
     for item in inputs:
         if isinstance(item, InputSpec):

@@ -43,7 +43,7 @@ MJD_KEYS = ("MJD-OBS", "MJD_OBS", "MJDSTART", "EXPSTART")
 # Per-amplifier keys: DECam GAINA/GAINB, HST ACS ATODGNA..D / READNSEA..D, numbered GAIN1..
 _PER_AMP_GAIN = re.compile(r"^(?:GAIN[A-H]|GAIN[1-9]|ATODGN[A-H])$")
 _PER_AMP_RN = re.compile(r"^(?:RDNOISE[A-H]|RDNOISE[2-9]|READNSE[A-H]|RON[A-H])$")
-_PER_AMP_SAT = re.compile(r"^SATURAT[A-H]$")
+_PER_AMP_SAT = re.compile(r"^SATURAT[A-DF-H]$")  # not SATURATE itself
 _UNSET_STRINGS = {"", "UNKNOWN", "NONE", "N/A", "NA", "NULL"}
 
 
@@ -378,7 +378,7 @@ def header_to_json(header: fits.Header) -> dict[str, Any]:
     """
     skip = re.compile(
         r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|CHECKSUM|DATASUM|"
-        r"Z[A-Z]+\d*|TFIELDS|TFORM\d+|TTYPE\d+|TUNIT\d+|TDIM\d+|THEAP)$"
+        r"TFIELDS|TFORM\d+|TTYPE\d+|TUNIT\d+|TDIM\d+|THEAP)$"
     )
     out: dict[str, Any] = {}
     for card in header.cards:
