@@ -277,9 +277,8 @@ def _image_hdus(hdul: fits.HDUList) -> list[tuple[int, Any, tuple[int, int]]]:
 
 def _ext_id(hdu: Any, index: int) -> tuple[str | None, int | None]:
     name = hdu.header.get("EXTNAME")
-    extname = str(name).strip() or None if name is not None else None
-    if extname is None and index == 0:
-        extname = None
+    # EXTNAME values padded with trailing spaces are normal FITS.
+    extname = (str(name).strip() or None) if name is not None else None
     extver = hdu.header.get("EXTVER")
     try:
         extver = int(extver) if extver is not None else None
