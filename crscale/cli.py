@@ -103,16 +103,9 @@ def _cmd_ingest(args: argparse.Namespace, inputs: list) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     try:
-        if args.workers and not args.scheduler:
-            from crscale.engine.cluster import dask_client
-
-            with dask_client(n_workers=args.workers) as client:
-                report = ingest(inputs, args.archive, client=client, force=args.force,
-                                hdus=args.hdus, chunks=args.chunks,
-                                progress=not args.no_progress)
-        else:
-            report = ingest(inputs, args.archive, scheduler=args.scheduler, force=args.force,
-                            hdus=args.hdus, chunks=args.chunks, progress=not args.no_progress)
+        report = ingest(inputs, args.archive, scheduler=args.scheduler, n_workers=args.workers,
+                        force=args.force, hdus=args.hdus, chunks=args.chunks,
+                        progress=not args.no_progress)
     except (CrscaleError, OSError) as exc:
         # The archive cannot be created or the cluster reached: nothing was processed.
         print(f"crscale: {exc}", file=sys.stderr)

@@ -256,9 +256,14 @@ def _plan(
     force: bool,
 ) -> tuple[list[tuple[InputSpec, str, str, bool]], list[IngestResult]]:
     """Decide what to do with each hashed file: (spec, id, sha, overwrite) or a result."""
-    done_index = archive.index_by_sha256()
-    taken = set(archive.exposure_ids())
-    source_of = {eid: archive.exposure_attrs(eid)["source"]["path"] for eid in done_index.values()}
+    done_index: dict[str, str] = {}  # sha256 -> exposure id
+    source_of: dict[str, str] = {}  # exposure id -> source path
+    taken: set[str] = set()
+    for eid, attrs in archive.iter_exposures():  # one pass over the archive's attrs
+        taken.add(eid)
+        if attrs.get("status", {}).get("ingest", {}).get("state") == "done":
+            done_index[attrs["source"]["sha256"]] = eid
+            source_of[eid] = attrs["source"]["path"]
     first_in_run: dict[str, tuple[str, str | None]] = {}  # sha -> (path, exposure id)
     todo: list[tuple[InputSpec, str, str, bool]] = []
     settled: list[IngestResult] = []
@@ -302,6 +307,7 @@ def ingest(
     *,
     client: Client | None = None,
     scheduler: str | None = None,
+    n_workers: int | None = None,
     force: bool = False,
     hdus: Sequence[str | int] | None = None,
     chunks: Sequence[int] | None = None,
@@ -321,6 +327,9 @@ def ingest(
         A client to use; default: connect to ``scheduler`` or start a LocalCluster.
     scheduler : str, optional
         Scheduler address or scheduler file, when no ``client`` is given.
+    n_workers : int, optional
+        Worker processes of the LocalCluster started when neither ``client`` nor
+        ``scheduler`` is given.
     force : bool
         Re-ingest files whose SHA-256 is already in the archive (in place, atomically).
     hdus : sequence of str or int, optional
@@ -349,7 +358,7 @@ def ingest(
     settings = ingest_settings(chunks=chunks, hdus=hdus)
 
     with contextlib.nullcontext(client) if client is not None else dask_client(
-        scheduler, echo=echo
+        scheduler, n_workers=n_workers, echo=echo
     ) as cl:
         threads = sum(cl.nthreads().values()) or 1
         window = max(8, IN_FLIGHT_PER_THREAD * threads)

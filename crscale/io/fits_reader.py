@@ -168,9 +168,7 @@ def sanitize_name(name: str) -> str:
 
 def _native(arr: np.ndarray) -> np.ndarray:
     """Same values in native byte order (FITS is big-endian on disk)."""
-    if arr.dtype.byteorder not in ("=", "|") and arr.dtype.byteorder != (
-        "<" if np.little_endian else ">"
-    ):
+    if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return np.ascontiguousarray(arr)
 

@@ -164,7 +164,7 @@ def expand_inputs(
         if isinstance(item, InputSpec):
             add(item.path, item.dq_path, item.weight_path)
         elif _is_manifest(item):
-            manifest = item[1:] if item.startswith("@") else item
+            manifest = os.path.abspath(item[1:] if item.startswith("@") else item)
             if not os.path.isfile(manifest):
                 problems.append(InputProblem(manifest, "manifest file does not exist"))
                 continue
