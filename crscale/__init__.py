@@ -3,7 +3,16 @@
 from crscale import config  # noqa: F401  (registers the crscale defaults with dask.config)
 from crscale._version import __version__
 
-__all__ = ["__version__", "sample_data_dir"]
+__all__ = ["__version__", "detect", "sample_data_dir"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import crscale` (and the ingest CLI) should not pay for importing torch.
+    if name == "detect":
+        from crscale.detection import detect
+
+        return detect
+    raise AttributeError(f"module 'crscale' has no attribute {name!r}")
 
 
 def sample_data_dir() -> "Path":  # noqa: F821

@@ -35,22 +35,33 @@ def _add_ingest_args(p: argparse.ArgumentParser, *, inputs_required: bool) -> No
         "or manifests (@list.txt: one file per line, optional dq=PATH weight=PATH)",
     )
     p.add_argument("--archive", "-a", required=True, help="the Zarr archive (created if missing)")
-    p.add_argument("--force", action="store_true",
-                   help="redo files whose SHA-256 is already in the archive")
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="use a running Dask scheduler (address or scheduler-file.json) instead "
-                   "of starting a LocalCluster")
+    p.add_argument("--force", action="store_true", help="redo files whose SHA-256 is already in the archive")
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="use a running Dask scheduler (address or scheduler-file.json) instead "
+        "of starting a LocalCluster",
+    )
     p.add_argument("--workers", type=int, metavar="N", help="LocalCluster worker processes")
-    p.add_argument("--chunks", type=_chunks, metavar="NY,NX",
-                   help="Zarr chunk shape (default from config: crscale.archive.chunks)")
-    p.add_argument("--hdu", action="append", metavar="SEL", dest="hdus",
-                   help="only these science HDUs: index, EXTNAME or EXTNAME,EXTVER (repeatable)")
-    p.add_argument("--dq", metavar="PATH",
-                   help="separate data-quality / bad-pixel file for a single input file")
+    p.add_argument(
+        "--chunks",
+        type=_chunks,
+        metavar="NY,NX",
+        help="Zarr chunk shape (default from config: crscale.archive.chunks)",
+    )
+    p.add_argument(
+        "--hdu",
+        action="append",
+        metavar="SEL",
+        dest="hdus",
+        help="only these science HDUs: index, EXTNAME or EXTNAME,EXTVER (repeatable)",
+    )
+    p.add_argument(
+        "--dq", metavar="PATH", help="separate data-quality / bad-pixel file for a single input file"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--report", metavar="JSON", help="also write the per-file results as JSON")
-    p.add_argument("--strict", action="store_true",
-                   help="exit 1 on duplicates too, not only on failures")
+    p.add_argument("--strict", action="store_true", help="exit 1 on duplicates too, not only on failures")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,26 +74,59 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crscale {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("ingest", help="ingest FITS exposures into a Zarr archive",
-                       description="Ingest FITS exposures into a crscale Zarr archive, in "
-                       "parallel on Dask. Re-running skips files already ingested.")
+    p = sub.add_parser(
+        "ingest",
+        help="ingest FITS exposures into a Zarr archive",
+        description="Ingest FITS exposures into a crscale Zarr archive, in "
+        "parallel on Dask. Re-running skips files already ingested.",
+    )
     _add_ingest_args(p, inputs_required=True)
 
-    p = sub.add_parser("run", help="the whole pipeline over inputs (stages available: ingest)",
-                       description="Run every available stage over the inputs: ingest now; "
-                       "detect and catalogue join as they are built.")
+    p = sub.add_parser(
+        "run",
+        help="the whole pipeline over inputs (stages available: ingest)",
+        description="Run every available stage over the inputs: ingest now; "
+        "detect and catalogue join as they are built.",
+    )
     _add_ingest_args(p, inputs_required=False)
-    p.add_argument("--sample", action="store_true",
-                   help="add the bundled real sample exposures to the inputs")
+    p.add_argument(
+        "--sample", action="store_true", help="add the bundled real sample exposures to the inputs"
+    )
 
-    p = sub.add_parser("info", help="summarise an archive",
-                       description="Print a readable summary of an archive: exposures, "
-                       "stages, guessed metadata, warnings and failures.")
+    p = sub.add_parser(
+        "info",
+        help="summarise an archive",
+        description="Print a readable summary of an archive: exposures, "
+        "stages, guessed metadata, warnings and failures.",
+    )
     p.add_argument("archive", help="the Zarr archive")
     p.add_argument("--exposure", "-e", help="details of one exposure")
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
 
     sub.add_parser("sample-data", help="print the folder of the bundled real sample data")
+
+    p = sub.add_parser(
+        "train",
+        help="train a CR model (label-free: real images + injected real CRs)",
+        description="Train a U-Net CR detector from a YAML config (see docs/training.md): "
+        "real science images, real CR footprints (LSST ITL darks and/or your own dark "
+        "frames), validation on held-out images. Resumes from the checkpoint in the "
+        "work folder unless --fresh.",
+    )
+    p.add_argument("config", help="training config (YAML)")
+    p.add_argument("--epochs", type=int, help="override the config's epochs")
+    p.add_argument("--workdir", help="override the work folder (patches, checkpoints)")
+    p.add_argument("--output", help="override the output weight file (.safetensors)")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
+        "models",
+        help="list the available CR models and their model cards",
+        description="List shipped models (and pip deepCR models when deepCR is "
+        "installed), or print one model card.",
+    )
+    p.add_argument("name", nargs="?", help="print this model's card as JSON")
     return parser
 
 
@@ -94,18 +138,27 @@ def _cmd_ingest(args: argparse.Namespace, inputs: list) -> int:
         from crscale.io.inputs import InputSpec
 
         if len(inputs) != 1:
-            print("crscale: --dq needs exactly one input file; use a manifest "
-                  "(image dq=PATH per line) for many", file=sys.stderr)
+            print(
+                "crscale: --dq needs exactly one input file; use a manifest "
+                "(image dq=PATH per line) for many",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         inputs = [InputSpec(str(Path(inputs[0]).absolute()), str(Path(args.dq).absolute()))]
     if not inputs:
-        print("crscale: no inputs (give files, directories, patterns or --sample)",
-              file=sys.stderr)
+        print("crscale: no inputs (give files, directories, patterns or --sample)", file=sys.stderr)
         return EXIT_USAGE
     try:
-        report = ingest(inputs, args.archive, scheduler=args.scheduler, n_workers=args.workers,
-                        force=args.force, hdus=args.hdus, chunks=args.chunks,
-                        progress=not args.no_progress)
+        report = ingest(
+            inputs,
+            args.archive,
+            scheduler=args.scheduler,
+            n_workers=args.workers,
+            force=args.force,
+            hdus=args.hdus,
+            chunks=args.chunks,
+            progress=not args.no_progress,
+        )
     except (CrscaleError, OSError) as exc:
         # The archive cannot be created or the cluster reached: nothing was processed.
         print(f"crscale: {exc}", file=sys.stderr)
@@ -138,17 +191,25 @@ def format_info(summary: dict) -> str:
     ]
     rows = summary["exposures"]
     if rows:
-        header = ("exposure", "instrument", "date_obs", "exptime", "det", "shape", "stages",
-                  "guessed")
+        header = ("exposure", "instrument", "date_obs", "exptime", "det", "shape", "stages", "guessed")
         table = []
         for r in rows:
             shapes = sorted(set(r["shapes"]))
             shape = " ".join(f"{s[0]}x{s[1]}" for s in shapes)
             stages = ",".join(f"{k}:{v}" for k, v in r["status"].items())
             exptime = "-" if r["exptime"] is None else f"{r['exptime']:g}"
-            table.append((r["exposure_id"], r["instrument"] or "?", (r["date_obs"] or "?")[:19],
-                          exptime, str(len(r["detectors"])), shape, stages,
-                          ",".join(r.get("guessed", [])) or "-"))
+            table.append(
+                (
+                    r["exposure_id"],
+                    r["instrument"] or "?",
+                    (r["date_obs"] or "?")[:19],
+                    exptime,
+                    str(len(r["detectors"])),
+                    shape,
+                    stages,
+                    ",".join(r.get("guessed", [])) or "-",
+                )
+            )
         widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
         lines.append("")
         for t in (header, *table):
@@ -172,8 +233,10 @@ def format_info(summary: dict) -> str:
         for f in dups:
             lines.append(f"  {f.get('path')}: {f.get('problem')}")
     if summary.get("n_staging_leftovers"):
-        lines.append(f"Interrupted writes left in staging/: {summary['n_staging_leftovers']} "
-                     "(a later ingest removes them once an hour old)")
+        lines.append(
+            f"Interrupted writes left in staging/: {summary['n_staging_leftovers']} "
+            "(a later ingest removes them once an hour old)"
+        )
     return "\n".join(lines)
 
 
@@ -189,20 +252,24 @@ def format_exposure(archive, exposure_id: str) -> str:  # noqa: ANN001 - Archive
     for key in ("instrument", "telescope", "date_obs", "exptime", "filter", "object"):
         lines.append(f"  {key:<10} {attrs.get(key)}")
     for stage, st in attrs.get("status", {}).items():
-        lines.append(f"  {stage:<10} {st.get('state')} at {st.get('time')} "
-                     f"(crscale {st.get('crscale_version')})")
+        lines.append(
+            f"  {stage:<10} {st.get('state')} at {st.get('time')} (crscale {st.get('crscale_version')})"
+        )
     for det in archive.detectors(exposure_id):
         ds = archive.open_detector(exposure_id, det)
         a = ds.attrs
-        planes = ", ".join(f"{v} {ds[v].dtype} chunks {ds[v].encoding.get('chunks')}"
-                           for v in ds.data_vars)
-        lines.append(f"  detector {det}: HDU {a.get('hdu_index')} "
-                     f"(EXTNAME={a.get('extname')!r}, EXTVER={a.get('extver')}), "
-                     f"{ds.sizes['y']}x{ds.sizes['x']}")
+        planes = ", ".join(f"{v} {ds[v].dtype} chunks {ds[v].encoding.get('chunks')}" for v in ds.data_vars)
+        lines.append(
+            f"  detector {det}: HDU {a.get('hdu_index')} "
+            f"(EXTNAME={a.get('extname')!r}, EXTVER={a.get('extver')}), "
+            f"{ds.sizes['y']}x{ds.sizes['x']}"
+        )
         lines.append(f"    planes     {planes}")
-        lines.append(f"    gain {a.get('gain'):.4g} e-/ADU, read noise {a.get('readnoise'):.4g} e-, "
-                     f"saturation {a.get('saturation')}, binning {a.get('binning')}, "
-                     f"detector {a.get('detector')!r}")
+        lines.append(
+            f"    gain {a.get('gain'):.4g} e-/ADU, read noise {a.get('readnoise'):.4g} e-, "
+            f"saturation {a.get('saturation')}, binning {a.get('binning')}, "
+            f"detector {a.get('detector')!r}"
+        )
         if a.get("dq_source"):
             lines.append(f"    dq from    {a['dq_source']}")
         if a.get("guessed"):
@@ -233,6 +300,62 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from crscale.io.errors import InputError
+    from crscale.train import TrainConfig, train
+
+    try:
+        config = TrainConfig.from_yaml(
+            args.config, epochs=args.epochs, workdir=args.workdir, output=args.output
+        )
+        result = train(config, resume=not args.fresh, progress=not args.no_progress)
+    except InputError as exc:
+        print(f"crscale train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        print(f"crscale train: {args.config}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    v = result.card.validation
+    print(
+        f"model: {result.model_path}\nvalidation: TPR@FPR=1e-3 {v['tpr@fpr=1e-3']:.4f}, "
+        f"TPR@FPR=1e-4 {v['tpr@fpr=1e-4']:.4f}, F1 {v['f1']:.3f} "
+        f"at threshold {result.card.recommended_threshold}"
+    )
+    return EXIT_OK
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from crscale.io.errors import InputError
+    from crscale.models import DEFAULT_MODEL, available_models, load_model
+
+    if args.name:
+        try:
+            _, card = load_model(args.name)
+        except (InputError, ImportError) as exc:
+            print(f"crscale models: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(json.dumps(card.to_dict(), indent=2))
+        return EXIT_OK
+    print(f"{'model':<24} {'architecture':<28} {'params':>8} {'thr':>5} {'TPR@1e-3':>9} {'TPR@1e-4':>9}")
+    for name in available_models():
+        _, card = load_model(name)
+        a, v = card.architecture, card.validation
+        arch = f"depth {a['depth']}, {a['width']} ch, {a['norm']}{', attention' if a['attention'] else ''}"
+        star = " (default)" if name == DEFAULT_MODEL else ""
+        print(
+            f"{name:<24} {arch:<28} {card.parameters:>8,} {card.recommended_threshold:>5.2f} "
+            f"{v.get('tpr@fpr=1e-3', float('nan')):>9.4f} {v.get('tpr@fpr=1e-4', float('nan')):>9.4f}{star}"
+        )
+    try:
+        from crscale.models.deepcr import deepcr_model_names
+
+        names = deepcr_model_names()
+        print(f"pip deepCR models (use as deepcr:NAME): {', '.join(names)}")
+    except ImportError:
+        print("pip deepCR is not installed: its models are not available")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``crscale`` console script."""
     args = build_parser().parse_args(argv)
@@ -248,6 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_ingest(args, inputs)
     if args.command == "info":
         return _cmd_info(args)
+    if args.command == "train":
+        return _cmd_train(args)
+    if args.command == "models":
+        return _cmd_models(args)
     if args.command == "sample-data":
         from crscale import sample_data_dir
 

@@ -1,0 +1,21 @@
+"""Single-image CR detection: normalise, tile, predict, threshold, inpaint (pure numpy/torch, no dask).
+
+This is what a user calls on one image (:func:`detect`) and what every engine worker calls on
+one block (with the detector's :class:`ImageStats` and the block's ``origin``).
+"""
+
+from crscale.detection.api import DetectResult, detect
+from crscale.detection.normalise import ImageStats, compute_stats, normalise
+from crscale.detection.predictor import Predictor, get_predictor
+from crscale.detection.tiling import required_halo
+
+__all__ = [
+    "DetectResult",
+    "ImageStats",
+    "Predictor",
+    "compute_stats",
+    "detect",
+    "get_predictor",
+    "normalise",
+    "required_halo",
+]

@@ -1,0 +1,92 @@
+"""Model cards: the JSON file that travels with every weight file.
+
+A card says what the weights are (architecture), how to feed them (input normalisation), what
+they were trained on, and how well they did on held-out data (validation metrics and the
+recommended threshold). :func:`crscale.detect` reads the normalisation and threshold from it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crscale.models.unet import UNetConfig
+
+CARD_FORMAT = "crscale-model-card/1"
+
+#: The input normalisation of crscale-trained models (see docs/models.md).
+ROBUST_ASINH = {
+    "method": "robust-asinh",
+    "description": (
+        "Computed once per detector image, never per tile: the image is converted to electrons "
+        "with the gain, sky = median and noise = 1.4826 x MAD of the finite, unflagged pixels "
+        "(iterated 5-sigma clipping; read-noise/Poisson floor when the MAD is zero); the network "
+        "input is asinh((image - sky) / (asinh_scale x noise)). Bad pixels (NaN/inf, saturated, "
+        "DQ-flagged) are filled from their good neighbours before inference."
+    ),
+    "asinh_scale": 3.0,
+    "units": "electrons",
+}
+
+
+@dataclass
+class ModelCard:
+    """Everything about a model but its weights.
+
+    Attributes
+    ----------
+    name : str
+        Registry name, e.g. ``"crscale-default"`` or ``"deepcr:ACS-WFC"``.
+    architecture : dict
+        :class:`~crscale.models.unet.UNetConfig` fields.
+    normalisation : dict
+        How images become network inputs; ``method`` is one of ``"robust-asinh"`` (crscale
+        models), ``"scale"`` (deepCR: image in electrons divided by ``scale``) or
+        ``"meanstd"`` (deepCR WFC3/UVIS: whole-image mean and standard deviation).
+    recommended_threshold : float
+        Probability threshold for the binary mask.
+    training : dict
+        Data, recipe, epochs, seeds, time.
+    validation : dict
+        Metrics on held-out images.
+    """
+
+    name: str
+    architecture: dict
+    normalisation: dict = field(default_factory=lambda: dict(ROBUST_ASINH))
+    recommended_threshold: float = 0.5
+    training: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)
+    parameters: int | None = None
+    receptive_radius: int | None = None
+    licence: str = "BSD-3-Clause"
+    notes: str = ""
+    created: str = ""
+    crscale_version: str = ""
+    format: str = CARD_FORMAT
+
+    @property
+    def config(self) -> UNetConfig:
+        """The architecture as a :class:`UNetConfig`."""
+        return UNetConfig(**self.architecture)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+    def write(self, path: str | Path) -> None:
+        """Write the card as indented JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        """Build from a dict, ignoring unknown keys written by newer versions."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @classmethod
+    def read(cls, path: str | Path) -> ModelCard:
+        """Read a card file."""
+        return cls.from_dict(json.loads(Path(path).read_text()))

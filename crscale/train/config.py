@@ -1,0 +1,148 @@
+"""Training configuration (the YAML file given to ``crscale train``)."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from crscale.io.errors import InputError
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz", ".fz")
+
+
+@dataclass
+class SkyAugment:
+    """deepCR-style sky / exposure-time augmentation (see :func:`crscale.train.inject.sky_augment`)."""
+
+    p: float = 0.7
+    scale_range: tuple[float, float] = (0.3, 3.0)
+    add_sky_range: tuple[float, float] = (0.0, 3.0e4)
+    p_add: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``crscale train`` needs; paths are relative to the YAML file.
+
+    Attributes
+    ----------
+    name : str
+        Model name (registry name of the result).
+    architecture : str or dict
+        A preset name (``deepcr-3-32``, ``gn-3-32``, ``deepcr-3-32-att``, ...) or UNetConfig fields.
+    train_images, val_images : list of str
+        FITS files, directories or globs of real science images. Validation images are never
+        used for training (an image in both lists is an error).
+    darks : list of str
+        The user's own dark frames: CRs = pixels > ``dark_nsigma`` σ above the median,
+        dilated 3×3, rescaled by the ratio of noise levels.
+    use_itl : bool
+        Inject the bundled LSST ITL dark-frame CR footprints (electrons, converted with each
+        image's gain).
+    own_crs : {"astroscrappy", "none"}
+        How the science images' own CRs are handled: found with astroscrappy (conservative
+        settings), replaced by its clean values and left out of the loss (dilated 1 px).
+    """
+
+    name: str = "crscale-model"
+    architecture: Any = "deepcr-3-32"
+    train_images: list[str] = field(default_factory=list)
+    val_images: list[str] = field(default_factory=list)
+    darks: list[str] = field(default_factory=list)
+    dark_nsigma: float = 3.0
+    use_itl: bool = True
+    own_crs: str = "astroscrappy"
+    patch: int = 128
+    patch_stride: int = 64
+    batch_size: int = 16
+    epochs: int = 30
+    steps_per_epoch: int = 100
+    lr: float = 0.005
+    loss: str = "bce"
+    bn_train_fraction: float = 0.4
+    lr_patience: int = 4
+    lr_factor: float = 0.1
+    lr_threshold: float = 1e-3
+    cr_rate: float = 3.0e-4
+    val_cr_rate: float = 2.0e-4
+    sky_augment: SkyAugment = field(default_factory=SkyAugment)
+    seed: int = 0
+    workdir: str = ""
+    output: str = ""
+    precision: str = "auto"
+    threads: int | None = None
+    notes: str = ""
+    base_dir: str = "."
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sky_augment, dict):
+            self.sky_augment = SkyAugment(**self.sky_augment)
+        if self.loss not in ("bce", "median-weighted"):
+            raise ValueError(f"loss must be 'bce' or 'median-weighted', not {self.loss!r}")
+        if self.own_crs not in ("astroscrappy", "none"):
+            raise ValueError(f"own_crs must be 'astroscrappy' or 'none', not {self.own_crs!r}")
+        if self.patch % 8:
+            raise ValueError(f"patch size {self.patch} must be a multiple of 8")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read a YAML config; unknown keys are an error that names them."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InputError(path, f"cannot read training config: {exc}", kind="config") from exc
+        if not isinstance(data, dict):
+            raise InputError(path, "training config must be a YAML mapping", kind="config")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(
+                path, f"unknown key(s) {unknown}; known: {sorted(known - {'base_dir'})}", kind="config"
+            )
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        data["base_dir"] = str(path.resolve().parent)
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise InputError(path, str(exc), kind="config") from exc
+
+    def resolve(self, p: str) -> Path:
+        """A path of the config, relative to the YAML file's folder."""
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else Path(self.base_dir) / q
+
+    def expand(self, entries: list[str]) -> list[Path]:
+        """FITS files named by files, directories (searched recursively) and globs."""
+        out: list[Path] = []
+        for e in entries:
+            p = self.resolve(e)
+            if any(c in str(e) for c in "*?["):
+                out += sorted(Path(m) for m in glob.glob(str(p), recursive=True))
+            elif p.is_dir():
+                out += sorted(q for q in p.rglob("*") if q.name.lower().endswith(FITS_SUFFIXES))
+            elif p.exists():
+                out.append(p)
+            else:
+                raise InputError(p, "training image not found", kind="missing")
+        return out
+
+    @property
+    def workdir_path(self) -> Path:
+        """Where patches, checkpoints and the log go."""
+        return self.resolve(self.workdir or f"runs/{self.name}")
+
+    @property
+    def output_path(self) -> Path:
+        """The trained model's weight file."""
+        return self.resolve(self.output) if self.output else self.workdir_path / f"{self.name}.safetensors"
+
+    def to_dict(self) -> dict:
+        """Plain dict (for the model card)."""
+        d = asdict(self)
+        d.pop("base_dir")
+        return d

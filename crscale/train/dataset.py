@@ -1,0 +1,236 @@
+"""Training data: patches of real images, and held-out validation images with injected real CRs.
+
+Science images are cleaned of their own CRs and cut into patches in a Zarr store; validation
+images get real CR footprints injected, with their exact truth.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from scipy import ndimage
+
+from crscale.detection.badpix import bad_pixel_mask
+from crscale.detection.stats import robust_sky_noise
+from crscale.io.fits_reader import read_exposure, sha256_file
+from crscale.train.config import TrainConfig
+from crscale.train.footprints import CRLibrary, footprints_from_dark_file, load_itl_footprints
+from crscale.train.inject import inject_crs
+
+STORE_VERSION = 1
+
+
+@dataclass
+class SourceImage:
+    """One detector image of a training or validation file, in electrons."""
+
+    name: str
+    path: str
+    sha256: str
+    image_e: np.ndarray
+    bad: np.ndarray
+    own_cr: np.ndarray
+    sky_e: float
+    noise_e: float
+    readnoise_e: float
+    gain: float
+
+
+def _own_crs(image_e: np.ndarray, bad: np.ndarray, readnoise_e: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image's own CRs (astroscrappy, conservative) dilated 1 px, and the image with them cleaned."""
+    import astroscrappy
+
+    # Bad pixels become the median so astroscrappy's Laplacian does not ring around them.
+    work = np.where(bad, np.nanmedian(image_e[~bad]) if (~bad).any() else 0.0, image_e).astype(np.float32)
+    crmask, clean = astroscrappy.detect_cosmics(
+        work,
+        inmask=bad,
+        gain=1.0,
+        readnoise=max(readnoise_e, 1.0),
+        sigclip=4.5,
+        sigfrac=0.3,
+        objlim=5.0,
+        satlevel=np.inf,
+        niter=4,
+        cleantype="medmask",
+    )
+    crmask = ndimage.binary_dilation(crmask, np.ones((3, 3), bool)) & ~bad
+    return crmask, np.where(crmask, clean, image_e).astype(np.float32)
+
+
+def load_source_images(
+    paths: list[Path], own_crs: str = "astroscrappy", min_size: int = 0
+) -> list[SourceImage]:
+    """Read FITS files into per-detector images in electrons, with bad pixels and own CRs found."""
+    out: list[SourceImage] = []
+    for path in paths:
+        exp = read_exposure(path)
+        digest = sha256_file(path)
+        for det in exp.detectors:
+            if min(det.image.shape) < min_size:
+                continue
+            gain = float(det.meta.gain or 1.0)
+            rn = float(det.meta.readnoise or 5.0)
+            bad = bad_pixel_mask(det.image, det.dq, det.meta.saturation)
+            img = np.where(bad, 0.0, det.image.astype(np.float64) * gain).astype(np.float32)
+            if own_crs == "astroscrappy":
+                own, img = _own_crs(img, bad, rn)
+            else:
+                own = np.zeros_like(bad)
+            sky, noise = robust_sky_noise(img, bad | own)
+            name = exp.exposure_id if len(exp.detectors) == 1 else f"{exp.exposure_id}/{det.name}"
+            out.append(SourceImage(name, str(path), digest, img, bad, own, sky, noise, rn, gain))
+    return out
+
+
+def cr_libraries(config: TrainConfig) -> list[CRLibrary]:
+    """The CR footprint libraries of a config: the bundled ITL set and/or the user's darks."""
+    libs: list[CRLibrary] = []
+    if config.use_itl:
+        libs.append(load_itl_footprints())
+    for dark in config.expand(config.darks):
+        libs.append(footprints_from_dark_file(dark, nsigma=config.dark_nsigma))
+    if not libs:
+        raise ValueError("no CR footprints: set use_itl: true or give darks")
+    return libs
+
+
+def build_store(config: TrainConfig, path: str | Path, *, log=print) -> zarr.Group:
+    """Write the patch store: training patches and injected validation images.
+
+    Layout: ``train/image`` (N, P, P) float32 electrons, ``train/ignore`` (own CRs and bad
+    pixels, left out of the loss), ``train/bad``, ``train/sky_e``, ``train/noise_e``,
+    ``train/readnoise_e``, ``train/weight`` (sampling weight: each source image contributes in
+    proportion to the square root of its patch count, so that five frames of one field do not
+    drown the rest); ``val/<i>/{image,truth,valid,bad}`` whole validation images with real CR
+    footprints injected at ``val_cr_rate``. The attrs record the sources and their sha256.
+    """
+    train_paths = config.expand(config.train_images)
+    val_paths = config.expand(config.val_images)
+    overlap = {p.resolve() for p in train_paths} & {p.resolve() for p in val_paths}
+    if overlap:
+        raise ValueError(f"images in both train_images and val_images: {sorted(map(str, overlap))}")
+    if not train_paths:
+        raise ValueError("train_images names no FITS file")
+    log(f"reading {len(train_paths)} training and {len(val_paths)} validation file(s)")
+    train = load_source_images(train_paths, config.own_crs, min_size=config.patch)
+    val = load_source_images(val_paths, config.own_crs)
+    if not train:
+        raise ValueError(f"no training image is at least {config.patch} px on a side")
+
+    P, S = config.patch, config.patch_stride
+    patches, ignores, bads, meta, src = [], [], [], [], []
+    for k, im in enumerate(train):
+        h, w = im.image_e.shape
+        n0 = len(patches)
+        for y in range(0, h - P + 1, S):
+            for x in range(0, w - P + 1, S):
+                b = im.bad[y : y + P, x : x + P]
+                if b.mean() > 0.5:
+                    continue
+                patches.append(im.image_e[y : y + P, x : x + P])
+                ignores.append(im.own_cr[y : y + P, x : x + P] | b)
+                bads.append(b)
+                meta.append((im.sky_e, im.noise_e, im.readnoise_e))
+        src += [k] * (len(patches) - n0)
+    src_arr = np.array(src)
+    counts = np.bincount(src_arr, minlength=len(train))
+    weight = 1.0 / np.sqrt(counts[src_arr])
+
+    path = Path(path)
+    root = zarr.open_group(str(path), mode="w")
+    g = root.create_group("train")
+    n = len(patches)
+    for name, arr in (
+        ("image", np.stack(patches).astype(np.float32)),
+        ("ignore", np.stack(ignores)),
+        ("bad", np.stack(bads)),
+        ("sky_e", np.array([m[0] for m in meta], np.float64)),
+        ("noise_e", np.array([m[1] for m in meta], np.float64)),
+        ("readnoise_e", np.array([m[2] for m in meta], np.float64)),
+        ("weight", (weight / weight.sum()).astype(np.float64)),
+        ("source", src_arr.astype(np.int32)),
+    ):
+        chunks = (min(256, n),) + arr.shape[1:]
+        g.create_array(name, data=arr, chunks=chunks)
+
+    rng = np.random.default_rng(config.seed + 1_000_003)
+    libs = cr_libraries(config)
+    vg = root.create_group("val")
+    for i, im in enumerate(val):
+        lib = libs[i % len(libs)]
+        inj = inject_crs(
+            im.image_e,
+            lib,
+            rng,
+            rate=config.val_cr_rate,
+            avoid=im.bad,
+            noise_e=im.noise_e,
+            rescale_noise=lib.noise_e is not None,
+        )
+        sub = vg.create_group(str(i))
+        sub.create_array("image", data=inj.image)
+        sub.create_array("truth", data=inj.truth)
+        sub.create_array("valid", data=~(im.bad | im.own_cr))
+        sub.create_array("bad", data=im.bad)
+        sub.attrs.update(
+            {
+                "name": im.name,
+                "path": im.path,
+                "gain": im.gain,
+                "readnoise_e": im.readnoise_e,
+                "n_crs": int(inj.n_injected),
+            }
+        )
+    root.attrs.update(
+        {
+            "crscale_patch_store": STORE_VERSION,
+            "patch": P,
+            "train_sources": [
+                {**_describe(im), "own_cr_pixels": int(im.own_cr.sum()), "patches": int(c)}
+                for im, c in zip(train, counts, strict=True)
+            ],
+            "val_sources": [_describe(im) for im in val],
+            "config_key": config_key(config),
+        }
+    )
+    log(
+        f"patch store: {n} training patches of {P}x{P} from {len(train)} image(s); "
+        f"{len(val)} validation image(s) -> {path}"
+    )
+    return root
+
+
+def _describe(im: SourceImage) -> dict:
+    """Provenance of a source image for the store's attrs and the model card."""
+    return {
+        "name": im.name,
+        "path": im.path,
+        "sha256": im.sha256,
+        "shape": list(im.image_e.shape),
+        "gain": im.gain,
+        "sky_e": im.sky_e,
+        "noise_e": im.noise_e,
+    }
+
+
+def config_key(config: TrainConfig) -> str:
+    """What the store depends on: a changed image list, patch size or seed rebuilds it."""
+    keys = (
+        "train_images",
+        "val_images",
+        "darks",
+        "dark_nsigma",
+        "use_itl",
+        "own_crs",
+        "patch",
+        "patch_stride",
+        "val_cr_rate",
+        "seed",
+    )
+    d = config.to_dict()
+    return json.dumps({k: d[k] for k in keys}, sort_keys=True)

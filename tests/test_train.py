@@ -1,0 +1,103 @@
+"""crscale train on the bundled real images: patch store, checkpoints, resume, model card, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+import crscale
+from crscale.cli import main
+from crscale.io.errors import InputError
+from crscale.train import TrainConfig, train
+from tests.conftest import EMMI, GMOS, SAAO
+
+
+def _config(tmp_path, name="tiny", **extra) -> TrainConfig:
+    cfg = {
+        "name": name,
+        "architecture": {"depth": 2, "width": 8, "norm": "batch"},
+        "train_images": [str(SAAO), str(EMMI)],
+        "val_images": [str(GMOS)],
+        "epochs": 3,
+        "steps_per_epoch": 3,
+        "batch_size": 4,
+        "patch": 64,
+        "patch_stride": 64,
+        "seed": 5,
+        "workdir": str(tmp_path / "work"),
+        **extra,
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return TrainConfig.from_yaml(path)
+
+
+def test_train_writes_a_model_with_its_card_and_store(tmp_path):
+    cfg = _config(tmp_path)
+    res = train(cfg, progress=False, log=lambda *_: None)
+    card = json.loads(res.model_path.with_suffix(".json").read_text())
+    assert card["name"] == "tiny" and card["architecture"]["depth"] == 2
+    assert card["training"]["epochs_run"] == 3 and len(card["training"]["history"]) == 3
+    assert [s["path"] for s in card["training"]["val_sources"]] == [str(GMOS)]
+    assert {"tpr@fpr=1e-3", "tpr@fpr=1e-4", "threshold_table"} <= set(card["validation"])
+    # BatchNorm two-phase schedule: batch statistics for 40 % of the epochs (1 of 3), frozen after.
+    assert [h["bn"] for h in card["training"]["history"]] == ["batch-stats", "frozen", "frozen"]
+    import zarr
+
+    store = zarr.open_group(str(cfg.workdir_path / "patches.zarr"), mode="r")
+    assert store["train/image"].shape[1:] == (64, 64) and store["train/image"].shape[0] > 10
+    assert store["val/0/truth"][...].sum() > 0  # real CR footprints injected into the held-out image
+    # The trained file works in crscale.detect.
+    img = np.asarray(store["val/0/image"][...])
+    out = crscale.detect(img, model=str(res.model_path), inpaint=False)
+    assert out.prob.shape == img.shape
+
+
+def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
+    full = train(_config(tmp_path / "a"), progress=False, log=lambda *_: None)
+    # Interrupted after epoch 2 of 3 (the checkpoint holds epoch 2), then resumed.
+    cfg_b = _config(tmp_path / "b")
+    train(TrainConfig(**{**cfg_b.__dict__, "epochs": 2}), progress=False, log=lambda *_: None)
+    ckpt = json.loads((cfg_b.workdir_path / "checkpoint.json").read_text())
+    assert ckpt["epoch"] == 1  # zero-based: two epochs done
+    # Resuming with the full schedule: the BN phase boundary is the same (round(0.4 * 3) = 1).
+    resumed = train(cfg_b, progress=False, log=lambda *_: None)
+    a, b = load_file(str(full.model_path)), load_file(str(resumed.model_path))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k].numpy(), b[k].numpy()), k
+
+
+def test_config_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nepochz: 3\n")
+    with pytest.raises(InputError, match="epochz"):
+        TrainConfig.from_yaml(bad)
+    both = tmp_path / "both.yaml"
+    both.write_text(yaml.safe_dump({"train_images": [str(SAAO)], "val_images": [str(SAAO)],
+                                    "workdir": str(tmp_path / "w")}))
+    with pytest.raises(ValueError, match="both"):
+        train(TrainConfig.from_yaml(both), progress=False, log=lambda *_: None)
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump({"train_images": ["nope.fits"], "workdir": str(tmp_path / "w")}))
+    assert main(["train", str(missing), "--no-progress"]) == 2
+
+
+def test_cli_train_and_models(tmp_path, capsys):
+    cfg = _config(tmp_path, epochs=1)
+    yaml_path = tmp_path / "tiny.yaml"
+    args = ["train", str(yaml_path), "--no-progress", "--output", str(tmp_path / "out.safetensors")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "out.safetensors" in out and "TPR@FPR=1e-3" in out
+    assert (tmp_path / "out.json").exists() and cfg.name == "tiny"
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "crscale-default" in listing and "467,233" in listing
+    assert main(["models", "default"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "crscale-default"
