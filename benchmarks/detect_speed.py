@@ -17,6 +17,8 @@ Methods:
   is timed like any other but whose masks mean nothing), precision ``auto`` (bf16 on CPUs with
   AMX / AVX512-BF16, bf16 or fp16 on CUDA);
 - ``crscale <model> float32``: the same in float32;
+- ``crscale <model> auto+compile``: precision ``auto`` with ``torch.compile`` (the engine's
+  setting for long runs; compilation happens in the warm-up and is not timed);
 - ``crscale deepcr:ACS-WFC`` (auto and float32): crscale running deepCR's own ACS-WFC
   weights: the like-for-like comparison with the line below (same network, same weights);
 - ``deepCR ACS-WFC``: pip deepCR as users run it, ``clean(segment=True, patch=1024,
@@ -135,8 +137,9 @@ def run_child(args: argparse.Namespace) -> None:
         import crscale
         from crscale.detection import get_predictor
 
-        pred = get_predictor(args.model, device=args.device, precision=args.precision)
-        precision = str(pred.dtype).removeprefix("torch.")
+        prec, _, comp = args.precision.partition("+")
+        pred = get_predictor(args.model, device=args.device, precision=prec, compile=comp == "compile")
+        precision = str(pred.dtype).removeprefix("torch.") + ("+compile" if pred.compiled else "")
 
         def run(img: np.ndarray) -> np.ndarray:
             # Gain 1: the benchmark image is already in electrons.
@@ -242,6 +245,7 @@ def main() -> None:  # noqa: D103
         methods = {
             "model-auto": ("crscale", f"crscale {short}", model, "auto"),
             "model-f32": ("crscale", f"crscale {short}", model, "float32"),
+            "model-compiled": ("crscale", f"crscale {short}", model, "auto+compile"),
             "dc-auto": ("crscale", f"crscale deepcr:{DEEPCR_MODEL}", f"deepcr:{DEEPCR_MODEL}", "auto"),
             "dc-f32": ("crscale", f"crscale deepcr:{DEEPCR_MODEL}", f"deepcr:{DEEPCR_MODEL}", "float32"),
         }
@@ -256,7 +260,7 @@ def main() -> None:  # noqa: D103
 
         deepcr_s = results.get("deepcr", {}).get("seconds")
         print()
-        print(f"{'method':44s} {'precision':>9s} {'s/Mpix':>8s} {'peak GB':>8s} {'base GB':>8s} "
+        print(f"{'method':44s} {'precision':>16s} {'s/Mpix':>8s} {'peak GB':>8s} {'base GB':>8s} "
               f"{'GPU GB':>7s} {'deepCR/this':>11s}")
         for key, r in results.items():
             label = methods[key][1]
@@ -265,7 +269,7 @@ def main() -> None:  # noqa: D103
                 continue
             ratio = f"{deepcr_s / r['seconds']:.2f}x" if deepcr_s else "-"
             gpu = f"{r['gpu_peak_gb']:.2f}" if r["gpu_peak_gb"] is not None else "-"
-            print(f"{label:44s} {r['precision']:>9s} {r['seconds'] / mpix:8.3f} {r['peak_rss_gb']:8.2f} "
+            print(f"{label:44s} {r['precision']:>16s} {r['seconds'] / mpix:8.3f} {r['peak_rss_gb']:8.2f} "
                   f"{r['base_rss_gb']:8.2f} {gpu:>7s} {ratio:>11s}")
         if why_not is not None:
             print(f"deepCR baseline not run: {why_not}")
