@@ -176,6 +176,9 @@ def test_bad_input_errors(banzai):
         crscale.detect(np.full((64, 64), np.nan, np.float32))
     with pytest.raises(ValueError, match="threshold"):
         crscale.detect(banzai[:64, :64], threshold=1.5)
+    for gain in (0.0, -2.0, float("nan")):
+        with pytest.raises(ValueError, match="gain"):
+            crscale.detect(banzai[:64, :64], gain=gain)
     with pytest.raises(TypeError, match="numeric"):
         crscale.detect(np.array([["a", "b"], ["c", "d"]]))
 

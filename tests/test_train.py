@@ -88,6 +88,24 @@ def test_config_errors_name_the_file(tmp_path):
     assert main(["train", str(missing), "--no-progress"]) == 2
 
 
+def test_unreadable_training_files_are_skipped_and_recorded(tmp_path):
+    from tests.conftest import make_bad_inputs
+
+    bad = make_bad_inputs(tmp_path / "bad")
+    messages: list[str] = []
+    cfg = _config(tmp_path, train_images=[str(SAAO), str(bad["junk"]), str(bad["truncated"])],
+                  darks=[str(bad["empty"])], epochs=1)
+    res = train(cfg, progress=False, log=messages.append)
+    text = "\n".join(messages)
+    assert "junk.fits" in text and "truncated.fits" in text and "empty.fits" in text
+    import zarr
+
+    store = zarr.open_group(str(cfg.workdir_path / "patches.zarr"), mode="r")
+    skipped = {s["path"] for s in store.attrs["skipped_sources"]}
+    assert skipped == {str(bad["junk"]), str(bad["truncated"])}
+    assert [s["path"] for s in res.card.training["train_sources"]] == [str(SAAO)]
+
+
 def test_cli_train_and_models(tmp_path, capsys):
     cfg = _config(tmp_path, epochs=1)
     yaml_path = tmp_path / "tiny.yaml"

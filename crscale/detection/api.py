@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -182,6 +182,11 @@ def detect(
     if data.size == 0:
         raise ValueError("detect() got an empty image")
 
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], not {threshold}")
+    if gain is not None and not (np.isfinite(gain) and gain > 0):
+        raise ValueError(f"gain must be a positive number of electrons per unit, not {gain}")
+
     pred = predictor_from(model, device, precision, compile)
     card = pred.card
     bad = bad_pixel_mask(data, dq, saturation)
@@ -190,9 +195,7 @@ def detect(
             raise ValueError("the image has no finite, unflagged pixel")
         stats = compute_stats(data, bad, gain=gain)
         if readnoise and gain:
-            floor = 0.5 * readnoise / gain
-            if stats.noise < floor:
-                stats = ImageStats(stats.sky, floor, stats.gain, stats.mean, stats.std)
+            stats = replace(stats, noise=max(stats.noise, 0.5 * readnoise / gain))
     x = fill_bad(normalise(np.where(bad, 0, data) if bad.any() else data, stats, card.normalisation), bad)
 
     halo = required_halo(pred.config)
@@ -213,8 +216,6 @@ def detect(
             bar.close()
     prob[bad] = 0.0
     thr = float(card.recommended_threshold if threshold is None else threshold)
-    if not 0.0 <= thr <= 1.0:
-        raise ValueError(f"threshold must lie in [0, 1], not {thr}")
     mask = prob >= thr
     if thr == 0.0:
         mask &= ~bad

@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from crscale.detection.badpix import bad_pixel_mask
 from crscale.detection.stats import robust_sky_noise
+from crscale.io.errors import InputError
 from crscale.io.fits_reader import read_exposure, sha256_file
 from crscale.train.config import TrainConfig
 from crscale.train.footprints import CRLibrary, footprints_from_dark_file, load_itl_footprints
@@ -63,12 +64,22 @@ def _own_crs(image_e: np.ndarray, bad: np.ndarray, readnoise_e: float) -> tuple[
 
 
 def load_source_images(
-    paths: list[Path], own_crs: str = "astroscrappy", min_size: int = 0
+    paths: list[Path], own_crs: str = "astroscrappy", min_size: int = 0, skipped: list[dict] | None = None
 ) -> list[SourceImage]:
-    """Read FITS files into per-detector images in electrons, with bad pixels and own CRs found."""
+    """Read FITS files into per-detector images in electrons, with bad pixels and own CRs found.
+
+    A file that cannot be read (corrupt, truncated, no 2-D image, ...) is left out and
+    appended to ``skipped`` as ``{"path", "problem"}``; the others are still used.
+    """
     out: list[SourceImage] = []
     for path in paths:
-        exp = read_exposure(path)
+        try:
+            exp = read_exposure(path)
+        except InputError as exc:
+            if skipped is None:
+                raise
+            skipped.append({"path": str(path), "problem": exc.problem})
+            continue
         digest = sha256_file(path)
         for det in exp.detectors:
             if min(det.image.shape) < min_size:
@@ -87,15 +98,26 @@ def load_source_images(
     return out
 
 
-def cr_libraries(config: TrainConfig) -> list[CRLibrary]:
-    """The CR footprint libraries of a config: the bundled ITL set and/or the user's darks."""
+def cr_libraries(config: TrainConfig, *, log=print) -> list[CRLibrary]:
+    """The CR footprint libraries of a config: the bundled ITL set and/or the user's darks.
+
+    A dark that cannot be read, or in which no CR is found, is left out with a message.
+    """
     libs: list[CRLibrary] = []
     if config.use_itl:
         libs.append(load_itl_footprints())
     for dark in config.expand(config.darks):
-        libs.append(footprints_from_dark_file(dark, nsigma=config.dark_nsigma))
+        try:
+            lib = footprints_from_dark_file(dark, nsigma=config.dark_nsigma)
+        except InputError as exc:
+            log(f"skipping dark frame {exc}")
+            continue
+        if len(lib) == 0:
+            log(f"skipping dark frame {dark}: no pixel above {config.dark_nsigma} sigma")
+            continue
+        libs.append(lib)
     if not libs:
-        raise ValueError("no CR footprints: set use_itl: true or give darks")
+        raise ValueError("no CR footprints: set use_itl: true or give readable dark frames")
     return libs
 
 
@@ -117,8 +139,11 @@ def build_store(config: TrainConfig, path: str | Path, *, log=print) -> zarr.Gro
     if not train_paths:
         raise ValueError("train_images names no FITS file")
     log(f"reading {len(train_paths)} training and {len(val_paths)} validation file(s)")
-    train = load_source_images(train_paths, config.own_crs, min_size=config.patch)
-    val = load_source_images(val_paths, config.own_crs)
+    skipped: list[dict] = []
+    train = load_source_images(train_paths, config.own_crs, min_size=config.patch, skipped=skipped)
+    val = load_source_images(val_paths, config.own_crs, skipped=skipped)
+    for s in skipped:
+        log(f"skipping {s['path']}: {s['problem']}")
     if not train:
         raise ValueError(f"no training image is at least {config.patch} px on a side")
 
@@ -159,7 +184,7 @@ def build_store(config: TrainConfig, path: str | Path, *, log=print) -> zarr.Gro
         g.create_array(name, data=arr, chunks=chunks)
 
     rng = np.random.default_rng(config.seed + 1_000_003)
-    libs = cr_libraries(config)
+    libs = cr_libraries(config, log=log)
     vg = root.create_group("val")
     for i, im in enumerate(val):
         lib = libs[i % len(libs)]
@@ -195,6 +220,7 @@ def build_store(config: TrainConfig, path: str | Path, *, log=print) -> zarr.Gro
                 for im, c in zip(train, counts, strict=True)
             ],
             "val_sources": [_describe(im) for im in val],
+            "skipped_sources": skipped,
             "config_key": config_key(config),
         }
     )

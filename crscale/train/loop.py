@@ -23,10 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from crscale.detection.api import detect
 from crscale.detection.badpix import fill_bad
 from crscale.detection.normalise import ImageStats, compute_stats, normalise
 from crscale.detection.predictor import Predictor
-from crscale.detection.tiling import alignment, predict_tiled, required_halo
 from crscale.evaluate.metrics import pixel_metrics, roc_curve, tpr_at_fpr
 from crscale.models.card import ROBUST_ASINH, ModelCard
 from crscale.models.presets import preset
@@ -54,7 +54,7 @@ def _architecture(arch) -> UNetConfig:
 class PatchSampler:
     """Draws training batches from the patch store (all in memory: a few hundred MB at most)."""
 
-    def __init__(self, store, config: TrainConfig):
+    def __init__(self, store, config: TrainConfig, log=print):
         g = store["train"]
         self.image = g["image"][...]
         self.ignore = g["ignore"][...]
@@ -64,7 +64,7 @@ class PatchSampler:
         self.rn = g["readnoise_e"][...]
         self.weight = g["weight"][...]
         self.config = config
-        self.libs = cr_libraries(config)
+        self.libs = cr_libraries(config, log=lambda *_: None)  # build_store already said what it skipped
 
     def batch(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(inputs, targets, loss weights), each (B, 1, P, P) float32."""
@@ -138,22 +138,19 @@ def validate(model: UNet, store, precision: str = "auto") -> dict:
     """Validation loss and pixel metrics on the held-out images, predicted as :func:`crscale.detect` does."""
     card = ModelCard(name="validation", architecture=model.config.to_dict())
     pred = Predictor(model, card, device="cpu", precision=precision)
-    halo, align = required_halo(model.config), alignment(model.config)
-    probs, truths, valids, per_image = [], [], [], {}
+    probs, truths, per_image = [], [], {}
     for key in sorted(store["val"].group_keys(), key=int):
         g = store["val"][key]
         img, truth, valid, bad = g["image"][...], g["truth"][...], g["valid"][...], g["bad"][...]
+        # The image's own CRs stay out of the statistics, as in training.
         stats = compute_stats(img, bad | ~valid)
-        x = fill_bad(normalise(np.where(bad, 0, img), stats, ROBUST_ASINH), bad)
-        p = predict_tiled(x, pred, tile=448, halo=halo, align=align)
-        p[bad] = 0
+        p = detect(img, model=pred, dq=bad, stats=stats, inpaint=False, tile=448).prob
         probs.append(p[valid])
         truths.append(truth[valid])
         per_image[g.attrs["name"]] = {
             "tpr@fpr=1e-3": tpr_at_fpr(p[valid], truth[valid], 1e-3),
             "n_cr_pixels": int(truth[valid].sum()),
         }
-        valids.append(valid)
     p = np.concatenate(probs)
     t = np.concatenate(truths)
     eps = 1e-6
@@ -263,7 +260,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, lo
         threshold=config.lr_threshold,
         threshold_mode="rel",
     )
-    sampler = PatchSampler(store, config)
+    sampler = PatchSampler(store, config, log=log)
     ckpt = work / "checkpoint"
     start, history, best = 0, [], None
     if resume and ckpt.with_suffix(".json").exists():
