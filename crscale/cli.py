@@ -1,7 +1,8 @@
 """The ``crscale`` command line. Thin: parses arguments and calls the layers below.
 
-Exit status: 0 when everything asked for succeeded, 1 when some input failed (the others
-were still processed), 2 for a usage error or an archive that cannot be opened.
+Exit status: 0 when everything asked for succeeded, 1 when some input or exposure failed (the
+others were still processed), 2 for a usage error or an archive that cannot be opened, 130 when
+interrupted (re-run to finish).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from crscale._version import __version__
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _chunks(text: str) -> list[int]:
@@ -36,13 +37,7 @@ def _add_ingest_args(p: argparse.ArgumentParser, *, inputs_required: bool) -> No
     )
     p.add_argument("--archive", "-a", required=True, help="the Zarr archive (created if missing)")
     p.add_argument("--force", action="store_true", help="redo files whose SHA-256 is already in the archive")
-    p.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="use a running Dask scheduler (address or scheduler-file.json) instead "
-        "of starting a LocalCluster",
-    )
-    p.add_argument("--workers", type=int, metavar="N", help="LocalCluster worker processes")
+    _add_cluster_args(p)
     p.add_argument(
         "--chunks",
         type=_chunks,
@@ -62,6 +57,54 @@ def _add_ingest_args(p: argparse.ArgumentParser, *, inputs_required: bool) -> No
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--report", metavar="JSON", help="also write the per-file results as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 on duplicates too, not only on failures")
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="use a running Dask scheduler (address or scheduler-file.json) instead "
+        "of starting a LocalCluster",
+    )
+    p.add_argument("--workers", type=int, metavar="N", help="LocalCluster worker processes")
+
+
+def _add_detect_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("detection (defaults from the dask config, crscale.detect.*)")
+    g.add_argument(
+        "--model", help="model name, .safetensors path or deepcr:NAME (default: the shipped default)"
+    )
+    g.add_argument("--threshold", type=float, help="mask threshold (default: the model card's)")
+    g.add_argument("--device", help="auto (default), cpu, cuda")
+    g.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"))
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile on every worker")
+    g.add_argument(
+        "--no-inpaint",
+        dest="inpaint",
+        action="store_false",
+        default=None,
+        help="do not write the cleaned image",
+    )
+    g.add_argument("--inpaint-method", choices=("median", "gaussian", "harmonic", "biharmonic"))
+    g.add_argument(
+        "--block",
+        type=_chunks,
+        metavar="NY,NX",
+        help="target block shape, rounded to whole Zarr chunks (default 2048,2048)",
+    )
+
+
+def _detect_options(args: argparse.Namespace) -> dict:
+    return {
+        "model": args.model,
+        "threshold": args.threshold,
+        "device": args.device,
+        "precision": args.precision,
+        "compile": args.compile,
+        "inpaint": args.inpaint,
+        "inpaint_method": args.inpaint_method,
+        "block": args.block,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,14 +127,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "run",
-        help="the whole pipeline over inputs (stages available: ingest)",
-        description="Run every available stage over the inputs: ingest now; "
-        "detect and catalogue join as they are built.",
+        help="the whole pipeline over inputs: ingest, then detect",
+        description="Ingest the inputs into the archive, then detect, mask and inpaint the CRs "
+        "of their exposures, on one Dask cluster (the catalogue stage joins when it is built). "
+        "Re-running skips what is done; --force redoes it.",
     )
     _add_ingest_args(p, inputs_required=False)
     p.add_argument(
         "--sample", action="store_true", help="add the bundled real sample exposures to the inputs"
     )
+    p.add_argument(
+        "--stages",
+        default="ingest,detect",
+        metavar="LIST",
+        help="comma-separated stages to run (default: ingest,detect)",
+    )
+    _add_detect_args(p)
+
+    p = sub.add_parser(
+        "detect",
+        help="detect, mask and inpaint the CRs of an archive's exposures on Dask",
+        description="Run the CNN over every ingested exposure of an archive (blocks with a halo on "
+        "Dask workers) and write prob, mask and clean next to each image. Exposures already "
+        "done are skipped (--force redoes them); a failed exposure is recorded and the rest go on.",
+    )
+    p.add_argument("archive", help="the Zarr archive")
+    p.add_argument(
+        "--exposure",
+        "-e",
+        action="append",
+        dest="exposures",
+        metavar="ID",
+        help="only this exposure (repeatable)",
+    )
+    p.add_argument("--force", action="store_true", help="redo exposures whose detection is done")
+    _add_cluster_args(p)
+    _add_detect_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--report", metavar="JSON", help="also write the per-exposure results as JSON")
 
     p = sub.add_parser(
         "info",
@@ -130,21 +203,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_dq(args: argparse.Namespace, inputs: list) -> list | None:
+    """The inputs, with ``--dq`` attached to the single input file; None (message printed) if misused."""
+    if not args.dq:
+        return inputs
+    from crscale.io.inputs import InputSpec
+
+    if len(inputs) != 1:
+        print(
+            "crscale: --dq needs exactly one input file; use a manifest (image dq=PATH per line) for many",
+            file=sys.stderr,
+        )
+        return None
+    return [InputSpec(str(Path(inputs[0]).absolute()), str(Path(args.dq).absolute()))]
+
+
 def _cmd_ingest(args: argparse.Namespace, inputs: list) -> int:
     from crscale.engine.ingest import ingest
     from crscale.io.errors import CrscaleError
 
-    if args.dq:
-        from crscale.io.inputs import InputSpec
-
-        if len(inputs) != 1:
-            print(
-                "crscale: --dq needs exactly one input file; use a manifest "
-                "(image dq=PATH per line) for many",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        inputs = [InputSpec(str(Path(inputs[0]).absolute()), str(Path(args.dq).absolute()))]
+    inputs = _with_dq(args, inputs)
+    if inputs is None:
+        return EXIT_USAGE
     if not inputs:
         print("crscale: no inputs (give files, directories, patterns or --sample)", file=sys.stderr)
         return EXIT_USAGE
@@ -169,6 +249,73 @@ def _cmd_ingest(args: argparse.Namespace, inputs: list) -> int:
     if not report.ok or (args.strict and report.by_status("duplicate")):
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from crscale.engine.detect_stage import detect_archive
+    from crscale.io.errors import CrscaleError
+
+    try:
+        report = detect_archive(
+            args.archive,
+            scheduler=args.scheduler,
+            n_workers=args.workers,
+            exposures=args.exposures,
+            force=args.force,
+            progress=not args.no_progress,
+            **_detect_options(args),
+        )
+    except (CrscaleError, OSError, ValueError) as exc:
+        print(f"crscale detect: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(_INTERRUPTED, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(report.summary())
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _cmd_run(args: argparse.Namespace, inputs: list) -> int:
+    from crscale.engine.pipeline import run_pipeline
+    from crscale.io.errors import CrscaleError
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if "ingest" in stages and not inputs:
+        print("crscale run: no inputs (give files, directories, patterns or --sample)", file=sys.stderr)
+        return EXIT_USAGE
+    inputs = _with_dq(args, inputs)
+    if inputs is None:
+        return EXIT_USAGE
+    try:
+        report = run_pipeline(
+            inputs,
+            args.archive,
+            stages=stages,
+            scheduler=args.scheduler,
+            n_workers=args.workers,
+            force=args.force,
+            ingest_options={"hdus": args.hdus, "chunks": args.chunks},
+            detect_options=_detect_options(args),
+            progress=not args.no_progress,
+        )
+    except (CrscaleError, OSError, ValueError) as exc:
+        print(f"crscale run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(_INTERRUPTED, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
+    strict_fail = args.strict and report.ingest is not None and report.ingest.by_status("duplicate")
+    return EXIT_OK if report.ok and not strict_fail else EXIT_FAILED
+
+
+_INTERRUPTED = (
+    "crscale: interrupted. Finished exposures are kept (their status is written last); "
+    "re-run the same command to finish the rest."
+)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -274,6 +421,15 @@ def format_exposure(archive, exposure_id: str) -> str:  # noqa: ANN001 - Archive
             lines.append(f"    dq from    {a['dq_source']}")
         if a.get("guessed"):
             lines.append(f"    guessed    {', '.join(a['guessed'])}")
+        det_info = a.get("detect")
+        if det_info:
+            st = det_info.get("stats", {})
+            lines.append(
+                f"    detect     {det_info['n_cr_pixels']:,} CR pixels "
+                f"({100 * det_info['cr_pixel_fraction']:.3f} %) "
+                f"with {det_info['model']} at threshold {det_info['threshold']:g}; "
+                f"sky {st.get('sky_e', float('nan')):.1f} e-, noise {st.get('noise_e', float('nan')):.2f} e-"
+            )
     return "\n".join(lines)
 
 
@@ -367,8 +523,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from crscale import sample_data_dir
 
             inputs.append(str(sample_data_dir() / "images"))
-        print("crscale run: stages available in this version: ingest")
-        return _cmd_ingest(args, inputs)
+        return _cmd_run(args, inputs)
+    if args.command == "detect":
+        return _cmd_detect(args)
     if args.command == "info":
         return _cmd_info(args)
     if args.command == "train":

@@ -26,15 +26,32 @@ def test_run_sample_with_defaults_then_info(tmp_path):
     res = crscale("run", "--sample", "--archive", archive, "--no-progress", check=0)
     assert "dashboard http://127.0.0.1:" in res.stdout
     assert "6 ingested" in res.stdout and "0 failed" in res.stdout
+    assert "detect: 6 exposure(s) done, 0 already done (skipped), 0 failed" in res.stdout
     info = crscale("info", archive, check=0).stdout
     for eid in ("mef_raw_test_frame", "banzai_test_frame", "gmos", "a8280271",
                 "emmi_image_sum3", "c4d_170316_062107_ooi_z_ls9.N2"):
         assert eid in info
-    assert "format 1.0" in info and "Failures: 0 (none)" in info
+    assert "format 1.1" in info and "Failures: 0 (none)" in info
+    assert info.count("ingest:done,detect:done") == 6
     detail = crscale("info", archive, "-e", "mef_raw_test_frame", check=0).stdout
     assert "detector SCI_4" in detail and "gain 6.26" in detail
+    assert detail.count("CR pixels") == 4 and "with crscale-default at threshold 0.85" in detail
     summary = json.loads(crscale("info", archive, "--json", check=0).stdout)
     assert summary["n_exposures"] == 6 and summary["n_detectors"] == 9
+    # The cleaned images are in the archive, readable with xarray.
+    from crscale.io import Archive
+
+    ds = Archive(archive).open_detector("gmos", "SCI")
+    assert {"image", "prob", "mask", "clean"} <= set(ds.data_vars)
+    assert int(ds["mask"].sum()) > 0 and float(ds["prob"].max()) <= 1.0
+
+    # A second run does nothing and says so; --stages detect alone also works on the archive.
+    res = crscale("run", "--sample", "--archive", archive, "--no-progress", check=0)
+    assert "6 already in the archive" in res.stdout and "6 already done (skipped)" in res.stdout
+    res = crscale("detect", archive, "--no-progress", "-e", "gmos", "--force", "--threshold", "0.5", check=0)
+    assert "detect: 1 exposure(s) done" in res.stdout and "threshold 0.5" in res.stdout
+    res = crscale("detect", archive, "-e", "nope", check=2)
+    assert "no exposure(s) 'nope'" in res.stderr
 
 
 def test_failures_set_exit_status_and_are_listed(client, tmp_path):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from crscale.detection.badpix import bad_pixel_mask, fill_bad
-from crscale.detection.normalise import ImageStats, compute_stats, normalise
+from crscale.detection.normalise import ImageStats, compute_stats, normalise, with_noise_floor
 from crscale.detection.predictor import Predictor, predictor_from
 from crscale.detection.tiling import alignment, predict_tiled, required_halo
 
@@ -193,9 +193,7 @@ def detect(
     if stats is None:
         if bad.all():
             raise ValueError("the image has no finite, unflagged pixel")
-        stats = compute_stats(data, bad, gain=gain)
-        if readnoise and gain:
-            stats = replace(stats, noise=max(stats.noise, 0.5 * readnoise / gain))
+        stats = with_noise_floor(compute_stats(data, bad, gain=gain), readnoise, gain)
     x = fill_bad(normalise(np.where(bad, 0, data) if bad.any() else data, stats, card.normalisation), bad)
 
     halo = required_halo(pred.config)

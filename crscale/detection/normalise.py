@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -48,8 +48,14 @@ class ImageStats:
         return {**asdict(self), "sky_e": self.sky_e, "noise_e": self.noise_e}
 
 
+def stats_step(shape: tuple[int, ...], max_pixels: int = MAX_STATS_PIXELS) -> int:
+    """Stride of the regular sub-grid on which :func:`compute_stats` estimates the statistics."""
+    size = int(np.prod(shape))
+    return max(1, int(np.ceil(np.sqrt(size / max_pixels))))
+
+
 def _subsample(a: np.ndarray, max_pixels: int) -> np.ndarray:
-    step = max(1, int(np.ceil(np.sqrt(a.size / max_pixels))))
+    step = stats_step(a.shape, max_pixels)
     return a[::step, ::step]
 
 
@@ -64,7 +70,7 @@ def compute_stats(
 
     Sky = median and noise = 1.4826 × MAD of the finite pixels not in ``bad``, with iterated
     5σ clipping (:func:`crscale.detection.stats.robust_sky_noise`), on a regular sub-grid of
-    at most ``max_pixels`` pixels.
+    at most ``max_pixels`` pixels (stride :func:`stats_step`).
 
     Raises
     ------
@@ -73,12 +79,33 @@ def compute_stats(
     """
     sub = _subsample(np.asarray(image), max_pixels)
     sub_bad = None if bad is None else _subsample(np.asarray(bad, bool), max_pixels)
-    sky, noise = robust_sky_noise(sub, sub_bad)
-    finite = sub[np.isfinite(sub)].astype(np.float64)
+    return stats_from_sample(sub, sub_bad, gain=gain)
+
+
+def stats_from_sample(
+    sample: np.ndarray, bad: np.ndarray | None = None, *, gain: float | None = None
+) -> ImageStats:
+    """:class:`ImageStats` from an already sub-sampled image (``image[::step, ::step]``).
+
+    The engine reads only the sub-grid of a detector from the archive and calls this, so that
+    its statistics equal :func:`compute_stats` on the whole image without loading it.
+    """
+    sky, noise = robust_sky_noise(sample, bad)
+    finite = sample[np.isfinite(sample)].astype(np.float64)
     return ImageStats(
         sky=float(sky), noise=float(noise), gain=float(gain or 1.0),
         mean=float(finite.mean()), std=float(finite.std()) or 1.0,
     )
+
+
+def with_noise_floor(stats: ImageStats, readnoise: float | None, gain: float | None) -> ImageStats:
+    """Raise the noise to at least half the read noise (image units), when both are known.
+
+    Guards against an implausibly low measured noise (a mostly flat or quantised image).
+    """
+    if readnoise and gain:
+        return replace(stats, noise=max(stats.noise, 0.5 * readnoise / gain))
+    return stats
 
 
 def normalise(image: np.ndarray, stats: ImageStats, normalisation: dict) -> np.ndarray:

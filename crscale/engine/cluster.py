@@ -48,6 +48,78 @@ def local_cluster_kwargs(n_workers: int | None = None) -> dict[str, Any]:
     }
 
 
+def count_gpus() -> int:
+    """GPUs for the LocalCluster: ``crscale.cluster.gpus``, or with ``auto`` all that torch sees."""
+    setting = config.get("cluster.gpus", "auto")
+    if setting not in (None, "auto"):
+        return max(0, int(setting))
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def cluster_has_gpus(client: Client) -> bool:
+    """Whether any worker of the cluster declares a ``GPU`` resource (then CNN tasks ask for one)."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return any((w.get("resources") or {}).get("GPU", 0) > 0 for w in workers.values())
+
+
+def gpu_worker_specs(n_gpus: int, n_cpu_workers: int = 0) -> dict[str, dict[str, Any]]:
+    """Worker specs of a LocalCluster with GPUs: one pinned worker per GPU, plus CPU workers.
+
+    Each GPU worker runs in its own process with ``CUDA_VISIBLE_DEVICES`` set to its device,
+    declares the resource ``GPU=1`` (CNN tasks ask for it, so one runs per GPU at a time) and
+    has ``crscale.cluster.gpu_worker_threads`` task threads (archive reads and writes overlap
+    the CNN). CPU workers see no GPU. Thread variables keep torch/OpenMP/BLAS threads × task
+    threads within the cores.
+    """
+    from distributed import Nanny
+
+    cfg = config.get("cluster")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    gpu_threads = int(cfg.get("gpu_worker_threads") or 2)
+    n_workers = n_gpus + n_cpu_workers
+    per_worker = max(1, cores // max(1, n_workers))
+    common = {"host": cfg.get("host", "127.0.0.1"), "memory_limit": cfg.get("memory_limit", "auto")}
+    specs: dict[str, dict[str, Any]] = {}
+    for i in range(n_gpus):
+        env = {"CUDA_VISIBLE_DEVICES": str(i), **_thread_environ(max(1, per_worker // gpu_threads))}
+        specs[f"gpu-{i}"] = {
+            "cls": Nanny,
+            "options": {**common, "nthreads": gpu_threads, "resources": {"GPU": 1}, "env": env},
+        }
+    for j in range(n_cpu_workers):
+        env = {"CUDA_VISIBLE_DEVICES": "", **_thread_environ(1)}
+        specs[f"cpu-{j}"] = {"cls": Nanny, "options": {**common, "nthreads": per_worker, "env": env}}
+    return specs
+
+
+def gpu_local_cluster(n_gpus: int) -> Any:
+    """A local cluster with one pinned worker per GPU (dask-cuda's when installed)."""
+    cfg = config.get("cluster")
+    n_cpu = int(cfg.get("cpu_workers_with_gpus") or 0)
+    host = cfg.get("host", "127.0.0.1")
+    dashboard = cfg.get("dashboard_address", "127.0.0.1:0")
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        LocalCUDACluster = None
+    if LocalCUDACluster is not None and n_cpu == 0:
+        return LocalCUDACluster(
+            CUDA_VISIBLE_DEVICES=list(range(n_gpus)),
+            threads_per_worker=int(cfg.get("gpu_worker_threads") or 2),
+            resources={"GPU": 1},
+            host=host,
+            dashboard_address=dashboard,
+        )
+    from distributed import Scheduler, SpecCluster
+
+    scheduler = {"cls": Scheduler, "options": {"host": host, "dashboard_address": dashboard}}
+    return SpecCluster(scheduler=scheduler, workers=gpu_worker_specs(n_gpus, n_cpu), name="crscale-gpu")
+
+
 def _thread_environ(threads: int) -> dict[str, str]:
     # Worker processes each get `threads` BLAS/OpenMP threads, so that
     # workers x threads never oversubscribes the cores.
@@ -60,6 +132,7 @@ def dask_client(
     scheduler: str | None = None,
     *,
     n_workers: int | None = None,
+    gpus: int | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> Iterator[Client]:
     """Yield a dask client: connected to ``scheduler``, or to a new LocalCluster.
@@ -71,7 +144,10 @@ def dask_client(
         (``*.json``). Default: start a LocalCluster sized to the machine and close it
         on exit.
     n_workers : int, optional
-        Worker count of the LocalCluster.
+        Worker count of a CPU LocalCluster.
+    gpus : int, optional
+        GPUs of the LocalCluster (default ``crscale.cluster.gpus``): with any, one worker per
+        GPU (see :func:`gpu_worker_specs`); with none, one single-threaded worker per core.
     echo : callable, optional
         Where the dashboard address is printed; ``None`` for silence.
 
@@ -97,18 +173,21 @@ def dask_client(
         finally:
             client.close()
         return
-    kwargs = local_cluster_kwargs(n_workers)
-    with dask.config.set(
-        {"distributed.nanny.pre-spawn-environ": _thread_environ(kwargs["threads_per_worker"])}
-    ):
-        cluster = LocalCluster(**kwargs)
+    n_gpus = count_gpus() if gpus is None else gpus
+    if n_gpus > 0:
+        cluster = gpu_local_cluster(n_gpus)
+        description = f"{n_gpus} GPU worker(s), one per GPU"
+    else:
+        kwargs = local_cluster_kwargs(n_workers)
+        with dask.config.set(
+            {"distributed.nanny.pre-spawn-environ": _thread_environ(kwargs["threads_per_worker"])}
+        ):
+            cluster = LocalCluster(**kwargs)
+        description = f"{kwargs['n_workers']} workers x {kwargs['threads_per_worker']} thread(s)"
     client = Client(cluster)
     try:
         if echo:
-            echo(
-                f"Dask LocalCluster: {kwargs['n_workers']} workers x "
-                f"{kwargs['threads_per_worker']} thread(s), dashboard {client.dashboard_link}"
-            )
+            echo(f"Dask LocalCluster: {description}, dashboard {client.dashboard_link}")
         yield client
     finally:
         client.close()

@@ -39,7 +39,7 @@ from crscale._version import __version__
 from crscale.io.errors import ArchiveError
 from crscale.io.fits_reader import DetectorData, Exposure
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"  # 1.1: the detect stage's prob, mask, clean arrays and attributes
 STAGES = ("ingest", "detect", "catalogue")
 _STAGING = "staging"
 _TRASH = "trash"
@@ -289,6 +289,18 @@ class Archive:
                         continue
                 shutil.rmtree(child, ignore_errors=True)
         return handled
+
+    def note_format(self) -> None:
+        """Raise ``crscale_format`` to this crscale's minor version before writing what it adds.
+
+        Minor versions are additive (docs/archive-format.md §10): an older archive of the same
+        major version stays readable by older crscale, and says that it now holds newer parts.
+        """
+        self._require_writable()
+        major, minor = (int(x) for x in self.format_version.split(".")[:2])
+        mine = tuple(int(x) for x in FORMAT_VERSION.split("."))
+        if (major, minor) < mine and major == mine[0]:
+            self.root.attrs["crscale_format"] = FORMAT_VERSION
 
     def set_status(self, exposure_id: str, stage: str, state: str, **info: Any) -> None:
         """Record a stage's status for one exposure (write it after the stage's data).

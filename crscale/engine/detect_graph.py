@@ -1,0 +1,252 @@
+"""The graph of the detection stage: plans, statistics tasks and the block graph of one exposure.
+
+Used by :mod:`crscale.engine.detect_stage`, which feeds exposures through it. See that module for
+the order of the steps and why the writes are safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from crscale import config
+from crscale.engine.blocks import BLOCK_DTYPE, DetectSettings, block_chunks, detect_block, write_block
+from crscale.io.archive import Archive
+from crscale.io.errors import ArchiveError
+
+#: The arrays the detection stage writes next to each detector's image.
+OUTPUTS = ("prob", "mask", "clean")
+
+
+@dataclass
+class DetectorPlan:
+    """What the client knows of one detector before its blocks are submitted."""
+
+    name: str
+    shape: tuple[int, int]
+    storage_chunks: tuple[int, int]
+    chunks: tuple[tuple[int, ...], tuple[int, ...]]
+    has_dq: bool
+    gain: float
+    readnoise: float | None
+    saturation: float | None
+
+    @property
+    def n_blocks(self) -> int:
+        """Blocks (dask chunks) of this detector."""
+        return len(self.chunks[0]) * len(self.chunks[1])
+
+
+def detect_settings(
+    *,
+    model: str | None = None,
+    threshold: float | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    compile: bool | None = None,
+    inpaint: bool | None = None,
+    inpaint_method: str | None = None,
+    tile: int | None = None,
+) -> tuple[DetectSettings, Any]:
+    """Settings from arguments, falling back to ``crscale.detect.*``; and the model's config.
+
+    The model is loaded once on the client to read its card (threshold, architecture, hence
+    the halo) and to fail early on a bad name; only its name travels to the workers.
+    """
+    from crscale.detection.inpaint import INPAINT_METHODS
+    from crscale.models import load_model
+
+    cfg = config.get("detect")
+    name = str(model or cfg.get("model", "default"))
+    net, card = load_model(name, device="cpu")
+    thr = threshold if threshold is not None else cfg.get("threshold")
+    thr = float(card.recommended_threshold if thr is None else thr)
+    if not 0.0 <= thr <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], not {thr}")
+    method = inpaint_method or cfg.get("inpaint_method") or "harmonic"
+    if method not in INPAINT_METHODS:
+        raise ValueError(f"unknown inpainting method {method!r}; choose one of {INPAINT_METHODS}")
+    settings = DetectSettings(
+        model=name,
+        threshold=thr,
+        device=str(device or cfg.get("device", "auto")),
+        precision=str(precision or cfg.get("precision", "auto")),
+        compile=bool(cfg.get("compile", False) if compile is None else compile),
+        inpaint=bool(cfg.get("inpaint", True) if inpaint is None else inpaint),
+        inpaint_method=method,
+        inpaint_dilate=int(cfg.get("inpaint_dilate", 1)),
+        tile=tile,
+        model_name=card.name,
+    )
+    return settings, net.config
+
+
+def plan_exposure(archive: Archive, exposure_id: str, target: Sequence[int], halo: int) -> list[DetectorPlan]:
+    """Detector plans of one exposure from the archive's metadata (no pixels read).
+
+    Raises
+    ------
+    ArchiveError
+        When a detector has no readable ``image`` array.
+    """
+    plans = []
+    for det in archive.detectors(exposure_id):
+        path = f"exposures/{exposure_id}/{det}"
+        try:
+            group = archive.root[path]
+            image = group["image"]
+        except Exception as exc:  # missing or unreadable metadata
+            raise ArchiveError(f"{archive.path}/{path}: no readable image array ({exc})") from exc
+        if image.ndim != 2:
+            raise ArchiveError(f"{archive.path}/{path}/image: not 2-D (shape {image.shape})")
+        storage = tuple(int(c) for c in (image.shards or image.chunks))
+        attrs = group.attrs
+        gain = attrs.get("gain") or 1.0
+        plans.append(
+            DetectorPlan(
+                name=det,
+                shape=(int(image.shape[0]), int(image.shape[1])),
+                storage_chunks=storage,  # type: ignore[arg-type]
+                chunks=block_chunks(tuple(image.shape), storage, tuple(target), halo),  # type: ignore[arg-type]
+                has_dq="dq" in group.array_keys(),
+                gain=float(gain),
+                readnoise=attrs.get("readnoise"),
+                saturation=attrs.get("saturation"),
+            )
+        )
+    if not plans:
+        raise ArchiveError(f"{archive.path}: exposure {exposure_id!r} has no detectors")
+    return plans
+
+
+def detector_stats(archive_path: str, exposure_id: str, plans: list[DetectorPlan]) -> dict[str, Any]:
+    """Worker task: the normalisation statistics of every detector of an exposure.
+
+    Reads only the sub-grid ``image[::step, ::step]`` (and the same of ``dq``) that
+    :func:`crscale.detection.compute_stats` would use on the whole image, so the statistics are
+    identical to single-image detection while memory stays independent of the detector size.
+    """
+    import zarr
+
+    from crscale.detection.badpix import bad_pixel_mask
+    from crscale.detection.normalise import stats_from_sample, stats_step, with_noise_floor
+
+    root = zarr.open_group(store=archive_path, mode="r")
+    out = {}
+    for p in plans:
+        group = root[f"exposures/{exposure_id}/{p.name}"]
+        step = stats_step(p.shape)
+        sample = group["image"][::step, ::step]
+        dq = group["dq"][::step, ::step] if p.has_dq else None
+        bad = bad_pixel_mask(sample, dq, p.saturation)
+        if bad.all():
+            raise ValueError(
+                f"{archive_path}: exposure {exposure_id!r}, detector {p.name!r}: no finite, "
+                "unflagged pixel (all NaN/inf, saturated or DQ-flagged)"
+            )
+        out[p.name] = with_noise_floor(stats_from_sample(sample, bad, gain=p.gain), p.readnoise, p.gain)
+    return out
+
+
+def exposure_graph(
+    archive_path: str,
+    exposure_id: str,
+    plans: list[DetectorPlan],
+    stats: dict[str, Any],
+    settings: DetectSettings,
+    halo: int,
+    *,
+    gpu: bool,
+    prob_dtype: str = "float32",
+) -> Any:
+    """The Dask graph of one exposure: blocks → CNN → writes into the archive.
+
+    Returns
+    -------
+    dask.array.Array
+        CR pixels per detector. Computing it reads, detects and writes every block (``prob``,
+        ``mask`` and ``clean`` of every detector): one collection, so each block runs once.
+    """
+    import dask
+    import dask.array as da
+    import zarr
+
+    counts = []
+    for p in plans:
+        base = f"exposures/{exposure_id}/{p.name}"
+        image = da.from_zarr(archive_path, component=f"{base}/image", chunks=p.chunks)
+        arrays = [image]
+        if p.has_dq:
+            arrays.append(da.from_zarr(archive_path, component=f"{base}/dq", chunks=p.chunks))
+        label = f"exposure {exposure_id!r}, detector {p.name!r}"
+        names = OUTPUTS if settings.inpaint else OUTPUTS[:2]
+        targets = {n: zarr.open_array(store=archive_path, path=f"{base}/{n}", mode="r+") for n in names}
+        annotation = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
+        with annotation:
+            blocks = da.map_overlap(
+                detect_block,
+                *arrays,
+                depth=halo,
+                boundary="none",
+                trim=True,
+                dtype=BLOCK_DTYPE,
+                meta=np.empty((0, 0), BLOCK_DTYPE),
+                stats=stats[p.name],
+                settings=settings,
+                saturation=p.saturation,
+                gain=p.gain,
+                detector_chunks=p.chunks,
+                halo=halo,
+                label=label,
+            )
+        written = blocks.map_blocks(
+            write_block,
+            targets=targets,
+            dtype=np.int64,
+            chunks=((1,) * len(p.chunks[0]), (1,) * len(p.chunks[1])),
+        )
+        counts.append(written.sum())
+    return da.stack(counts)
+
+
+def create_outputs(
+    archive: Archive, exposure_id: str, plans: list[DetectorPlan], settings: DetectSettings, prob_dtype: str
+) -> None:
+    """Empty output arrays chunked (and sharded) exactly like each detector's image."""
+    for p in plans:
+        group = archive.root[f"exposures/{exposure_id}/{p.name}"]
+        image = group["image"]
+        spec = {"prob": (prob_dtype, np.nan), "mask": ("uint8", 0), "clean": ("float32", np.nan)}
+        for name in OUTPUTS:
+            if name == "clean" and not settings.inpaint:
+                if name in group.array_keys():
+                    del group[name]  # a stale cleaned image from another model must not stay
+                continue
+            dtype, fill = spec[name]
+            group.create_array(
+                name,
+                shape=image.shape,
+                dtype=dtype,
+                chunks=image.chunks,
+                shards=image.shards,
+                compressors=image.compressors,
+                fill_value=fill,
+                dimension_names=["y", "x"],
+                overwrite=True,
+            )
+
+
+def remove_outputs(archive: Archive, exposure_id: str, plans: list[DetectorPlan]) -> None:
+    """Delete a failed exposure's detection outputs and attributes (best effort)."""
+    for p in plans:
+        with contextlib.suppress(Exception):
+            group = archive.root[f"exposures/{exposure_id}/{p.name}"]
+            for name in OUTPUTS:
+                if name in group.array_keys():
+                    del group[name]
+            if "detect" in group.attrs:
+                del group.attrs["detect"]

@@ -1,0 +1,121 @@
+"""``crscale run``: the stages one after the other on one Dask cluster."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from crscale.engine.cluster import dask_client
+from crscale.engine.detect_stage import DetectReport, detect_archive
+from crscale.engine.ingest import IngestReport, ingest
+
+#: Stages of ``crscale run`` in order (the catalogue joins when it is built).
+PIPELINE_STAGES = ("ingest", "detect")
+
+
+@dataclass
+class RunReport:
+    """Reports of the stages that ran."""
+
+    ingest: IngestReport | None = None
+    detect: DetectReport | None = None
+    stages: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no input or exposure failed in any stage."""
+        return all(r.ok for r in (self.ingest, self.detect) if r is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {
+            "stages": self.stages,
+            "ingest": self.ingest.to_dict() if self.ingest else None,
+            "detect": self.detect.to_dict() if self.detect else None,
+        }
+
+
+def run_pipeline(
+    inputs: Sequence[Any],
+    archive: str,
+    *,
+    stages: Sequence[str] = PIPELINE_STAGES,
+    client: Any = None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    force: bool = False,
+    ingest_options: dict[str, Any] | None = None,
+    detect_options: dict[str, Any] | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = print,
+) -> RunReport:
+    """Ingest the inputs, then detect CRs in their exposures, on one cluster.
+
+    Parameters
+    ----------
+    inputs : sequence
+        As for :func:`crscale.engine.ingest.ingest`.
+    archive : str
+        The archive (created if missing).
+    stages : sequence of str
+        Stages to run, from :data:`PIPELINE_STAGES`.
+    client, scheduler, n_workers
+        The cluster (see :func:`crscale.engine.cluster.dask_client`).
+    force : bool
+        Redo every stage for these inputs.
+    ingest_options, detect_options : dict, optional
+        Extra keyword arguments of :func:`ingest` and :func:`detect_archive`.
+    progress : bool
+        Progress bars.
+    echo : callable, optional
+        Where messages go.
+
+    Returns
+    -------
+    RunReport
+        The stages' reports. Detection covers the exposures of the inputs (newly ingested,
+        already in the archive, or held under another id as duplicates), not the rest of the
+        archive; ``crscale detect ARCHIVE`` does the whole archive.
+    """
+    unknown = [s for s in stages if s not in PIPELINE_STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; available: {', '.join(PIPELINE_STAGES)}")
+    say = echo or (lambda _msg: None)
+    report = RunReport(stages=list(stages))
+    with (
+        contextlib.nullcontext(client)
+        if client is not None
+        else dask_client(scheduler, n_workers=n_workers, echo=echo) as cl
+    ):
+        exposure_ids: list[str] | None = None
+        if "ingest" in stages:
+            report.ingest = ingest(
+                inputs,
+                archive,
+                client=cl,
+                force=force,
+                progress=progress,
+                echo=echo,
+                **(ingest_options or {}),
+            )
+            say(report.ingest.summary())
+            exposure_ids = sorted(
+                {r.exposure_id for r in report.ingest.results if r.status != "failed" and r.exposure_id}
+            )
+        if "detect" in stages:
+            if exposure_ids is not None and not exposure_ids:
+                say("detect: no exposure to process")
+            else:
+                report.detect = detect_archive(
+                    archive,
+                    client=cl,
+                    exposures=exposure_ids,
+                    force=force,
+                    progress=progress,
+                    echo=echo,
+                    **(detect_options or {}),
+                )
+                say(report.detect.summary())
+    return report
