@@ -12,7 +12,7 @@ Then, one after the other (never concurrently, so neither steals the other's cor
    default LocalCluster (one single-threaded worker per core, torch 1 thread each), default
    settings; timed from the call to the last status written, model loading on the workers
    included, cluster start-up reported apart. Peak memory per worker = the worker processes'
-   ``ru_maxrss``.
+   peak resident set (``VmHWM``).
 2. **plain loop**: one fresh process, torch with as many threads as cores, that reads each image
    from the archive, runs ``crscale.detect`` on it whole, and writes prob, mask and clean to a
    Zarr store chunked like the archive: the script a user would write. Model loading included.
@@ -49,7 +49,16 @@ SHARED_REAL = REPO.parent / "shared" / "data" / "real"
 
 
 def _peak_rss_gb() -> float:
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: KiB on Linux
+    """This process's peak resident memory (VmHWM), in GB.
+
+    Not ``ru_maxrss``: Linux keeps that across ``execve``, so a worker spawned by a process that
+    had built an 8192^2 image would report its parent's peak.
+    """
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    scale = 1 if sys.platform == "darwin" else 1024  # no /proc: fall back to ru_maxrss
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e9
 
 
@@ -124,12 +133,7 @@ def engine_run(archive: Path, device: str | None) -> dict:
         report = detect_archive(archive, client=client, device=device, progress=False, echo=None)
         seconds = time.perf_counter() - t1
 
-        def peak(dask_worker=None) -> float:
-            import resource as _r
-
-            return _r.getrusage(_r.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
-
-        peaks = sorted(client.run(peak).values())
+        peaks = sorted(client.run(_peak_rss_gb).values())
     assert report.ok, report.summary()
     return {"seconds": seconds, "startup": started, "pixels": report.pixels_done, "workers": n_workers,
             "peak_gb": peaks, "n_cr_pixels": sum(r.n_cr_pixels for r in report.results)}
