@@ -204,6 +204,11 @@ def test_corrupt_exposure_is_recorded_and_the_rest_complete(client, ingested, tm
     chunk.write_bytes(b"\x00garbage, not a blosc frame" * 10)
     emmi = next(e for e in ids if e.startswith("emmi"))
     shutil.rmtree(path / "exposures" / emmi / Archive(path).detectors(emmi)[0] / "image")
+    gmos = next(e for e in ids if e.startswith("gmos"))  # unreadable exposure metadata
+    (path / "exposures" / gmos / "zarr.json").write_text("{not json")
+    decam = next(e for e in ids if e.startswith("c4d"))  # every pixel NaN
+    Archive(path, mode="a").root[f"exposures/{decam}/{arch.detectors(decam)[0]}/image"][:] = np.nan
+    bad = (saao, emmi, gmos, decam)
 
     res = subprocess.run(
         [sys.executable, "-m", "crscale.cli", "detect", str(path), "--scheduler", client.scheduler.address,
@@ -213,17 +218,20 @@ def test_corrupt_exposure_is_recorded_and_the_rest_complete(client, ingested, tm
     )
     assert res.returncode == 1, res.stdout + res.stderr
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["counts"] == {"done": len(ids) - 2, "skipped": 0, "failed": 2}
-    assert f"FAILED: exposure {saao!r}" in res.stdout and f"FAILED: exposure {emmi!r}" in res.stdout
-    assert "no readable image array" in res.stdout
+    assert report["counts"] == {"done": len(ids) - 4, "skipped": 0, "failed": 4}
+    for eid in bad:
+        assert f"FAILED: exposure {eid!r}" in res.stdout
+    assert "no readable image array" in res.stdout and "no finite, unflagged pixel" in res.stdout
+    assert f"cannot read its metadata in {path}" in res.stdout
     arch = Archive(path)
     for eid in ids:
-        state = arch.status(eid)["detect"]["state"]
-        assert state == ("failed" if eid in (saao, emmi) else "done"), eid
+        if eid != gmos:
+            state = arch.status(eid)["detect"]["state"]
+            assert state == ("failed" if eid in bad else "done"), eid
     # A failed exposure keeps no partial output; the good ones equal the clean reference run.
     assert "prob" not in arch.root[f"exposures/{saao}/{det}"]
     failures = {f["exposure_id"]: f for f in arch.failures() if f["stage"] == "detect"}
-    assert set(failures) == {saao, emmi}
+    assert set(failures) == set(bad)
     info = subprocess.run([sys.executable, "-m", "crscale.cli", "info", str(path)], capture_output=True,
                           text=True, timeout=120).stdout
     assert "[detect/error]" in info and saao in info

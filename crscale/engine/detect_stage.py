@@ -220,9 +220,8 @@ def detect_archive(
         The archive cannot be opened, or an exposure asked for is not in it.
     """
     t0 = time.perf_counter()
-    say = echo or (lambda _msg: None)
+    Archive(archive, mode="r")  # detection needs an existing archive: never create an empty one
     arch = Archive(archive, mode="a")
-    arch.note_format()
     settings, model_config = detect_settings(
         model=model,
         threshold=threshold,
@@ -246,7 +245,14 @@ def detect_archive(
     results: dict[str, ExposureDetection] = {}
     todo: list[str] = []
     for eid in ids:
-        status = arch.status(eid)
+        try:
+            status = arch.status(eid)
+        except Exception as exc:  # unreadable exposure metadata: record it, go on with the rest
+            message = f"exposure {eid!r}: cannot read its metadata in {arch.path} ({_describe(exc)})"
+            results[eid] = ExposureDetection(eid, "failed", message)
+            with contextlib.suppress(OSError, CrscaleError):
+                arch.record_failure(eid, message, stage="detect", kind="archive", exposure_id=eid)
+            continue
         if status.get("ingest", {}).get("state") != "done":
             continue
         if status.get("detect", {}).get("state") == "done" and not force:
@@ -255,7 +261,6 @@ def detect_archive(
             todo.append(eid)
     report_settings = {**settings.to_dict(), "halo": halo, "prob_dtype": prob_dtype}
     if not todo:
-        say(f"detect: nothing to do ({len(results)} exposure(s) already done; --force redoes them)")
         return DetectReport(
             str(arch.path),
             [results[e] for e in ids if e in results],
@@ -268,6 +273,7 @@ def detect_archive(
         if client is not None
         else dask_client(scheduler, n_workers=n_workers, echo=echo) as cl
     ):
+        arch.note_format()  # about to write 1.1 arrays
         gpu = cluster_has_gpus(cl)
         target = list(block or cfg.get("gpu_block" if gpu else "block"))
         report_settings.update(gpu=gpu, block=target)
@@ -317,9 +323,13 @@ def _run(
 
     def fail(eid: str, plans: list[DetectorPlan], message: str, kind: str, started: float) -> None:
         remove_outputs(arch, eid, plans)
-        source = arch.exposure_attrs(eid).get("source", {}).get("path", eid)
-        with contextlib.suppress(OSError, CrscaleError):
+        # Recording must not stop the rest of the run, even when the exposure's metadata is broken.
+        source = eid
+        with contextlib.suppress(Exception):
+            source = arch.exposure_attrs(eid).get("source", {}).get("path", eid)
+        with contextlib.suppress(Exception):
             arch.set_status(eid, "detect", "failed", message=message, kind=kind)
+        with contextlib.suppress(Exception):
             arch.record_failure(source, message, stage="detect", kind=kind, exposure_id=eid)
         results[eid] = ExposureDetection(
             eid,
@@ -341,7 +351,7 @@ def _run(
             started = time.perf_counter()
             try:
                 plans = plan_exposure(arch, eid, target, halo)
-            except (ArchiveError, KeyError, ValueError) as exc:
+            except Exception as exc:  # unreadable metadata of this exposure only
                 fail(eid, [], f"exposure {eid!r}: {exc}", "archive", started)
                 continue
             future = cl.submit(

@@ -182,9 +182,12 @@ class Archive:
 
     def exposure_ids(self) -> list[str]:
         """Identifiers of the exposures in the archive, sorted."""
-        if "exposures" not in self.root:
+        # From the directory listing, not zarr's group_keys(): that parses every member's
+        # metadata, so one corrupt zarr.json would hide the whole archive.
+        folder = self.path / "exposures"
+        if not folder.is_dir():
             return []
-        return sorted(self.root["exposures"].group_keys())
+        return sorted(p.name for p in folder.iterdir() if (p / "zarr.json").is_file())
 
     def __contains__(self, exposure_id: str) -> bool:
         return (self.path / "exposures" / exposure_id / "zarr.json").exists()
@@ -206,9 +209,17 @@ class Archive:
         return list(attrs.get("detectors", sorted(self.exposure(exposure_id).group_keys())))
 
     def iter_exposures(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Yield ``(exposure_id, attrs)`` for every exposure."""
+        """Yield ``(exposure_id, attrs)`` for every exposure.
+
+        An exposure whose metadata cannot be read yields ``{"unreadable": message}`` instead
+        of failing the whole listing.
+        """
         for eid in self.exposure_ids():
-            yield eid, self.exposure_attrs(eid)
+            try:
+                attrs = self.exposure_attrs(eid)
+            except Exception as exc:  # zarr raises several types for unreadable metadata
+                attrs = {"unreadable": f"{self.path}/exposures/{eid}: unreadable metadata ({exc})"}
+            yield eid, attrs
 
     def index_by_sha256(self) -> dict[str, str]:
         """Map source SHA-256 to exposure id, for exposures whose ingest is done."""
@@ -584,7 +595,7 @@ class Archive:
                 try:
                     det_group = self.root[f"exposures/{eid}/{d}"]
                     shape = tuple(det_group["image"].shape)
-                except KeyError:
+                except Exception:  # missing or unreadable detector: not counted
                     continue
                 shapes.append(shape)
                 n_pix += int(np.prod(shape))
@@ -599,7 +610,8 @@ class Archive:
                     "shapes": shapes,
                     "guessed": guessed,
                     "status": {k: v.get("state") for k, v in attrs.get("status", {}).items()},
-                    "warnings": attrs.get("warnings", []),
+                    "warnings": attrs.get("warnings", [])
+                    + ([attrs["unreadable"]] if "unreadable" in attrs else []),
                     "source": attrs.get("source", {}).get("path"),
                 }
             )
