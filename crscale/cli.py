@@ -69,6 +69,23 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="LocalCluster worker processes")
 
 
+def _add_archive_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("archive", help="the Zarr archive")
+    p.add_argument(
+        "--exposure",
+        "-e",
+        action="append",
+        dest="exposures",
+        metavar="ID",
+        help="only this exposure (repeatable)",
+    )
+
+
+def _add_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--report", metavar="JSON", help="also write the per-exposure results as JSON")
+
+
 def _add_detect_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("detection (defaults from the dask config, crscale.detect.*)")
     g.add_argument(
@@ -127,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "run",
-        help="the whole pipeline over inputs: ingest, then detect",
-        description="Ingest the inputs into the archive, then detect, mask and inpaint the CRs "
-        "of their exposures, on one Dask cluster (the catalogue stage joins when it is built). "
+        help="the whole pipeline over inputs: ingest, detect, catalogue",
+        description="Ingest the inputs into the archive, detect, mask and inpaint the CRs of "
+        "their exposures, and catalogue every CR (Parquet in the archive), on one Dask cluster. "
         "Re-running skips what is done; --force redoes it.",
     )
     _add_ingest_args(p, inputs_required=False)
@@ -138,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--stages",
-        default="ingest,detect",
+        default="ingest,detect,catalogue",
         metavar="LIST",
-        help="comma-separated stages to run (default: ingest,detect)",
+        help="comma-separated stages to run (default: ingest,detect,catalogue)",
     )
     _add_detect_args(p)
 
@@ -151,7 +168,54 @@ def build_parser() -> argparse.ArgumentParser:
         "Dask workers) and write prob, mask and clean next to each image. Exposures already "
         "done are skipped (--force redoes them); a failed exposure is recorded and the rest go on.",
     )
+    _add_archive_args(p)
+    p.add_argument("--force", action="store_true", help="redo exposures whose detection is done")
+    _add_cluster_args(p)
+    _add_detect_args(p)
+    _add_report_args(p)
+
+    p = sub.add_parser(
+        "catalogue",
+        help="catalogue every CR of an archive's detected exposures (Parquet)",
+        description="Label the CRs in each detected exposure's mask (8-connected, across block "
+        "boundaries), measure them (centroid, size, length, charge, energy, morphology) and "
+        "compute per-detector CR rates; write ARCHIVE/catalogue/{crs,exposures}/<exposure>.parquet. "
+        "Up-to-date exposures are skipped (--force redoes them); a failed exposure is recorded, "
+        "leaves no rows, and the rest go on.",
+    )
+    _add_archive_args(p)
+    p.add_argument("--force", action="store_true", help="redo exposures whose catalogue is up to date")
+    _add_cluster_args(p)
+    _add_report_args(p)
+
+    p = sub.add_parser(
+        "stats",
+        help="CR-rate statistics of an archive's catalogue: a table and plots (PNG)",
+        description="Aggregate the catalogue with dask.dataframe (never all rows in one process): "
+        "print CR rates per instrument (pooled, with Poisson errors) and morphology fractions, and "
+        "write plots: rate vs time, rate distribution, CR size / length / energy histograms and "
+        "class fractions.",
+    )
+    _add_archive_args(p)
+    p.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="folder for the PNG plots (default: ARCHIVE's name + '-stats', beside it)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="only the table")
+    p.add_argument("--json", metavar="FILE", help="also write the statistics as JSON")
+    _add_cluster_args(p)
+
+    p = sub.add_parser(
+        "export",
+        help="write a catalogue table as FITS, ECSV, CSV or Parquet for other tools",
+        description="Export the per-CR table (default) or the per-exposure table of an archive's "
+        "catalogue; the format follows OUT's suffix (.fits, .ecsv, .csv, .parquet). Units and "
+        "column descriptions travel with FITS and ECSV.",
+    )
     p.add_argument("archive", help="the Zarr archive")
+    p.add_argument("out", help="output file")
+    p.add_argument("--table", choices=("crs", "exposures"), default="crs", help="which table (default crs)")
     p.add_argument(
         "--exposure",
         "-e",
@@ -160,11 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="only this exposure (repeatable)",
     )
-    p.add_argument("--force", action="store_true", help="redo exposures whose detection is done")
-    _add_cluster_args(p)
-    _add_detect_args(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--report", metavar="JSON", help="also write the per-exposure results as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
     p = sub.add_parser(
         "info",
@@ -251,22 +311,22 @@ def _cmd_ingest(args: argparse.Namespace, inputs: list) -> int:
     return EXIT_OK
 
 
-def _cmd_detect(args: argparse.Namespace) -> int:
-    from crscale.engine.detect_stage import detect_archive
+def _run_stage(name: str, stage, args: argparse.Namespace, **options) -> int:  # noqa: ANN001
+    """Run one archive stage (detect, catalogue) for the CLI: summary, report file, exit status."""
     from crscale.io.errors import CrscaleError
 
     try:
-        report = detect_archive(
+        report = stage(
             args.archive,
             scheduler=args.scheduler,
             n_workers=args.workers,
             exposures=args.exposures,
             force=args.force,
             progress=not args.no_progress,
-            **_detect_options(args),
+            **options,
         )
     except (CrscaleError, OSError, ValueError) as exc:
-        print(f"crscale detect: {exc}", file=sys.stderr)
+        print(f"crscale {name}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(_INTERRUPTED, file=sys.stderr)
@@ -275,6 +335,58 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     if args.report:
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from crscale.engine.detect_stage import detect_archive
+
+    return _run_stage("detect", detect_archive, args, **_detect_options(args))
+
+
+def _cmd_catalogue(args: argparse.Namespace) -> int:
+    from crscale.engine.catalogue_stage import catalogue_archive
+
+    return _run_stage("catalogue", catalogue_archive, args)
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from crscale.catalog.plots import write_plots
+    from crscale.catalog.stats import exposure_rates, summarise
+    from crscale.engine.cluster import dask_client
+    from crscale.io.errors import CrscaleError
+
+    archive = Path(args.archive)
+    try:
+        with dask_client(args.scheduler, n_workers=args.workers, echo=None):
+            stats = summarise(archive, exposures=args.exposures)
+            rates = None if args.no_plots else exposure_rates(archive, exposures=args.exposures)
+    except (CrscaleError, OSError, ValueError) as exc:
+        print(f"crscale stats: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(stats.format_table())
+    if not args.no_plots:
+        default = archive.with_name(archive.name.removesuffix(".zarr") + "-stats")
+        folder = Path(args.plots) if args.plots else default
+        paths = write_plots(stats, rates, folder)
+        print(f"plots: {len(paths)} PNG file(s) in {folder}: {', '.join(p.name for p in paths)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(stats.to_dict(), indent=2))
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from crscale.io.catalogue_store import export_table
+    from crscale.io.errors import CrscaleError
+
+    try:
+        out = export_table(
+            args.archive, args.out, table=args.table, exposures=args.exposures, overwrite=args.overwrite
+        )
+    except (CrscaleError, OSError, ValueError) as exc:
+        print(f"crscale export: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {out}")
+    return EXIT_OK
 
 
 def _cmd_run(args: argparse.Namespace, inputs: list) -> int:
@@ -526,6 +638,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_run(args, inputs)
     if args.command == "detect":
         return _cmd_detect(args)
+    if args.command == "catalogue":
+        return _cmd_catalogue(args)
+    if args.command == "stats":
+        return _cmd_stats(args)
+    if args.command == "export":
+        return _cmd_export(args)
     if args.command == "info":
         return _cmd_info(args)
     if args.command == "train":

@@ -44,9 +44,11 @@ from crscale.engine.detect_graph import (
     plan_exposure,
     remove_outputs,
 )
+from crscale.engine.outcomes import StageOutcomes
 from crscale.engine.plugin import ModelPlugin
 from crscale.io.archive import Archive
-from crscale.io.errors import ArchiveError, CrscaleError
+from crscale.io.catalogue_store import remove_exposure_tables
+from crscale.io.errors import CrscaleError
 
 
 @dataclass
@@ -75,26 +77,13 @@ class ExposureDetection:
 
 
 @dataclass
-class DetectReport:
+class DetectReport(StageOutcomes):
     """All outcomes of a detection run, in archive order, and the settings used."""
 
     archive: str
     results: list[ExposureDetection]
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
-
-    def by_status(self, status: str) -> list[ExposureDetection]:
-        """Outcomes with the given status."""
-        return [r for r in self.results if r.status == status]
-
-    @property
-    def ok(self) -> bool:
-        """True when no exposure failed."""
-        return not self.by_status("failed")
-
-    def counts(self) -> dict[str, int]:
-        """Exposures per status."""
-        return {s: len(self.by_status(s)) for s in ("done", "skipped", "failed")}
 
     @property
     def pixels_done(self) -> int:
@@ -236,12 +225,7 @@ def detect_archive(
     cfg = config.get("detect")
     prob_dtype = str(cfg.get("prob_dtype", "float32"))
 
-    ids = arch.exposure_ids()
-    if exposures:
-        missing = [e for e in exposures if e not in set(ids)]
-        if missing:
-            raise ArchiveError(f"{arch.path}: no exposure(s) {', '.join(map(repr, missing))}")
-        ids = [e for e in ids if e in set(exposures)]
+    ids = arch.select_exposures(exposures)
     results: dict[str, ExposureDetection] = {}
     todo: list[str] = []
     for eid in ids:
@@ -380,6 +364,7 @@ def _run(
         if phase == "stats":
             try:
                 arch.set_status(eid, "detect", "running")  # outputs are about to be overwritten
+                remove_exposure_tables(arch.path, eid)  # rows of the old mask must not outlive it
                 create_outputs(arch, eid, plans, settings, prob_dtype)
                 graph = exposure_graph(
                     path, eid, plans, value, settings, halo, gpu=gpu, prob_dtype=prob_dtype

@@ -7,12 +7,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from crscale.engine.catalogue_stage import CatalogueReport, catalogue_archive
 from crscale.engine.cluster import dask_client
 from crscale.engine.detect_stage import DetectReport, detect_archive
 from crscale.engine.ingest import IngestReport, ingest
 
-#: Stages of ``crscale run`` in order (the catalogue joins when it is built).
-PIPELINE_STAGES = ("ingest", "detect")
+#: Stages of ``crscale run`` in order.
+PIPELINE_STAGES = ("ingest", "detect", "catalogue")
 
 
 @dataclass
@@ -21,12 +22,13 @@ class RunReport:
 
     ingest: IngestReport | None = None
     detect: DetectReport | None = None
+    catalogue: CatalogueReport | None = None
     stages: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """True when no input or exposure failed in any stage."""
-        return all(r.ok for r in (self.ingest, self.detect) if r is not None)
+        return all(r.ok for r in (self.ingest, self.detect, self.catalogue) if r is not None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -34,6 +36,7 @@ class RunReport:
             "stages": self.stages,
             "ingest": self.ingest.to_dict() if self.ingest else None,
             "detect": self.detect.to_dict() if self.detect else None,
+            "catalogue": self.catalogue.to_dict() if self.catalogue else None,
         }
 
 
@@ -51,7 +54,7 @@ def run_pipeline(
     progress: bool = True,
     echo: Callable[[str], None] | None = print,
 ) -> RunReport:
-    """Ingest the inputs, then detect CRs in their exposures, on one cluster.
+    """Ingest the inputs, detect the CRs of their exposures, then catalogue them, on one cluster.
 
     Parameters
     ----------
@@ -75,9 +78,10 @@ def run_pipeline(
     Returns
     -------
     RunReport
-        The stages' reports. Detection covers the exposures of the inputs (newly ingested,
-        already in the archive, or held under another id as duplicates), not the rest of the
-        archive; ``crscale detect ARCHIVE`` does the whole archive.
+        The stages' reports. Detection and the catalogue cover the exposures of the inputs
+        (newly ingested, already in the archive, or held under another id as duplicates), not
+        the rest of the archive; ``crscale detect ARCHIVE`` / ``crscale catalogue ARCHIVE`` do
+        the whole archive. Without the ingest stage, they cover the whole archive.
     """
     unknown = [s for s in stages if s not in PIPELINE_STAGES]
     if unknown:
@@ -104,18 +108,25 @@ def run_pipeline(
             exposure_ids = sorted(
                 {r.exposure_id for r in report.ingest.results if r.status != "failed" and r.exposure_id}
             )
-        if "detect" in stages:
+        later = (
+            ("detect", detect_archive, detect_options or {}),
+            ("catalogue", catalogue_archive, {}),
+        )
+        for name, stage, options in later:
+            if name not in stages:
+                continue
             if exposure_ids is not None and not exposure_ids:
-                say("detect: no exposure to process")
-            else:
-                report.detect = detect_archive(
-                    archive,
-                    client=cl,
-                    exposures=exposure_ids,
-                    force=force,
-                    progress=progress,
-                    echo=echo,
-                    **(detect_options or {}),
-                )
-                say(report.detect.summary())
+                say(f"{name}: no exposure to process")
+                continue
+            result = stage(
+                archive,
+                client=cl,
+                exposures=exposure_ids,
+                force=force,
+                progress=progress,
+                echo=echo,
+                **options,
+            )
+            setattr(report, name, result)
+            say(result.summary())
     return report

@@ -39,7 +39,7 @@ from crscale._version import __version__
 from crscale.io.errors import ArchiveError
 from crscale.io.fits_reader import DetectorData, Exposure
 
-FORMAT_VERSION = "1.1"  # 1.1: the detect stage's prob, mask, clean arrays and attributes
+FORMAT_VERSION = "1.2"  # 1.1: detect arrays and attributes; 1.2: the catalogue (Parquet, status.catalogue)
 STAGES = ("ingest", "detect", "catalogue")
 _STAGING = "staging"
 _TRASH = "trash"
@@ -188,6 +188,22 @@ class Archive:
         if not folder.is_dir():
             return []
         return sorted(p.name for p in folder.iterdir() if (p / "zarr.json").is_file())
+
+    def select_exposures(self, exposures: Sequence[str] | None = None) -> list[str]:
+        """Exposure ids, sorted: all of them, or those asked for.
+
+        Raises
+        ------
+        ArchiveError
+            An exposure asked for is not in the archive.
+        """
+        ids = self.exposure_ids()
+        if exposures:
+            missing = [e for e in exposures if e not in set(ids)]
+            if missing:
+                raise ArchiveError(f"{self.path}: no exposure(s) {', '.join(map(repr, missing))}")
+            ids = [e for e in ids if e in set(exposures)]
+        return ids
 
     def __contains__(self, exposure_id: str) -> bool:
         return (self.path / "exposures" / exposure_id / "zarr.json").exists()

@@ -123,7 +123,8 @@ def _first(headers: Sequence[fits.Header], keys: Sequence[str]) -> tuple[str | N
     return None, None
 
 
-def _as_float(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
+    """A finite float from a header or attribute value; None for bools, text, NaN, inf, None."""
     if isinstance(value, bool) or value is None:
         return None
     try:
@@ -146,7 +147,7 @@ def _per_amp(headers: Sequence[fits.Header], pattern: re.Pattern[str]) -> dict[s
         found = {}
         for key in hdr:
             if pattern.match(key):
-                val = _as_float(hdr[key])
+                val = as_float(hdr[key])
                 if val is not None and val > 0:
                     found[key] = val
         if found:
@@ -179,7 +180,7 @@ def _parse_date(headers: Sequence[fits.Header]) -> tuple[str | None, float | Non
             except ValueError:
                 pass
     mkey, mval = _first(headers, MJD_KEYS)
-    mjd = _as_float(mval)
+    mjd = as_float(mval)
     if mjd is not None and mjd > 0:
         t = Time(mjd, format="mjd", scale="utc")
         return t.isot, mjd, mkey
@@ -248,7 +249,7 @@ def extract_metadata(
 
     # Exposure time: required for rates, so an absurd value is reported, never used.
     key, value = _first(headers, EXPTIME_KEYS)
-    exptime = _as_float(value)
+    exptime = as_float(value)
     if key is None:
         meta.guessed.append("exptime")
         meta.warnings.append("no exposure-time keyword (EXPTIME); exptime left unset")
@@ -259,14 +260,14 @@ def extract_metadata(
         meta.exptime = exptime
         meta.keywords["exptime"] = key
     key, value = _first(headers, DARKTIME_KEYS)
-    if _as_float(value) is not None and _as_float(value) > 0:
-        meta.darktime = _as_float(value)
+    if as_float(value) is not None and as_float(value) > 0:
+        meta.darktime = as_float(value)
         meta.keywords["darktime"] = key
 
     # Gain: a single keyword, else the mean of the per-amplifier keywords.
     meta.gain_per_amp = _per_amp(headers, _PER_AMP_GAIN)
     key, value = _first(headers, GAIN_KEYS)
-    gain = _as_float(value)
+    gain = as_float(value)
     if key is not None and (gain is None or gain <= 0) and not meta.gain_per_amp:
         meta.warnings.append(
             f"{key}={value!r} is not a positive gain; using the fallback "
@@ -286,7 +287,7 @@ def extract_metadata(
 
     meta.readnoise_per_amp = _per_amp(headers, _PER_AMP_RN)
     key, value = _first(headers, READNOISE_KEYS)
-    rn = _as_float(value)
+    rn = as_float(value)
     if rn is not None and rn > 0:
         meta.readnoise = rn
         meta.keywords["readnoise"] = key
@@ -304,7 +305,7 @@ def extract_metadata(
 
     # Saturation: the lowest amplifier limit is the one that matters for the whole CCD.
     key, value = _first(headers, SATURATION_KEYS)
-    sat = _as_float(value)
+    sat = as_float(value)
     per_amp_sat = _per_amp(headers, _PER_AMP_SAT)
     if sat is not None and sat > 0:
         meta.saturation = min([sat, *per_amp_sat.values()])

@@ -1,0 +1,1 @@
+"""CR catalogue: labelling, per-CR features, morphology, per-exposure rates."""
