@@ -26,10 +26,7 @@ ITL = SAMPLE / "crs" / "cosmic_rays_itl_2017.fits.gz"
 SAAO = SAMPLE / "images" / "a8280271.fits"  # raw SAAO frame, uint16, GAIN 1.9
 DECAM = SAMPLE / "images" / "c4d_170316_062107_ooi_z_ls9.N2.fits"  # DECam InstCal, sky ~3,170 ADU
 GMOS = SAMPLE / "images" / "gmos.fits"
-SUSI_BIAS = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "eso_midas"
-    / "ntt_susi_bias_nttexample.fits"
-)
+SUSI_BIAS = SAMPLE / "darks" / "ntt_susi_bias_nttexample.fits.gz"  # the bundled real ESO NTT bias
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +275,6 @@ def test_dark_recipe_bad_input(tmp_path, saao_residual):
         footprints_from_dark_file(ITL)
 
 
-@pytest.mark.skipif(not SUSI_BIAS.is_file(), reason="shared real data (ESO-MIDAS SUSI bias) not present")
 def test_dark_recipe_on_real_bias():
     lib = footprints_from_dark_file(SUSI_BIAS)
     raw = fits.getdata(SUSI_BIAS)
