@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from crscale._version import __version__
 
@@ -311,12 +312,25 @@ def _cmd_ingest(args: argparse.Namespace, inputs: list) -> int:
     return EXIT_OK
 
 
-def _run_stage(name: str, stage, args: argparse.Namespace, **options) -> int:  # noqa: ANN001
-    """Run one archive stage (detect, catalogue) for the CLI: summary, report file, exit status."""
+def _guarded(name: str, call: Callable[[], Any]) -> tuple[Any, int | None]:
+    """``(call(), None)``; or ``(None, exit status)`` with the message printed, when it raises."""
     from crscale.io.errors import CrscaleError
 
     try:
-        report = stage(
+        return call(), None
+    except (CrscaleError, OSError, ValueError) as exc:
+        print(f"crscale {name}: {exc}", file=sys.stderr)
+        return None, EXIT_USAGE
+    except KeyboardInterrupt:
+        print(_INTERRUPTED, file=sys.stderr)
+        return None, EXIT_INTERRUPTED
+
+
+def _run_stage(name: str, stage: Callable[..., Any], args: argparse.Namespace, **options: Any) -> int:
+    """Run one archive stage (detect, catalogue) for the CLI: summary, report file, exit status."""
+    report, status = _guarded(
+        name,
+        lambda: stage(
             args.archive,
             scheduler=args.scheduler,
             n_workers=args.workers,
@@ -324,13 +338,10 @@ def _run_stage(name: str, stage, args: argparse.Namespace, **options) -> int:  #
             force=args.force,
             progress=not args.no_progress,
             **options,
-        )
-    except (CrscaleError, OSError, ValueError) as exc:
-        print(f"crscale {name}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(_INTERRUPTED, file=sys.stderr)
-        return EXIT_INTERRUPTED
+        ),
+    )
+    if status is not None:
+        return status
     print(report.summary())
     if args.report:
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
@@ -353,16 +364,19 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     from crscale.catalog.plots import write_plots
     from crscale.catalog.stats import exposure_rates, summarise
     from crscale.engine.cluster import dask_client
-    from crscale.io.errors import CrscaleError
 
     archive = Path(args.archive)
-    try:
+
+    def aggregate() -> tuple[Any, Any]:
         with dask_client(args.scheduler, n_workers=args.workers, echo=None):
             stats = summarise(archive, exposures=args.exposures)
             rates = None if args.no_plots else exposure_rates(archive, exposures=args.exposures)
-    except (CrscaleError, OSError, ValueError) as exc:
-        print(f"crscale stats: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return stats, rates
+
+    result, status = _guarded("stats", aggregate)
+    if status is not None:
+        return status
+    stats, rates = result
     print(stats.format_table())
     if not args.no_plots:
         default = archive.with_name(archive.name.removesuffix(".zarr") + "-stats")
@@ -376,22 +390,21 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from crscale.io.catalogue_store import export_table
-    from crscale.io.errors import CrscaleError
 
-    try:
-        out = export_table(
+    out, status = _guarded(
+        "export",
+        lambda: export_table(
             args.archive, args.out, table=args.table, exposures=args.exposures, overwrite=args.overwrite
-        )
-    except (CrscaleError, OSError, ValueError) as exc:
-        print(f"crscale export: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        ),
+    )
+    if status is not None:
+        return status
     print(f"wrote {out}")
     return EXIT_OK
 
 
 def _cmd_run(args: argparse.Namespace, inputs: list) -> int:
     from crscale.engine.pipeline import run_pipeline
-    from crscale.io.errors import CrscaleError
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     if "ingest" in stages and not inputs:
@@ -400,8 +413,9 @@ def _cmd_run(args: argparse.Namespace, inputs: list) -> int:
     inputs = _with_dq(args, inputs)
     if inputs is None:
         return EXIT_USAGE
-    try:
-        report = run_pipeline(
+    report, status = _guarded(
+        "run",
+        lambda: run_pipeline(
             inputs,
             args.archive,
             stages=stages,
@@ -411,13 +425,10 @@ def _cmd_run(args: argparse.Namespace, inputs: list) -> int:
             ingest_options={"hdus": args.hdus, "chunks": args.chunks},
             detect_options=_detect_options(args),
             progress=not args.no_progress,
-        )
-    except (CrscaleError, OSError, ValueError) as exc:
-        print(f"crscale run: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(_INTERRUPTED, file=sys.stderr)
-        return EXIT_INTERRUPTED
+        ),
+    )
+    if status is not None:
+        return status
     if args.report:
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
     strict_fail = args.strict and report.ingest is not None and report.ingest.by_status("duplicate")
@@ -636,20 +647,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             inputs.append(str(sample_data_dir() / "images"))
         return _cmd_run(args, inputs)
-    if args.command == "detect":
-        return _cmd_detect(args)
-    if args.command == "catalogue":
-        return _cmd_catalogue(args)
-    if args.command == "stats":
-        return _cmd_stats(args)
-    if args.command == "export":
-        return _cmd_export(args)
-    if args.command == "info":
-        return _cmd_info(args)
-    if args.command == "train":
-        return _cmd_train(args)
-    if args.command == "models":
-        return _cmd_models(args)
+    commands = {
+        "detect": _cmd_detect,
+        "catalogue": _cmd_catalogue,
+        "stats": _cmd_stats,
+        "export": _cmd_export,
+        "info": _cmd_info,
+        "train": _cmd_train,
+        "models": _cmd_models,
+    }
+    if args.command in commands:
+        return commands[args.command](args)
     if args.command == "sample-data":
         from crscale import sample_data_dir
 

@@ -253,3 +253,25 @@ def test_stats_and_export_commands(catalogued, tmp_path):
         timeout=120,
     )
     assert Table.read(ecsv)["rate"].unit == "1 / (s cm2)"
+
+
+def test_a_damaged_catalogue_file_is_named_with_the_way_out(catalogued, tmp_path):
+    from crscale.io.errors import ArchiveError
+
+    src, _ = catalogued
+    path = tmp_path / "damaged.zarr"
+    shutil.copytree(src, path)
+    damaged = table_file(path, "crs", "gmos")
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(ArchiveError, match="gmos.parquet.*--force"):
+        read_table(path, "crs")
+    assert len(read_table(path, "crs", exposures=["susi_itl"])) > 0  # the other files still read
+    with pytest.raises(ArchiveError, match="gmos.parquet"):
+        read_table_dask(path, "crs").compute(scheduler="sync")
+    proc = subprocess.run(
+        [sys.executable, "-m", "crscale.cli", "export", str(path), str(tmp_path / "x.fits")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "gmos.parquet" in proc.stderr and "--force" in proc.stderr

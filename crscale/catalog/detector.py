@@ -166,8 +166,7 @@ def catalogue_detector(
     if parts:
         columns = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     else:
-        empty = cr_features_empty()
-        columns = {k: v for k, v in empty.items()}
+        columns = cr_features_empty()
     order = np.argsort(columns.pop("first"), kind="stable")
     columns = {k: v[order] for k, v in columns.items()}
     columns["id"] = np.arange(1, order.size + 1, dtype=np.int32)

@@ -80,7 +80,7 @@ def exposure_row(
     exposure = t_eff * area if t_eff is not None else 0.0
     classes = Counter(result.columns["morphology"].tolist())
     guessed = list(physics.guessed)
-    if exptime is None:
+    if t_eff is None:  # no usable (finite, non-negative) exposure time: no rate
         guessed.append("exptime")
     return {
         "exposure": exposure_id,

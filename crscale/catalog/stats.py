@@ -5,7 +5,7 @@ read once, on the active scheduler or distributed client):
 
 * the **CR table** (one row per CR, up to ~10⁹ rows): reduced partition by partition to
   histograms with *fixed* log-spaced bins, so the whole table is summarised in one pass and
-  no process ever holds more than one exposure's CRs;
+  no process ever holds more than one partition's CRs (a group of exposure files);
 * the **exposure table** (one row per exposure x detector, orders of magnitude smaller):
   brought back as a few columns and grouped by instrument, which gives exact per-row rate
   percentiles.
@@ -453,8 +453,9 @@ def summarise(
 ) -> CatalogueStats:
     """Survey-scale statistics of an archive's CR catalogue.
 
-    The CR table is reduced with dask.dataframe, partition by partition (one exposure file
-    each), to fixed-bin histograms: no process holds more than one exposure's CRs. The CR and
+    The CR table is reduced with dask.dataframe, partition by partition (consecutive exposure
+    files of about :data:`crscale.io.catalogue_store.PARTITION_BYTES` each), to fixed-bin
+    histograms: no process holds more than one partition's CRs. The CR and
     exposure tables are computed in one :func:`dask.compute` call, on the current scheduler
     (a :class:`distributed.Client` when one is active), so every file is read once.
 
@@ -534,9 +535,7 @@ def exposure_rates(archive: str | os.PathLike, *, exposures: Sequence[str] | Non
         ``area_cm2``, ``effective_exptime``, ``rate``, ``rate_err`` (CR cm⁻² s⁻¹; NaN where the
         exposure has no area x time) and ``cr_pixel_fraction``.
     """
-    df = rates_dataset(archive, per="exposure").to_dataframe().reset_index(drop=True)
-    if exposures is not None:
-        df = df[df["exposure"].isin(list(exposures))].reset_index(drop=True)
+    df = rates_dataset(archive, per="exposure", exposures=exposures).to_dataframe().reset_index(drop=True)
     df["instrument"] = _instrument_labels(df["instrument"])
     for col in ("rate", "rate_err"):
         df[col] = df[col].astype("float64").where(np.isfinite(df[col].astype("float64")))

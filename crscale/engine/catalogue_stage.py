@@ -31,11 +31,11 @@ from typing import Any
 
 from crscale.catalog.morphology import MorphologyRules
 from crscale.catalog.profiles import DetectorPhysics, detector_physics, load_profiles
-from crscale.engine.cluster import dask_client
+from crscale.engine.cluster import client_or_new
 from crscale.engine.outcomes import StageOutcomes
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables, table_file
-from crscale.io.errors import ArchiveError
+from crscale.io.errors import ArchiveError, describe
 
 #: Exposures submitted at a time per worker thread: the scheduler is never starved, and an
 #: archive of any size never becomes one huge graph.
@@ -154,11 +154,6 @@ def write_exposure_task(archive: str, exposure_id: str, *parts: tuple[dict[str, 
     return int(crs.num_rows)
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def catalogue_archive(
     archive: str,
     *,
@@ -237,18 +232,14 @@ def catalogue_archive(
                 for d in arch.detectors(eid)
             ]
         except Exception as exc:  # this exposure's metadata only: record it, go on
-            message = f"exposure {eid!r}: cannot read its metadata in {path} ({_describe(exc)})"
+            message = f"exposure {eid!r}: cannot read its metadata in {path} ({describe(exc)})"
             _fail(arch, eid, message, "archive", started, 0, results)
             continue
         exp_attrs = {k: attrs.get(k) for k in ("instrument", "telescope", "date_obs", "mjd_obs", "exptime")}
         plans[eid] = (exp_attrs, detectors, detect.get("time"))
 
     if plans:
-        with (
-            contextlib.nullcontext(client)
-            if client is not None
-            else dask_client(scheduler, n_workers=n_workers, echo=echo) as cl
-        ):
+        with client_or_new(client, scheduler, n_workers=n_workers, echo=echo) as cl:
             arch.note_format()
             _run(cl, arch, plans, rules, results, progress)
     report = CatalogueReport(
@@ -289,7 +280,7 @@ def _run(
             _fail(
                 arch,
                 eid,
-                f"exposure {eid!r}: cannot start: {_describe(exc)}",
+                f"exposure {eid!r}: cannot start: {describe(exc)}",
                 "archive",
                 started[eid],
                 len(detectors),
@@ -337,7 +328,7 @@ def _run(
                     seconds=round(time.perf_counter() - started[eid], 3),
                 )
             except Exception as exc:
-                _fail(arch, eid, f"exposure {eid!r}: {_describe(exc)}", "error", started[eid], n_det, results)
+                _fail(arch, eid, f"exposure {eid!r}: {describe(exc)}", "error", started[eid], n_det, results)
             else:
                 source = arch.exposure_attrs(eid).get("source", {}).get("path")
                 if source:
@@ -365,14 +356,7 @@ def _fail(
     results: dict[str, ExposureCatalogue],
 ) -> None:
     """Record a failed exposure: no rows left, status and failure record (best effort)."""
-    path = str(arch.path)
     with contextlib.suppress(Exception):
-        remove_exposure_tables(path, eid)
-    with contextlib.suppress(Exception):
-        arch.set_status(eid, "catalogue", "failed", message=message, kind=kind)
-    source = eid
-    with contextlib.suppress(Exception):
-        source = arch.exposure_attrs(eid).get("source", {}).get("path", eid)
-    with contextlib.suppress(Exception):
-        arch.record_failure(source, message, stage="catalogue", kind=kind, exposure_id=eid)
+        remove_exposure_tables(arch.path, eid)
+    arch.record_exposure_failure(eid, "catalogue", message, kind)
     results[eid] = ExposureCatalogue(eid, "failed", message, n_det, 0, time.perf_counter() - started)

@@ -127,6 +127,19 @@ def _thread_environ(threads: int) -> dict[str, str]:
     return {k: value for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 
 
+def client_or_new(
+    client: Any = None,
+    scheduler: str | None = None,
+    *,
+    n_workers: int | None = None,
+    echo: Callable[[str], None] | None = print,
+) -> contextlib.AbstractContextManager[Any]:
+    """``client`` as it is (left open), or :func:`dask_client` for ``scheduler`` / a LocalCluster."""
+    if client is not None:
+        return contextlib.nullcontext(client)
+    return dask_client(scheduler, n_workers=n_workers, echo=echo)
+
+
 @contextlib.contextmanager
 def dask_client(
     scheduler: str | None = None,

@@ -34,7 +34,7 @@ from typing import Any
 
 from crscale import config
 from crscale.engine.blocks import PROGRESS_TOPIC, DetectSettings, engine_halo
-from crscale.engine.cluster import cluster_has_gpus, dask_client
+from crscale.engine.cluster import client_or_new, cluster_has_gpus
 from crscale.engine.detect_graph import (
     DetectorPlan,
     create_outputs,
@@ -48,7 +48,7 @@ from crscale.engine.outcomes import StageOutcomes
 from crscale.engine.plugin import ModelPlugin
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables
-from crscale.io.errors import CrscaleError
+from crscale.io.errors import describe
 
 
 @dataclass
@@ -232,10 +232,9 @@ def detect_archive(
         try:
             status = arch.status(eid)
         except Exception as exc:  # unreadable exposure metadata: record it, go on with the rest
-            message = f"exposure {eid!r}: cannot read its metadata in {arch.path} ({_describe(exc)})"
+            message = f"exposure {eid!r}: cannot read its metadata in {arch.path} ({describe(exc)})"
             results[eid] = ExposureDetection(eid, "failed", message)
-            with contextlib.suppress(OSError, CrscaleError):
-                arch.record_failure(eid, message, stage="detect", kind="archive", exposure_id=eid)
+            arch.record_exposure_failure(eid, "detect", message, "archive")
             continue
         if status.get("ingest", {}).get("state") != "done":
             continue
@@ -252,11 +251,7 @@ def detect_archive(
             time.perf_counter() - t0,
         )
 
-    with (
-        contextlib.nullcontext(client)
-        if client is not None
-        else dask_client(scheduler, n_workers=n_workers, echo=echo) as cl
-    ):
+    with client_or_new(client, scheduler, n_workers=n_workers, echo=echo) as cl:
         arch.note_format()  # about to write 1.1 arrays
         gpu = cluster_has_gpus(cl)
         target = list(block or cfg.get("gpu_block" if gpu else "block"))
@@ -307,14 +302,7 @@ def _run(
 
     def fail(eid: str, plans: list[DetectorPlan], message: str, kind: str, started: float) -> None:
         remove_outputs(arch, eid, plans)
-        # Recording must not stop the rest of the run, even when the exposure's metadata is broken.
-        source = eid
-        with contextlib.suppress(Exception):
-            source = arch.exposure_attrs(eid).get("source", {}).get("path", eid)
-        with contextlib.suppress(Exception):
-            arch.set_status(eid, "detect", "failed", message=message, kind=kind)
-        with contextlib.suppress(Exception):
-            arch.record_failure(source, message, stage="detect", kind=kind, exposure_id=eid)
+        arch.record_exposure_failure(eid, "detect", message, kind)
         results[eid] = ExposureDetection(
             eid,
             "failed",
@@ -356,7 +344,7 @@ def _run(
         except Exception as exc:
             in_flight -= n_blocks
             stats_of.pop(eid, None)
-            fail(eid, plans, f"exposure {eid!r}: {_describe(exc)}", "error", started)
+            fail(eid, plans, f"exposure {eid!r}: {describe(exc)}", "error", started)
             refill()
             continue
         finally:
@@ -374,7 +362,7 @@ def _run(
                 fail(
                     eid,
                     plans,
-                    f"exposure {eid!r}: cannot start detection: {_describe(exc)}",
+                    f"exposure {eid!r}: cannot start detection: {describe(exc)}",
                     "archive",
                     started,
                 )
@@ -395,7 +383,7 @@ def _run(
             fail(
                 eid,
                 plans,
-                f"exposure {eid!r}: cannot record the results: {_describe(exc)}",
+                f"exposure {eid!r}: cannot record the results: {describe(exc)}",
                 "archive",
                 started,
             )
@@ -452,7 +440,3 @@ def _finish_exposure(
         with contextlib.suppress(OSError):
             arch.clear_failure(source, stage="detect")
 
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

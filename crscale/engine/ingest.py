@@ -9,7 +9,6 @@ exceptions, so one bad file never stops the run; the client records them in the 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import sys
@@ -22,7 +21,7 @@ from distributed import Client, as_completed
 from tqdm.auto import tqdm
 
 from crscale import config
-from crscale.engine.cluster import dask_client
+from crscale.engine.cluster import client_or_new
 from crscale.io.archive import Archive
 from crscale.io.errors import ArchiveError, InputError
 from crscale.io.fits_reader import exposure_id_from_path, read_exposure, sha256_file
@@ -357,9 +356,7 @@ def ingest(
                                        kind=p.kind)
     settings = ingest_settings(chunks=chunks, hdus=hdus)
 
-    with contextlib.nullcontext(client) if client is not None else dask_client(
-        scheduler, n_workers=n_workers, echo=echo
-    ) as cl:
+    with client_or_new(client, scheduler, n_workers=n_workers, echo=echo) as cl:
         threads = sum(cl.nthreads().values()) or 1
         window = max(8, IN_FLIGHT_PER_THREAD * threads)
         hashes: dict[str, str] = {}

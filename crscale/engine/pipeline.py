@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from crscale.engine.catalogue_stage import CatalogueReport, catalogue_archive
-from crscale.engine.cluster import dask_client
+from crscale.engine.cluster import client_or_new
 from crscale.engine.detect_stage import DetectReport, detect_archive
 from crscale.engine.ingest import IngestReport, ingest
 
@@ -88,11 +87,7 @@ def run_pipeline(
         raise ValueError(f"unknown stage(s) {unknown}; available: {', '.join(PIPELINE_STAGES)}")
     say = echo or (lambda _msg: None)
     report = RunReport(stages=list(stages))
-    with (
-        contextlib.nullcontext(client)
-        if client is not None
-        else dask_client(scheduler, n_workers=n_workers, echo=echo) as cl
-    ):
+    with client_or_new(client, scheduler, n_workers=n_workers, echo=echo) as cl:
         exposure_ids: list[str] | None = None
         if "ingest" in stages:
             report.ingest = ingest(

@@ -17,6 +17,7 @@ status last (:meth:`Archive.set_status`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import hashlib
@@ -397,6 +398,21 @@ class Archive:
                 }
             )
         )
+
+    def record_exposure_failure(self, exposure_id: str, stage: str, message: str, kind: str) -> None:
+        """Mark a stage ``failed`` for one exposure and record it in ``failures/``, best effort.
+
+        Never raises: recording a failure must not stop the rest of a run, even when the
+        exposure's own metadata is what is broken (the record then names the exposure id
+        instead of its source file).
+        """
+        source = exposure_id
+        with contextlib.suppress(Exception):
+            source = self.exposure_attrs(exposure_id).get("source", {}).get("path", exposure_id)
+        with contextlib.suppress(Exception):
+            self.set_status(exposure_id, stage, "failed", message=message, kind=kind)
+        with contextlib.suppress(Exception):
+            self.record_failure(source, message, stage=stage, kind=kind, exposure_id=exposure_id)
 
     def clear_failure(self, path: str, stage: str = "ingest") -> None:
         """Forget a failure record once the same source has been processed."""

@@ -158,6 +158,21 @@ def _files(archive: str | os.PathLike, table: str, exposures: Sequence[str] | No
     return [str(folder / f"{e}.parquet") for e in ids]
 
 
+def _read_arrow(
+    files: list[str], table: str, *, columns: list[str] | None = None, filter: Any = None
+) -> pa.Table:
+    """Rows of these files; a damaged file is an ArchiveError that names it and the way out."""
+    try:
+        return pads.dataset(files, schema=TABLES[table], format="parquet").to_table(
+            columns=columns, filter=filter
+        )
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ArchiveError(
+            f"{exc} (a damaged catalogue file: "
+            "`crscale catalogue ARCHIVE -e EXPOSURE --force` writes it again)"
+        ) from exc
+
+
 def read_table(
     archive: str | os.PathLike,
     table: str = "crs",
@@ -193,8 +208,7 @@ def read_table(
         The archive has no catalogue, or no rows for an exposure asked for.
     """
     files = _files(archive, table, exposures)
-    dataset = pads.dataset(files, schema=TABLES[table], format="parquet")
-    return dataset.to_table(columns=list(columns) if columns else None, filter=filter).to_pandas()
+    return _read_arrow(files, table, columns=list(columns) if columns else None, filter=filter).to_pandas()
 
 
 #: Compressed bytes of Parquet per dask partition: files are grouped up to about this size, so
@@ -203,8 +217,7 @@ PARTITION_BYTES = 16 * 2**20
 
 
 def _read_files(files: list[str], table: str, columns: list[str] | None) -> Any:
-    dataset = pads.dataset(files, schema=TABLES[table], format="parquet")
-    return dataset.to_table(columns=columns).to_pandas()
+    return _read_arrow(files, table, columns=columns).to_pandas()
 
 
 def read_table_dask(
@@ -248,11 +261,20 @@ def read_table_dask(
     meta = TABLES[table].empty_table().to_pandas()
     if cols:
         meta = meta[cols]
-    return dd.from_map(_read_files, groups, table=table, columns=cols, meta=meta, label=f"read-{table}",
-                       enforce_metadata=False)
+    return dd.from_map(
+        _read_files,
+        groups,
+        table=table,
+        columns=cols,
+        meta=meta,
+        label=f"read-{table}",
+        enforce_metadata=False,
+    )
 
 
-def rates_dataset(archive: str | os.PathLike, *, per: str = "exposure") -> Any:
+def rates_dataset(
+    archive: str | os.PathLike, *, per: str = "exposure", exposures: Sequence[str] | None = None
+) -> Any:
     """CR rates as an xarray time series.
 
     Parameters
@@ -262,6 +284,8 @@ def rates_dataset(archive: str | os.PathLike, *, per: str = "exposure") -> Any:
     per : {"exposure", "detector"}
         One point per exposure (CRs and area x time summed over its detectors) or per
         exposure x detector.
+    exposures : sequence of str, optional
+        Only these exposures.
 
     Returns
     -------
@@ -277,7 +301,7 @@ def rates_dataset(archive: str | os.PathLike, *, per: str = "exposure") -> Any:
 
     if per not in ("exposure", "detector"):
         raise ValueError(f"per must be 'exposure' or 'detector', not {per!r}")
-    df = read_table(archive, "exposures")
+    df = read_table(archive, "exposures", exposures=exposures)
     counts = ["n_cr", "n_dot", "n_spot", "n_track", "n_worm", "n_cr_pixels", "n_pixels_usable"]
     df["exposure_cm2_s"] = df["area_cm2"] * df["effective_exptime"]
     if per == "exposure":
@@ -351,7 +375,7 @@ def export_table(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (pass overwrite=True / --overwrite to replace it)")
     files = _files(archive, table, exposures)
-    arrow = pads.dataset(files, schema=TABLES[table], format="parquet").to_table()
+    arrow = _read_arrow(files, table)
     if formats[suffix] is None:
         pq.write_table(arrow, out, **_WRITE_OPTIONS)
         return out

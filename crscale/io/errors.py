@@ -32,3 +32,9 @@ class InputError(CrscaleError):
 
 class ArchiveError(CrscaleError):
     """The archive cannot be opened or written."""
+
+
+def describe(exc: BaseException) -> str:
+    """``"TypeName: message"`` (or the type name alone) for messages shown and recorded."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
