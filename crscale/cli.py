@@ -255,6 +255,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser(
+        "evaluate",
+        help="measure CR detection quality: crscale models against astroscrappy, deepCR, Cosmic-CoNN",
+        description="Evaluate CR detectors on labelled real images: image + CR mask FITS pairs "
+        "(--masks, matched by name), or, without --masks, an injection set built on the fly "
+        "(each image's own CRs found with astroscrappy and left out; real CR footprints from "
+        "the bundled LSST ITL darks and/or --darks added at known places). Prints the pooled "
+        "table and writes metrics.json, curves.json, run.json, PNG plots (ROC, precision-recall, "
+        "per image, threshold scan) and report.md to --out. See docs/evaluation.md.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="FITS images or directories")
+    p.add_argument("--masks", nargs="+", metavar="MASKS", help="CR mask FITS files or directories")
+    p.add_argument("--out", "-o", required=True, help="report folder (created; files replaced)")
+    p.add_argument(
+        "--model",
+        "-m",
+        action="append",
+        dest="models",
+        metavar="NAME",
+        help="crscale model (name or .safetensors; repeatable; default: the default model). "
+        "The first is checked against the targets",
+    )
+    p.add_argument("--threshold", type=float, help="crscale models' threshold (default: each card's)")
+    p.add_argument(
+        "--baselines",
+        default="astroscrappy,deepcr,cosmic-conn",
+        help="comma-separated among astroscrappy, deepcr, cosmic-conn, or 'none' "
+        "(default: all; those not installed are skipped with a message)",
+    )
+    p.add_argument(
+        "--sigclips",
+        default=",".join(f"{s:g}" for s in (1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 10, 12, 15, 20)),
+        help="astroscrappy sigclip sweep (default 1..20)",
+    )
+    p.add_argument("--objlim", type=float, default=4.0, help="astroscrappy objlim (default 4)")
+    p.add_argument("--sigfrac", type=float, default=0.3, help="astroscrappy sigfrac (default 0.3)")
+    p.add_argument("--sigclip", type=float, default=4.5, help="astroscrappy operating point (default 4.5)")
+    p.add_argument("--deepcr-models", default="ACS-WFC,decam,WFC3-UVIS", help="deepCR models to run")
+    p.add_argument(
+        "--cosmic-conn-models", default="ground_imaging,NRES,HST_ACS_WFC", help="Cosmic-CoNN models to run"
+    )
+    p.add_argument(
+        "--dilate", action="store_true", help="3x3 dilation of truth and outputs (the paper's convention)"
+    )
+    p.add_argument(
+        "--trained-dilated",
+        action="append",
+        default=[],
+        metavar="METHOD",
+        help="with --dilate: a method trained on dilated masks, whose output is not dilated (repeatable)",
+    )
+    p.add_argument("--darks", nargs="+", default=[], metavar="DARK", help="injection: your dark frames' CRs")
+    p.add_argument(
+        "--dark-nsigma",
+        type=float,
+        default=3.0,
+        help="injection: dark-frame CR threshold in sigma (default 3)",
+    )
+    p.add_argument("--no-itl", action="store_true", help="injection: do not use the bundled ITL footprints")
+    p.add_argument("--cr-rate", type=float, default=5e-4, help="injection: CRs per pixel (default 5e-4)")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="injection: independent draws per image (default 1)"
+    )
+    p.add_argument("--seed", type=int, default=2026, help="injection: seed of the placements (default 2026)")
+    p.add_argument("--device", default="auto", help="torch device of the crscale models (default auto)")
+    p.add_argument("--precision", default="auto", help="crscale models' precision (default auto)")
+    p.add_argument(
+        "--update-card",
+        action="store_true",
+        help="write the figures of each --model given as a .safetensors path into its card "
+        "(<model>.json, field 'evaluation'); shipped models' cards are left alone",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
         "models",
         help="list the available CR models and their model cards",
         description="List shipped models (and pip deepCR models when deepCR is "
@@ -603,6 +677,60 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip() and x.strip() != "none")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import shlex
+
+    from crscale.evaluate.api import evaluate
+    from crscale.evaluate.report import format_table, format_targets
+    from crscale.io.errors import InputError
+
+    try:
+        report = evaluate(
+            args.images,
+            args.masks,
+            args.out,
+            models=tuple(args.models or ["default"]),
+            threshold=args.threshold,
+            baselines=_names(args.baselines),
+            sigclips=_floats(args.sigclips),
+            objlim=args.objlim,
+            sigfrac=args.sigfrac,
+            sigclip=args.sigclip,
+            deepcr_models=_names(args.deepcr_models),
+            cosmic_conn_models=_names(args.cosmic_conn_models),
+            dilate=args.dilate,
+            trained_dilated=tuple(args.trained_dilated),
+            darks=tuple(args.darks),
+            dark_nsigma=args.dark_nsigma,
+            use_itl=not args.no_itl,
+            cr_rate=args.cr_rate,
+            repeats=args.repeats,
+            seed=args.seed,
+            device=args.device,
+            precision=args.precision,
+            progress=not args.no_progress,
+            update_cards=args.update_card,
+            command="crscale " + " ".join(map(shlex.quote, args.argv)),
+        )
+    except (InputError, ValueError, ImportError) as exc:
+        print(f"crscale evaluate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(format_table(report.metrics))
+    lines = format_targets(report.run)
+    if lines:
+        print(lines)
+    print(f"report: {Path(args.out) / 'report.md'} ({len(report.files)} files)")
+    return EXIT_OK
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from crscale.io.errors import InputError
     from crscale.models import DEFAULT_MODEL, available_models, load_model
@@ -637,7 +765,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``crscale`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     if args.command == "ingest":
         return _cmd_ingest(args, list(args.inputs))
     if args.command == "run":
@@ -655,6 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "info": _cmd_info,
         "train": _cmd_train,
         "models": _cmd_models,
+        "evaluate": _cmd_evaluate,
     }
     if args.command in commands:
         return commands[args.command](args)

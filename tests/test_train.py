@@ -119,3 +119,22 @@ def test_cli_train_and_models(tmp_path, capsys):
     assert "crscale-default" in listing and "467,233" in listing
     assert main(["models", "default"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "crscale-default"
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_groupnorm_models_train_past_the_first_validation(tmp_path, attention):
+    """Validation once converted a non-BatchNorm model in place (bf16, no gradients): epoch 2 failed."""
+    import torch
+
+    from crscale.detection.predictor import Predictor
+    from crscale.models.card import ModelCard
+    from crscale.models.unet import UNet, UNetConfig
+
+    net = UNet(UNetConfig(depth=2, width=8, norm="group", attention=attention)).train()
+    Predictor(net, ModelCard(name="t", architecture=net.config.to_dict()), device="cpu", precision="bfloat16")
+    assert net.training and all(p.requires_grad and p.dtype == torch.float32 for p in net.parameters())
+    arch = {"depth": 2, "width": 8, "norm": "group", "attention": attention}
+    res = train(_config(tmp_path, architecture=arch, epochs=2), progress=False, log=lambda *_: None)
+    card = json.loads(res.model_path.with_suffix(".json").read_text())
+    assert card["training"]["epochs_run"] == 2 and card["architecture"]["norm"] == "group"
+    assert all(v.dtype == torch.float32 for v in load_file(str(res.model_path)).values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 
@@ -78,7 +79,9 @@ class Predictor:
         self.config = model.config
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
-        net = fold_batchnorm(model) if model.config.norm == "batch" else model
+        # Never the caller's module: a model still being trained must keep its dtype, mode and
+        # gradients (fold_batchnorm already returns a copy).
+        net = fold_batchnorm(model) if model.config.norm == "batch" else copy.deepcopy(model)
         self.net = net.eval().to(self.device, self.dtype).to(memory_format=torch.channels_last)
         for p in self.net.parameters():
             p.requires_grad_(False)

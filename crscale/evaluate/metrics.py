@@ -127,3 +127,125 @@ def pixel_metrics(
         n_positive=n_pos,
         n_negative=n_neg,
     )
+
+
+#: Keys of the pooled and per-image figures in ``metrics.json``.
+FIGURE_KEYS = (
+    "tpr@fpr=1e-4",
+    "tpr@fpr=1e-3",
+    "precision@tpr=0.95",
+    "f1",
+    "iou",
+    "fdr",
+    "tpr",
+    "fpr",
+    "precision",
+)
+#: Thresholds of the threshold tables (threshold guidance).
+TABLE_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
+
+
+def _counts(tp: float, fp: float, fn: float) -> dict:
+    return {
+        "tpr": tp / max(tp + fn, 1),
+        "precision": tp / max(tp + fp, 1),
+        "f1": 2 * tp / max(2 * tp + fp + fn, 1),
+        "iou": tp / max(tp + fp + fn, 1),
+        "fdr": fp / max(tp + fp, 1),
+    }
+
+
+def score_summary(score: np.ndarray, truth: np.ndarray, threshold: float) -> dict:
+    """The figures of ``metrics.json`` for a probability map (``score >= t`` is a CR).
+
+    TPR at 1e-4 / 1e-3 FPR, precision at 95 % TPR (with the thresholds where they are
+    reached, under ``operating_points``), TPR, FPR, precision, F1, IoU, FDR at ``threshold``,
+    the best-F1 threshold on a 0.01 grid and the threshold table (0.05 to 0.95). NaN where a
+    figure is undefined (no CR pixel).
+    """
+    s, t = _flat(score, truth, None)
+    pos, neg = np.sort(s[t]), np.sort(s[~t])
+    n_pos, n_neg = pos.size, neg.size
+
+    def at(thr: float) -> dict:
+        tp = n_pos - np.searchsorted(pos, thr, side="left")
+        fp = n_neg - np.searchsorted(neg, thr, side="left")
+        return {**_counts(tp, fp, n_pos - tp), "fpr": fp / max(n_neg, 1), "threshold": float(thr)}
+
+    out: dict = {"threshold": float(threshold)}
+    ops: dict = {}
+    for key, fpr in (("tpr@fpr=1e-4", 1e-4), ("tpr@fpr=1e-3", 1e-3)):
+        if n_pos == 0:
+            out[key], ops[key] = float("nan"), None
+            continue
+        thr = threshold_at_fpr(s, t, fpr)
+        out[key] = float(np.mean(pos > thr))
+        ops[key] = float(thr)
+    if n_pos:
+        thr95 = float(pos[::-1][max(int(np.ceil(0.95 * n_pos)) - 1, 0)])
+        out["precision@tpr=0.95"] = at(thr95)["precision"]
+        ops["precision@tpr=0.95"] = thr95
+    else:
+        out["precision@tpr=0.95"], ops["precision@tpr=0.95"] = float("nan"), None
+    here = at(threshold)
+    out.update({k: here[k] for k in ("f1", "iou", "fdr", "tpr", "fpr", "precision")})
+    if n_pos == 0:
+        out["tpr"] = float("nan")
+    grid = [at(x) for x in np.round(np.arange(0.01, 1.0, 0.01), 2)]
+    best = max(grid, key=lambda r: r["f1"])
+    out["operating_points"] = ops
+    out["best_f1"] = {"threshold": best["threshold"], "f1": best["f1"]}
+    out["threshold_table"] = [
+        {k: r[k] for k in ("threshold", "tpr", "fpr", "precision", "f1", "fdr")}
+        for r in map(at, TABLE_THRESHOLDS)
+    ]
+    out["n_pixels"], out["n_cr_pixels"] = int(s.size), int(n_pos)
+    return out
+
+
+def sweep_summary(points: dict[float, tuple[int, int, int, int]], chosen: float) -> dict:
+    """The figures of ``metrics.json`` for a parameter sweep (astroscrappy's sigclip).
+
+    ``points`` maps each parameter value to its pixel counts ``(tp, fp, fn, tn)``. A figure at
+    a fixed FPR is the best TPR among the points within that FPR (the paper's ROC points);
+    precision at 95 % TPR is the best precision among the points that reach it (NaN if none).
+    F1, IoU and FDR are those of the ``chosen`` point.
+    """
+    rows = []
+    for p in sorted(points):
+        tp, fp, fn, tn = points[p]
+        rows.append({"threshold": float(p), **_counts(tp, fp, fn), "fpr": fp / max(fp + tn, 1)})
+    out: dict = {"threshold": float(chosen)}
+    ops: dict = {}
+    for key, budget in (("tpr@fpr=1e-4", 1e-4), ("tpr@fpr=1e-3", 1e-3)):
+        ok = [r for r in rows if r["fpr"] <= budget]
+        best = max(ok, key=lambda r: (r["tpr"], -r["fpr"])) if ok else None
+        out[key] = best["tpr"] if best else 0.0
+        ops[key] = best["threshold"] if best else None
+    ok = [r for r in rows if r["tpr"] >= 0.95]
+    best = max(ok, key=lambda r: r["precision"]) if ok else None
+    out["precision@tpr=0.95"] = best["precision"] if best else float("nan")
+    ops["precision@tpr=0.95"] = best["threshold"] if best else None
+    here = next(r for r in rows if r["threshold"] == float(chosen))
+    out.update({k: here[k] for k in ("f1", "iou", "fdr", "tpr", "fpr", "precision")})
+    bestf = max(rows, key=lambda r: r["f1"])
+    out["operating_points"] = ops
+    out["best_f1"] = {"threshold": bestf["threshold"], "f1": bestf["f1"]}
+    out["threshold_table"] = [
+        {k: r[k] for k in ("threshold", "tpr", "fpr", "precision", "f1", "fdr")} for r in rows
+    ]
+    tp, fp, fn, tn = points[chosen]
+    out["n_pixels"], out["n_cr_pixels"] = int(tp + fp + fn + tn), int(tp + fn)
+    if tp + fn == 0:  # no CR pixel: completeness is undefined, as for a probability map
+        for key in ("tpr@fpr=1e-4", "tpr@fpr=1e-3", "precision@tpr=0.95", "tpr"):
+            out[key] = float("nan")
+    return out
+
+
+def confusion(mask: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:
+    """``(tp, fp, fn, tn)`` pixel counts of a binary mask."""
+    m, t = np.asarray(mask, bool), np.asarray(truth, bool)
+    tp = int(np.count_nonzero(m & t))
+    fp = int(np.count_nonzero(m & ~t))
+    fn = int(np.count_nonzero(~m & t))
+    return tp, fp, fn, int(m.size - tp - fp - fn)

@@ -50,7 +50,10 @@ class ModelCard:
     training : dict
         Data, recipe, epochs, seeds, time.
     validation : dict
-        Metrics on held-out images.
+        Metrics on held-out images, from training.
+    evaluation : dict
+        The latest ``crscale evaluate --update-card`` summary: its command, data, the
+        model's figures and the baselines' on the same pixels.
     """
 
     name: str
@@ -59,6 +62,7 @@ class ModelCard:
     recommended_threshold: float = 0.5
     training: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)
     parameters: int | None = None
     receptive_radius: int | None = None
     licence: str = "BSD-3-Clause"

@@ -64,17 +64,22 @@ def _own_crs(image_e: np.ndarray, bad: np.ndarray, readnoise_e: float) -> tuple[
 
 
 def load_source_images(
-    paths: list[Path], own_crs: str = "astroscrappy", min_size: int = 0, skipped: list[dict] | None = None
+    paths: list[Path],
+    own_crs: str = "astroscrappy",
+    min_size: int = 0,
+    skipped: list[dict] | None = None,
+    dq_paths: dict[str, str] | None = None,
 ) -> list[SourceImage]:
     """Read FITS files into per-detector images in electrons, with bad pixels and own CRs found.
 
     A file that cannot be read (corrupt, truncated, no 2-D image, ...) is left out and
     appended to ``skipped`` as ``{"path", "problem"}``; the others are still used.
+    ``dq_paths`` maps an image path to its data-quality companion file.
     """
     out: list[SourceImage] = []
     for path in paths:
         try:
-            exp = read_exposure(path)
+            exp = read_exposure(path, dq_path=(dq_paths or {}).get(str(path)))
         except InputError as exc:
             if skipped is None:
                 raise
