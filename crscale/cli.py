@@ -28,6 +28,20 @@ def _chunks(text: str) -> list[int]:
     return parts
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip() and x.strip() != "none")
+
+
 def _add_ingest_args(p: argparse.ArgumentParser, *, inputs_required: bool) -> None:
     p.add_argument(
         "inputs",
@@ -285,15 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--sigclips",
-        default=",".join(f"{s:g}" for s in (1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 10, 12, 15, 20)),
-        help="astroscrappy sigclip sweep (default 1..20)",
+        type=_float_list,
+        help="astroscrappy sigclip sweep, comma-separated (default 1,1.5,...,15,20)",
     )
     p.add_argument("--objlim", type=float, default=4.0, help="astroscrappy objlim (default 4)")
     p.add_argument("--sigfrac", type=float, default=0.3, help="astroscrappy sigfrac (default 0.3)")
     p.add_argument("--sigclip", type=float, default=4.5, help="astroscrappy operating point (default 4.5)")
-    p.add_argument("--deepcr-models", default="ACS-WFC,decam,WFC3-UVIS", help="deepCR models to run")
     p.add_argument(
-        "--cosmic-conn-models", default="ground_imaging,NRES,HST_ACS_WFC", help="Cosmic-CoNN models to run"
+        "--deepcr-models", type=_name_list, help="deepCR models to run (default ACS-WFC,decam,WFC3-UVIS)"
+    )
+    p.add_argument(
+        "--cosmic-conn-models",
+        type=_name_list,
+        help="Cosmic-CoNN models to run (default ground_imaging,NRES,HST_ACS_WFC)",
     )
     p.add_argument(
         "--dilate", action="store_true", help="3x3 dilation of truth and outputs (the paper's convention)"
@@ -677,14 +695,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x.strip())
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip() and x.strip() != "none")
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import shlex
 
@@ -699,13 +709,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             args.out,
             models=tuple(args.models or ["default"]),
             threshold=args.threshold,
-            baselines=_names(args.baselines),
-            sigclips=_floats(args.sigclips),
+            baselines=_name_list(args.baselines),
+            **({"sigclips": args.sigclips} if args.sigclips else {}),
             objlim=args.objlim,
             sigfrac=args.sigfrac,
             sigclip=args.sigclip,
-            deepcr_models=_names(args.deepcr_models),
-            cosmic_conn_models=_names(args.cosmic_conn_models),
+            **({"deepcr_models": args.deepcr_models} if args.deepcr_models is not None else {}),
+            **(
+                {"cosmic_conn_models": args.cosmic_conn_models} if args.cosmic_conn_models is not None else {}
+            ),
             dilate=args.dilate,
             trained_dilated=tuple(args.trained_dilated),
             darks=tuple(args.darks),
@@ -722,6 +734,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         )
     except (InputError, ValueError, ImportError) as exc:
         print(f"crscale evaluate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"crscale evaluate: cannot write the report to {args.out}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(format_table(report.metrics))
     lines = format_targets(report.run)

@@ -347,3 +347,34 @@ def test_figures_are_undefined_on_an_image_without_cr_pixels():
     for key in ("tpr@fpr=1e-4", "tpr@fpr=1e-3", "precision@tpr=0.95", "tpr"):
         assert np.isnan(s[key]) and np.isnan(w[key])
     assert w["fdr"] == 1.0 and w["n_cr_pixels"] == 0
+
+
+def test_bad_files_are_reported_and_the_rest_evaluated(tmp_path, capsys):
+    from astropy.io import fits
+
+    imgs = tmp_path / "img"
+    copy_to(GMOS, imgs)
+    (imgs / "empty.fits").write_bytes(b"")
+    (imgs / "junk.fits").write_bytes(b"not a FITS file\n" * 100)
+    fits.writeto(imgs / "allnan.fits", np.full((64, 64), np.nan, np.float32))
+    out = tmp_path / "r"
+    rc = main(["evaluate", str(imgs), "--out", str(out), "--baselines", "none", "--no-progress"])
+    assert rc == 0
+    run = json.loads((out / "run.json").read_text())
+    assert [im["name"] for im in run["images"]] == ["gmos"]
+    problems = {s["path"].rsplit("/", 1)[-1]: s["problem"] for s in run["skipped"]}
+    assert set(problems) == {"empty.fits", "junk.fits", "allnan.fits"}
+    assert "no finite pixel" in problems["allnan.fits"]
+    # a mask with NaN in it is refused by name; with nothing left, a usage error
+    masks = tmp_path / "masks"
+    m = fits.getdata(GMOS_MASK).astype(np.float32)
+    m[0, 0] = np.nan
+    masks.mkdir()
+    fits.writeto(masks / "gmos_mask.fits", m)
+    rc = main(["evaluate", str(GMOS), "--masks", str(masks), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no usable image" in err
+    # a report folder that cannot be made fails before any work
+    (tmp_path / "afile").write_text("x")
+    rc = main(["evaluate", str(GMOS), "--out", str(tmp_path / "afile"), "--no-progress"])
+    assert rc == 2 and "cannot write the report" in capsys.readouterr().err

@@ -115,6 +115,13 @@ def evaluate(
     -------
     EvaluationReport
     """
+    if cr_rate <= 0 or repeats < 1:
+        raise ValueError(f"--cr-rate must be > 0 and --repeats >= 1, not {cr_rate:g} and {repeats}")
+    if not sigclips or min(sigclips) <= 0:
+        raise ValueError(f"astroscrappy sigclips must be positive numbers, not {list(sigclips)}")
+    if out is not None:
+        # Before the long part: a report folder that cannot be made should fail now, not at the end.
+        Path(out).mkdir(parents=True, exist_ok=True)
     skipped: list[dict] = []
     if masks:
         data = load_labelled(pair_files(images, masks), skipped=skipped, dq_paths=image_files(images)[1])
@@ -203,13 +210,12 @@ def evaluate(
 
         report.files = write_report(out, result.metrics, result.curves, run)
     if update_cards:
-        from crscale.models.store import DEFAULT_MODEL, available_models
+        from crscale.models.store import WEIGHTS_DIR, weights_file
 
-        shipped = {"default", DEFAULT_MODEL, *available_models()}
         for m in methods:
             if not isinstance(m, CrscaleMethod) or m.name not in result.metrics:
                 continue
-            if m.model in shipped:
+            if m.model.startswith("deepcr:") or weights_file(m.model).parent == WEIGHTS_DIR:
                 log(
                     f"not updating the card of the shipped model {m.model!r}: "
                     "only cards of model files given by path"
@@ -223,12 +229,9 @@ def evaluate(
 def card_path(model: str) -> Path:
     """The JSON model card of a crscale model given by shipped name, ``"default"`` or path."""
     from crscale.io.errors import InputError
-    from crscale.models.store import DEFAULT_MODEL, available_models
+    from crscale.models.store import weights_file
 
-    name = DEFAULT_MODEL if model == "default" else model
-    shipped = available_models()
-    path = shipped[name] if name in shipped else Path(name)
-    card = path.with_suffix(".json")
+    card = weights_file(model).with_suffix(".json")
     if not card.exists():
         raise InputError(card, "no model card to update beside the weights", kind="model")
     return card
@@ -260,15 +263,9 @@ def update_card(model: str, metrics: dict, name: str, run: dict) -> Path:
             if other != name
         },
     }
-    card.evaluation = _finite(card.evaluation)
+    from crscale.evaluate.report import json_safe
+
+    card.evaluation = json_safe(card.evaluation)
     card.write(path)
     return path
 
-
-def _finite(x):
-    """NaN → None, so that the card stays strict JSON."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return None if isinstance(x, float) and x != x else x

@@ -25,8 +25,7 @@ import numpy as np
 from crscale.detection.badpix import bad_pixel_mask
 from crscale.io.errors import InputError
 from crscale.io.fits_reader import read_exposure
-
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz", ".fz", ".fit.gz")
+from crscale.train.config import FITS_SUFFIXES
 
 #: Default mean number of injected CRs per pixel (0.35 % of the pixels for the ITL footprints).
 EVAL_CR_RATE = 5.0e-4
@@ -223,6 +222,8 @@ def load_labelled(
                 bad = bad_pixel_mask(det.image, det.dq, det.meta.saturation)
                 img = _fill(det.image.astype(np.float64) * gain, bad)
                 name = exp.exposure_id if len(exp.detectors) == 1 else f"{exp.exposure_id}/{det.name}"
+                if not np.isfinite(plane).all():
+                    raise InputError(mask_path, "CR mask holds NaN or infinite values", kind="mask-invalid")
                 truth = np.asarray(plane) != 0
                 out.append(
                     EvalImage(name, str(img_path), img, truth, ~bad, bad, rn, gain, "mask", str(mask_path))

@@ -75,11 +75,15 @@ class CrscaleMethod(Method):
 
     def run(self, image: EvalImage) -> np.ndarray:
         """Probability map."""
-        import crscale
-        from crscale.detection import get_predictor
+        return _detect_prob(image, self.model, self.device, self.precision)
 
-        pred = get_predictor(self.model, self.device, self.precision)
-        return crscale.detect(image.image_e, model=pred, dq=image.bad, inpaint=False).prob
+
+def _detect_prob(image: EvalImage, model: str, device: str, precision: str) -> np.ndarray:
+    import crscale
+    from crscale.detection import get_predictor
+
+    pred = get_predictor(model, device, precision)
+    return crscale.detect(image.image_e, model=pred, dq=image.bad, inpaint=False).prob
 
 
 def crscale_method(
@@ -110,11 +114,7 @@ class DeepCRMethod(Method):
 
     def run(self, image: EvalImage) -> np.ndarray:
         """Probability map."""
-        import crscale
-        from crscale.detection import get_predictor
-
-        pred = get_predictor(f"deepcr:{self.model}", "cpu", "float32")
-        return crscale.detect(image.image_e, model=pred, dq=image.bad, inpaint=False).prob
+        return _detect_prob(image, f"deepcr:{self.model}", "cpu", "float32")
 
 
 @dataclass

@@ -109,23 +109,20 @@ def pixel_metrics(
 ) -> PixelMetrics:
     """TPR at 1e-4 / 1e-3 FPR, precision at 95 % TPR, and TPR, FPR, F1, IoU, FDR at ``threshold``."""
     s, t = _flat(score, truth, valid)
-    pred = s >= threshold
-    tp = int(np.sum(pred & t))
-    fp = int(np.sum(pred & ~t))
-    fn = int(np.sum(~pred & t))
-    n_pos, n_neg = int(t.sum()), int((~t).sum())
+    tp, fp, fn, tn = confusion(s >= threshold, t)
+    c = _counts(tp, fp, fn)
     return PixelMetrics(
         tpr_at_fpr_1e4=tpr_at_fpr(s, t, 1e-4),
         tpr_at_fpr_1e3=tpr_at_fpr(s, t, 1e-3),
         precision_at_tpr_95=precision_at_tpr(s, t, 0.95),
         threshold=float(threshold),
-        tpr=tp / max(n_pos, 1),
-        fpr=fp / max(n_neg, 1),
-        f1=2 * tp / max(2 * tp + fp + fn, 1),
-        iou=tp / max(tp + fp + fn, 1),
-        fdr=fp / max(tp + fp, 1),
-        n_positive=n_pos,
-        n_negative=n_neg,
+        tpr=c["tpr"],
+        fpr=fp / max(fp + tn, 1),
+        f1=c["f1"],
+        iou=c["iou"],
+        fdr=c["fdr"],
+        n_positive=tp + fn,
+        n_negative=fp + tn,
     )
 
 
@@ -178,8 +175,9 @@ def score_summary(score: np.ndarray, truth: np.ndarray, threshold: float) -> dic
         if n_pos == 0:
             out[key], ops[key] = float("nan"), None
             continue
-        thr = threshold_at_fpr(s, t, fpr)
-        out[key] = float(np.mean(pos > thr))
+        # threshold_at_fpr on the already sorted negatives: the k-th largest, k = floor(fpr n)
+        thr = neg[n_neg - 1 - min(int(np.floor(fpr * n_neg)), n_neg - 1)] if n_neg else s.min()
+        out[key] = float((n_pos - np.searchsorted(pos, thr, side="right")) / n_pos)
         ops[key] = float(thr)
     if n_pos:
         thr95 = float(pos[::-1][max(int(np.ceil(0.95 * n_pos)) - 1, 0)])

@@ -106,16 +106,16 @@ def _is_sweep(m: dict) -> bool:
     return m.get("kind") == "sweep"
 
 
-def _clean(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """A copy of ``obj`` that strict JSON can hold: NaN and infinities become None."""
     if isinstance(obj, np.ndarray | np.generic):
         obj = obj.tolist()
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -382,7 +382,7 @@ def write_report(out_dir: str | Path, metrics: dict, curves: dict, run: dict) ->
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for name, obj in (("metrics.json", metrics), ("curves.json", curves), ("run.json", run)):
-        text = json.dumps(_clean(obj), indent=2, ensure_ascii=False, allow_nan=False, default=str)
+        text = json.dumps(json_safe(obj), indent=2, ensure_ascii=False, allow_nan=False, default=str)
         (out / name).write_text(text + "\n", encoding="utf-8")
         written.append(out / name)
     images = _images(metrics, run)

@@ -111,18 +111,30 @@ def load_model(spec: str | Path = "default", device: str | torch.device = "cpu")
         Where to put the weights.
     """
     name = str(spec)
-    if name == "default":
-        name = DEFAULT_MODEL
     if name.startswith("deepcr:"):
         from crscale.models.deepcr import load_deepcr
 
         return load_deepcr(name.split(":", 1)[1], device=device)
+    return load_weights(weights_file(name), device)
+
+
+def weights_file(spec: str | Path = "default") -> Path:
+    """The weight file of a crscale model: ``"default"``, a shipped model's name, or a path.
+
+    Raises
+    ------
+    InputError
+        For a name that is neither shipped nor a path.
+    """
+    name = str(spec)
+    if name == "default":
+        name = DEFAULT_MODEL
     shipped = available_models()
     if name in shipped:
-        return load_weights(shipped[name], device)
+        return shipped[name]
     p = Path(name).expanduser()
     if p.suffix in (".safetensors", ".json") or p.exists():
-        return load_weights(p, device)
+        return p
     raise InputError(
         name,
         f"unknown model; shipped models: {', '.join(shipped) or 'none'}; or give a .safetensors path",
