@@ -160,6 +160,7 @@ def catalogue_archive(
     client: Any = None,
     scheduler: str | None = None,
     n_workers: int | None = None,
+    cluster: str | None = None,
     exposures: Sequence[str] | None = None,
     force: bool = False,
     progress: bool = True,
@@ -177,6 +178,9 @@ def catalogue_archive(
         Scheduler address or scheduler file, when no ``client`` is given.
     n_workers : int, optional
         Workers of the LocalCluster started otherwise.
+    cluster : str, optional
+        Kind of cluster started when neither ``client`` nor ``scheduler`` is given: ``"local"``
+        or a batch system (``"slurm"``, ``"pbs"``, ...); default ``crscale.cluster.kind``.
     exposures : sequence of str, optional
         Only these exposures (default: every exposure whose detection is done).
     force : bool
@@ -239,7 +243,7 @@ def catalogue_archive(
         plans[eid] = (exp_attrs, detectors, detect.get("time"))
 
     if plans:
-        with client_or_new(client, scheduler, n_workers=n_workers, echo=echo) as cl:
+        with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
             arch.note_format()
             _run(cl, arch, plans, rules, results, progress)
     report = CatalogueReport(

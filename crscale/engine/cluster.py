@@ -132,12 +132,13 @@ def client_or_new(
     scheduler: str | None = None,
     *,
     n_workers: int | None = None,
+    cluster: str | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> contextlib.AbstractContextManager[Any]:
-    """``client`` as it is (left open), or :func:`dask_client` for ``scheduler`` / a LocalCluster."""
+    """``client`` as it is (left open), or :func:`dask_client` for ``scheduler`` / ``cluster``."""
     if client is not None:
         return contextlib.nullcontext(client)
-    return dask_client(scheduler, n_workers=n_workers, echo=echo)
+    return dask_client(scheduler, n_workers=n_workers, cluster=cluster, echo=echo)
 
 
 @contextlib.contextmanager
@@ -146,9 +147,10 @@ def dask_client(
     *,
     n_workers: int | None = None,
     gpus: int | None = None,
+    cluster: str | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> Iterator[Client]:
-    """Yield a dask client: connected to ``scheduler``, or to a new LocalCluster.
+    """Yield a dask client: connected to ``scheduler``, or to a new cluster of kind ``cluster``.
 
     Parameters
     ----------
@@ -161,6 +163,11 @@ def dask_client(
     gpus : int, optional
         GPUs of the LocalCluster (default ``crscale.cluster.gpus``): with any, one worker per
         GPU (see :func:`gpu_worker_specs`); with none, one single-threaded worker per core.
+    cluster : str, optional
+        Without ``scheduler``: ``"local"`` (a LocalCluster) or a batch system (``"slurm"``,
+        ``"pbs"``, ``"lsf"``, ``"sge"``) whose worker jobs dask-jobqueue submits
+        (:mod:`crscale.engine.hpc`); the jobs are cancelled on exit. Default
+        ``crscale.cluster.kind``.
     echo : callable, optional
         Where the dashboard address is printed; ``None`` for silence.
 
@@ -168,6 +175,12 @@ def dask_client(
     ------
     distributed.Client
         The connected client.
+
+    Raises
+    ------
+    ClusterError
+        The scheduler cannot be reached, the batch system's commands are missing, or no
+        worker joined in time.
     """
     if scheduler:
         try:
@@ -185,6 +198,11 @@ def dask_client(
             yield client
         finally:
             client.close()
+        return
+    kind = cluster or config.get("cluster.kind") or "local"
+    if kind != "local":
+        with _jobqueue_client(kind, echo) as client:
+            yield client
         return
     n_gpus = count_gpus() if gpus is None else gpus
     if n_gpus > 0:
@@ -205,3 +223,47 @@ def dask_client(
     finally:
         client.close()
         cluster.close()
+
+
+@contextlib.contextmanager
+def _jobqueue_client(system: str, echo: Callable[[str], None] | None) -> Iterator[Client]:
+    """A client of a dask-jobqueue cluster on ``system``; its jobs are cancelled on exit."""
+    import shutil
+
+    from crscale.engine import hpc
+
+    if system not in hpc.BATCH_SYSTEMS:
+        raise ClusterError(f"unknown cluster kind {system!r}; one of {', '.join(hpc.CLUSTER_KINDS)}")
+    command = hpc.submit_command(system)
+    if shutil.which(command) is None:
+        raise ClusterError(
+            f"--cluster {system}: the batch command {command!r} is not on PATH. Run crscale where "
+            f"{system.upper()} jobs can be submitted (a login node, or inside a batch job), or use "
+            "--cluster local / --scheduler"
+        )
+    jobs = int(config.get("hpc.jobs") or 1)
+    gpus = int(config.get("hpc.gpus_per_job") or 0)
+    cpu_jobs = int(config.get("hpc.cpu_jobs") or 0)
+    jq = hpc.jobqueue_cluster(system, jobs=jobs, gpus_per_job=gpus, cpu_jobs=cpu_jobs)
+    client = Client(jq)
+    try:
+        expected = hpc.expected_workers(system, jobs, gpus, cpu_jobs)
+        wanted = min(int(config.get("hpc.wait_for_workers") or 1), expected)
+        if echo:
+            echo(
+                f"Dask {system} cluster: {hpc.describe(system, jobs, gpus, cpu_jobs)}, scheduler "
+                f"{jq.scheduler_address}, dashboard {client.dashboard_link}"
+            )
+            echo(f"waiting for {wanted} worker(s) to start (the jobs may queue)")
+        timeout = hpc.wait_timeout()
+        try:
+            client.wait_for_workers(wanted, timeout=None if timeout == float("inf") else timeout)
+        except TimeoutError as exc:
+            raise ClusterError(
+                f"no {system} worker joined within {timeout:.0f} s (crscale.hpc.wait_timeout): check "
+                f"the queue and the jobs' logs (jobqueue.{system}.log-directory)"
+            ) from exc
+        yield client
+    finally:
+        client.close()
+        jq.close()

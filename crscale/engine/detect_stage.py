@@ -157,6 +157,7 @@ def detect_archive(
     client: Any = None,
     scheduler: str | None = None,
     n_workers: int | None = None,
+    cluster: str | None = None,
     exposures: Sequence[str] | None = None,
     force: bool = False,
     model: str | None = None,
@@ -183,6 +184,9 @@ def detect_archive(
         Scheduler address or scheduler file, when no ``client`` is given.
     n_workers : int, optional
         Workers of the LocalCluster started otherwise.
+    cluster : str, optional
+        Kind of cluster started when neither ``client`` nor ``scheduler`` is given: ``"local"``
+        or a batch system (``"slurm"``, ``"pbs"``, ...); default ``crscale.cluster.kind``.
     exposures : sequence of str, optional
         Only these exposure ids (default: every ingested exposure).
     force : bool
@@ -251,7 +255,7 @@ def detect_archive(
             time.perf_counter() - t0,
         )
 
-    with client_or_new(client, scheduler, n_workers=n_workers, echo=echo) as cl:
+    with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
         arch.note_format()  # about to write 1.1 arrays
         gpu = cluster_has_gpus(cl)
         target = list(block or cfg.get("gpu_block" if gpu else "block"))

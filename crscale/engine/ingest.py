@@ -307,6 +307,7 @@ def ingest(
     client: Client | None = None,
     scheduler: str | None = None,
     n_workers: int | None = None,
+    cluster: str | None = None,
     force: bool = False,
     hdus: Sequence[str | int] | None = None,
     chunks: Sequence[int] | None = None,
@@ -329,6 +330,9 @@ def ingest(
     n_workers : int, optional
         Worker processes of the LocalCluster started when neither ``client`` nor
         ``scheduler`` is given.
+    cluster : str, optional
+        Kind of cluster started when neither ``client`` nor ``scheduler`` is given: ``"local"``
+        or a batch system (``"slurm"``, ``"pbs"``, ...); default ``crscale.cluster.kind``.
     force : bool
         Re-ingest files whose SHA-256 is already in the archive (in place, atomically).
     hdus : sequence of str or int, optional
@@ -356,7 +360,7 @@ def ingest(
                                        kind=p.kind)
     settings = ingest_settings(chunks=chunks, hdus=hdus)
 
-    with client_or_new(client, scheduler, n_workers=n_workers, echo=echo) as cl:
+    with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
         threads = sum(cl.nthreads().values()) or 1
         window = max(8, IN_FLIGHT_PER_THREAD * threads)
         hashes: dict[str, str] = {}

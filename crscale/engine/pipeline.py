@@ -10,6 +10,7 @@ from crscale.engine.catalogue_stage import CatalogueReport, catalogue_archive
 from crscale.engine.cluster import client_or_new
 from crscale.engine.detect_stage import DetectReport, detect_archive
 from crscale.engine.ingest import IngestReport, ingest
+from crscale.engine.jobs import job_record
 
 #: Stages of ``crscale run`` in order.
 PIPELINE_STAGES = ("ingest", "detect", "catalogue")
@@ -47,6 +48,7 @@ def run_pipeline(
     client: Any = None,
     scheduler: str | None = None,
     n_workers: int | None = None,
+    cluster: str | None = None,
     force: bool = False,
     ingest_options: dict[str, Any] | None = None,
     detect_options: dict[str, Any] | None = None,
@@ -63,7 +65,7 @@ def run_pipeline(
         The archive (created if missing).
     stages : sequence of str
         Stages to run, from :data:`PIPELINE_STAGES`.
-    client, scheduler, n_workers
+    client, scheduler, n_workers, cluster
         The cluster (see :func:`crscale.engine.cluster.dask_client`).
     force : bool
         Redo every stage for these inputs.
@@ -87,7 +89,10 @@ def run_pipeline(
         raise ValueError(f"unknown stage(s) {unknown}; available: {', '.join(PIPELINE_STAGES)}")
     say = echo or (lambda _msg: None)
     report = RunReport(stages=list(stages))
-    with client_or_new(client, scheduler, n_workers=n_workers, echo=echo) as cl:
+    with (
+        client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl,
+        job_record(archive, cl, stages),
+    ):
         exposure_ids: list[str] | None = None
         if "ingest" in stages:
             report.ingest = ingest(

@@ -44,6 +44,8 @@ FORMAT_VERSION = "1.2"  # 1.1: detect arrays and attributes; 1.2: the catalogue 
 STAGES = ("ingest", "detect", "catalogue")
 _STAGING = "staging"
 _TRASH = "trash"
+#: Group whose folder holds the record of the job working on the archive (crscale.engine.jobs).
+JOBS_GROUP = "jobs"
 
 
 def utcnow() -> str:
@@ -167,8 +169,8 @@ class Archive:
                 }
             )
         if mode == "a":
-            # staging/ and trash/ are groups too, so that Zarr sees no stray folders.
-            for name in ("exposures", "failures", _STAGING, _TRASH):
+            # staging/, trash/ and jobs/ are groups too, so that Zarr sees no stray folders.
+            for name in ("exposures", "failures", _STAGING, _TRASH, JOBS_GROUP):
                 if name not in self.root:
                     try:
                         self.root.create_group(name)

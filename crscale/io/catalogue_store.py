@@ -9,7 +9,7 @@ Each exposure's two files are written whole by the catalogue stage (to a hidden 
 file, then renamed), so a killed run never leaves half a file, a re-run replaces them, and
 the same inputs give byte-identical files (nothing in them depends on the time or the
 machine). Readers see the directories as partitioned Parquet data sets: pandas (here),
-dask.dataframe (:func:`read_crs_dask`), xarray (:func:`rates_dataset`) and FITS / ECSV through
+dask.dataframe (:func:`read_table_dask`), xarray (:func:`rates_dataset`) and FITS / ECSV through
 astropy (:func:`export_table`).
 """
 

@@ -105,18 +105,19 @@ def deepcr_model_names() -> list[str]:
 
     Every ``learned_models/mask/*.pth`` is listed, including the files deepCR ships but leaves
     out of its own ``mask_dict`` (``ACS-WFC-F435W``, ...; deepCR itself cannot load those by
-    name). Empty when deepCR is not installed.
+    name).
 
     Returns
     -------
     list of str
         Sorted model names.
+
+    Raises
+    ------
+    ImportError
+        deepCR is not installed (the message says how to install it).
     """
-    try:
-        root = _models_dir()
-    except ImportError:
-        return []
-    return sorted(p.stem for p in (root / "mask").glob("*.pth"))
+    return sorted(p.stem for p in (_models_dir() / "mask").glob("*.pth"))
 
 
 def _fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

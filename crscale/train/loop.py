@@ -306,7 +306,8 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, lo
             "epoch": epoch + 1,
             "train_loss": float(np.mean(losses)),
             "lr": opt.param_groups[0]["lr"],
-            "bn": "batch-stats" if epoch < bn_epochs else "frozen",
+            # BatchNorm phase; None for GroupNorm models, which have no running statistics.
+            "bn": ("batch-stats" if epoch < bn_epochs else "frozen") if arch.norm == "batch" else None,
             **{k: val[k] for k in VAL_KEYS},
             "seconds": time.perf_counter() - t_start,
         }
@@ -324,7 +325,8 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, lo
             f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, "
             f"val loss {val['loss']:.4f}, "
             f"TPR@FPR=1e-3 {val['tpr@fpr=1e-3']:.4f}, TPR@FPR=1e-4 {val['tpr@fpr=1e-4']:.4f}, "
-            f"F1 {val['f1']:.3f} (thr {val['best_f1_threshold']}), lr {row['lr']:.1e}, BN {row['bn']}"
+            f"F1 {val['f1']:.3f} (thr {val['best_f1_threshold']}), lr {row['lr']:.1e}"
+            + (f", BN {row['bn']}" if row["bn"] else "")
         )
         _save_checkpoint(ckpt, model, opt, sched, epoch, rng, history, best)
 
