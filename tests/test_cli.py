@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-import crscale as crscale_pkg
 from conftest import DECAM, DECAM_DQ, GMOS, SAAO, SAMPLE, make_bad_inputs
 
 pytestmark = pytest.mark.timeout(300)
@@ -36,7 +35,9 @@ def test_run_sample_with_defaults_then_info(tmp_path):
     assert info.count("ingest:done,detect:done") == 6
     detail = crscale("info", archive, "-e", "mef_raw_test_frame", check=0).stdout
     assert "detector SCI_4" in detail and "gain 6.26" in detail
-    thr = crscale_pkg.detection.get_predictor("default").card.recommended_threshold
+    from crscale.detection import get_predictor  # not through crscale_pkg: only imported lazily
+
+    thr = get_predictor("default").card.recommended_threshold
     assert detail.count("CR pixels") == 4 and f"with crscale-default at threshold {thr:g}" in detail
     summary = json.loads(crscale("info", archive, "--json", check=0).stdout)
     assert summary["n_exposures"] == 6 and summary["n_detectors"] == 9

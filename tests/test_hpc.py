@@ -182,6 +182,16 @@ def test_missing_memory_is_a_clear_error():
         hpc.gpu_pool_options("condor")
 
 
+@pytest.mark.parametrize("value", [2.5, True, -1, "two"])
+def test_absurd_pool_settings_are_refused_by_name(value):
+    with dask.config.set({"crscale.hpc.gpus_per_job": value}):
+        with pytest.raises(hpc.HPCConfigError, match="crscale.hpc.gpus_per_job must be a whole number"):
+            hpc.jobqueue_cluster("slurm", submit=False)
+    with dask.config.set({"crscale.hpc.wait_timeout": "soon"}):
+        with pytest.raises(hpc.HPCConfigError, match="wait_timeout must be seconds"):
+            hpc.wait_timeout()
+
+
 def test_example_batch_scripts_are_valid_and_run_crscale():
     scripts = sorted((CLUSTER_DIR / "slurm").glob("*.sbatch")) + sorted((CLUSTER_DIR / "pbs").glob("*.pbs"))
     assert len(scripts) >= 3

@@ -241,23 +241,23 @@ def _jobqueue_client(system: str, echo: Callable[[str], None] | None) -> Iterato
             f"{system.upper()} jobs can be submitted (a login node, or inside a batch job), or use "
             "--cluster local / --scheduler"
         )
-    jobs = int(config.get("hpc.jobs") or 1)
-    gpus = int(config.get("hpc.gpus_per_job") or 0)
-    cpu_jobs = int(config.get("hpc.cpu_jobs") or 0)
+    jobs = max(1, hpc.setting("jobs", 1))
+    gpus = hpc.setting("gpus_per_job", 1)
+    cpu_jobs = hpc.setting("cpu_jobs", 0)
+    timeout = hpc.wait_timeout()
+    expected = hpc.expected_workers(system, jobs, gpus, cpu_jobs)
+    wanted = min(max(1, hpc.setting("wait_for_workers", 1)), expected)
     jq = hpc.jobqueue_cluster(system, jobs=jobs, gpus_per_job=gpus, cpu_jobs=cpu_jobs)
     client = Client(jq)
     try:
-        expected = hpc.expected_workers(system, jobs, gpus, cpu_jobs)
-        wanted = min(int(config.get("hpc.wait_for_workers") or 1), expected)
         if echo:
             echo(
                 f"Dask {system} cluster: {hpc.describe(system, jobs, gpus, cpu_jobs)}, scheduler "
                 f"{jq.scheduler_address}, dashboard {client.dashboard_link}"
             )
             echo(f"waiting for {wanted} worker(s) to start (the jobs may queue)")
-        timeout = hpc.wait_timeout()
         try:
-            client.wait_for_workers(wanted, timeout=None if timeout == float("inf") else timeout)
+            client.wait_for_workers(wanted, timeout=timeout)
         except TimeoutError as exc:
             raise ClusterError(
                 f"no {system} worker joined within {timeout:.0f} s (crscale.hpc.wait_timeout): check "

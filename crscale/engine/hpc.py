@@ -19,7 +19,6 @@ see docs/hpc.md and the examples in ``cluster/``.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import dask.config
@@ -102,11 +101,11 @@ def gpu_pool_options(system: str, gpus_per_job: int | None = None) -> dict[str, 
         No job memory is configured, or SGE without ``crscale.hpc.gpu_directive``.
     """
     _check_system(system)
-    n = int(gpus_per_job if gpus_per_job is not None else config.get("hpc.gpus_per_job", 1))
+    n = gpus_per_job if gpus_per_job is not None else setting("gpus_per_job", 1)
     if n < 1:
         raise HPCConfigError(f"gpus_per_job must be at least 1 for a GPU pool, not {n}")
     threads = int(config.get("cluster.gpu_worker_threads") or 2)
-    cpus_per_gpu = max(1, int(config.get("hpc.cpus_per_gpu") or 1))
+    cpus_per_gpu = max(1, setting("cpus_per_gpu", 1))
     memory = _site(system, "memory")
     if not memory:
         raise HPCConfigError(
@@ -224,7 +223,7 @@ def jobqueue_cluster(
         cancelled).
     """
     cls = cluster_class(system)
-    n_gpus = int(gpus_per_job if gpus_per_job is not None else config.get("hpc.gpus_per_job", 1))
+    n_gpus = gpus_per_job if gpus_per_job is not None else setting("gpus_per_job", 1)
     options = gpu_pool_options(system, n_gpus) if n_gpus > 0 else cpu_pool_options(system)
     try:
         cluster = cls(scheduler_options=scheduler_options(system), **options)
@@ -233,9 +232,9 @@ def jobqueue_cluster(
         raise HPCConfigError(f"{system}: {exc} (see jobqueue.{system} in the site config)") from exc
     if not submit:
         return cluster
-    n_jobs = int(jobs if jobs is not None else config.get("hpc.jobs", 1))
+    n_jobs = jobs if jobs is not None else setting("jobs", 1)
     cluster.scale(jobs=n_jobs)
-    extra = int(cpu_jobs if cpu_jobs is not None else config.get("hpc.cpu_jobs", 0))
+    extra = cpu_jobs if cpu_jobs is not None else setting("cpu_jobs", 0)
     if n_gpus > 0 and extra > 0:
         add_cpu_jobs(cluster, system, extra)
     return cluster
@@ -294,7 +293,26 @@ def describe(system: str, jobs: int, gpus_per_job: int, cpu_jobs: int) -> str:
     return f"{jobs} {system} CPU job(s)"
 
 
-def wait_timeout() -> float:
-    """Seconds to wait for the first workers (``crscale.hpc.wait_timeout``)."""
+def setting(key: str, default: int) -> int:
+    """The whole, non-negative number ``crscale.hpc.<key>``; a clear error for anything else."""
+    value = config.get(f"hpc.{key}", default)
+    if value is None:
+        return default
+    try:
+        number = int(str(value).strip())  # via str: 2.5 and True are refused, "4" is not
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise HPCConfigError(f"crscale.hpc.{key} must be a whole number >= 0, not {value!r}")
+    return number
+
+
+def wait_timeout() -> float | None:
+    """Seconds to wait for the first workers (``crscale.hpc.wait_timeout``); None: no limit."""
     value = config.get("hpc.wait_timeout", 3600)
-    return math.inf if value is None else float(value)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise HPCConfigError(f"crscale.hpc.wait_timeout must be seconds or null, not {value!r}") from None

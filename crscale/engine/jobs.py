@@ -93,8 +93,9 @@ def job_record(
     # Monitoring is a convenience: an archive that cannot be opened or created fails in the
     # stages themselves, with their messages, not here. Only ingest creates an archive.
     try:
-        Archive(archive, "a" if "ingest" in stages else "r")
-        write_job(archive, record)
+        if "ingest" in stages or (Path(archive) / "zarr.json").exists():
+            Archive(archive, "a")  # creates the archive, or the jobs/ group of an older one
+            write_job(archive, record)
     except (CrscaleError, OSError):
         pass
     try:
