@@ -216,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_args(p)
     _add_report_args(p)
 
+    from crscale import cli_defects
+
+    cli_defects.add_parser(sub, _add_cluster_args, _add_report_args)
+
     p = sub.add_parser(
         "stats",
         help="CR-rate statistics of an archive's catalogue: a table and plots (PNG)",
@@ -474,7 +478,20 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 def _cmd_catalogue(args: argparse.Namespace) -> int:
     from crscale.engine.catalogue_stage import catalogue_archive
 
-    return _run_stage("catalogue", catalogue_archive, args)
+    return _run_stage("catalogue", catalogue_archive, args, **_catalogue_options())
+
+
+def _cmd_defects(args: argparse.Namespace) -> int:
+    from crscale import cli_defects
+
+    return cli_defects.run(args)
+
+
+def _catalogue_options() -> dict[str, Any]:
+    """The catalogue stage's completeness hook (crscale.evaluate sits above the engine)."""
+    from crscale.evaluate.completeness import refresh_completeness
+
+    return {"completeness": refresh_completeness}
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
@@ -562,6 +579,7 @@ def _cmd_run(args: argparse.Namespace, inputs: list) -> int:
             ingest_options={"hdus": args.hdus, "chunks": args.chunks},
             detect_options=_detect_options(args),
             progress=not args.no_progress,
+            catalogue_options=_catalogue_options(),
         ),
     )
     if status is not None:
@@ -858,6 +876,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     commands = {
         "detect": _cmd_detect,
         "catalogue": _cmd_catalogue,
+        "defects": _cmd_defects,
         "stats": _cmd_stats,
         "export": _cmd_export,
         "info": _cmd_info,

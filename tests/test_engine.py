@@ -151,7 +151,7 @@ def test_a_rerun_skips_and_force_redoes_with_identical_output(client, reference,
     report = detect_archive(copy, client=client, precision="float32", block=SMALL_BLOCK, progress=False,
                             echo=None, force=True, exposures=[gmos])
     assert report.counts() == {"done": 1, "skipped": 0, "failed": 0}
-    assert Archive(copy).format_version == "1.2"  # raised to this crscale's format before writing
+    assert Archive(copy).format_version == "1.3"  # raised to this crscale's format before writing
     _assert_identical(copy, reference)
     # The block shape does not change the result (other blocks, other cuts).
     report = detect_archive(copy, client=client, precision="float32", block=[61 * 5, 53 * 3],

@@ -40,7 +40,7 @@ from crscale._version import __version__
 from crscale.io.errors import ArchiveError
 from crscale.io.fits_reader import DetectorData, Exposure
 
-FORMAT_VERSION = "1.2"  # 1.1: detect arrays and attributes; 1.2: the catalogue (Parquet, status.catalogue)
+FORMAT_VERSION = "1.3"  # 1.1: detect arrays; 1.2: the catalogue (Parquet, status.catalogue); 1.3: defects/
 STAGES = ("ingest", "detect", "catalogue")
 _STAGING = "staging"
 _TRASH = "trash"
