@@ -165,11 +165,10 @@ def test_cr_rows_and_corrected_rate_match_the_painted_truth(series):
           f"{corrected:.4g} ({corrected / truth_rate - 1:+.1%}); completeness {comp['value']:.3f} "
           f"± {comp['error']:.3f} from {comp['n_injected']} injected CRs")
     assert comp["n_injected"] > 1500 and 0.5 < comp["value"] < 1.0
-    # The painted count is itself a draw: n_cr ~ B(N, C). With C ~ 0.6 (a third of the ITL
-    # events are faint dots under this frame's 30 e- noise) and N = 1,440 that alone is 2.2 %.
-    c = comp["value"]
-    sigma = np.hypot(np.sqrt((1 - c) / (c * N_CRS * N_EXPOSURES)), comp["error"] / c)
-    assert abs(corrected / truth_rate - 1) <= max(0.02, 2 * sigma), sigma
+    # The target. Mind that the painted count is itself a draw, n_cr ~ B(N, C): with
+    # C ~ 0.6 (a third of the ITL events are faint dots under this frame's 30 e- noise) and
+    # N = 1,440 that alone is 2.0 %, and the completeness adds 1.9 %; the seeds are fixed.
+    assert abs(corrected / truth_rate - 1) <= 0.02
     assert raw < corrected
 
 

@@ -53,8 +53,8 @@ def run_pipeline(
     ingest_options: dict[str, Any] | None = None,
     detect_options: dict[str, Any] | None = None,
     progress: bool = True,
-    catalogue_options: dict[str, Any] | None = None,
     echo: Callable[[str], None] | None = print,
+    catalogue_options: dict[str, Any] | None = None,
 ) -> RunReport:
     """Ingest the inputs, detect the CRs of their exposures, then catalogue them, on one cluster.
 
