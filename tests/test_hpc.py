@@ -366,3 +366,16 @@ def test_crscale_run_cluster_slurm_end_to_end(tmp_path):
     assert status["detect"]["state"] == "done" and status["catalogue"]["state"] == "done", status
     job = read_job(archive)
     assert job["status"] == "finished" and job["scheduler"].startswith("tcp://127.0.0.1:")
+
+
+def test_importing_hpc_keeps_the_sigint_handler():
+    """dask_jobqueue sets SIGINT to sys.exit() on import; crscale puts the previous handler back
+    (else Ctrl-C and a run giving up for lack of workers would exit 0 without a word)."""
+    code = (
+        "import signal, sys\n"
+        "def mine(*_): raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGINT, mine)\n"
+        "import crscale.engine.hpc\n"
+        "sys.exit(0 if signal.getsignal(signal.SIGINT) is mine else 1)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -25,13 +25,27 @@ from typing import Any
 
 import dask.config
 
-# Imported here, not lazily: importing dask_jobqueue registers its `jobqueue:` defaults in dask's
-# config, which must happen before any `dask.config.set` scope is entered and left.
-import dask_jobqueue
-
 from crscale import config
 from crscale.engine.gpu_pinning import GPUS_PER_JOB_VAR
 from crscale.io.errors import CrscaleError
+
+
+def _import_dask_jobqueue() -> Any:
+    # dask_jobqueue.runner sets SIGINT to sys.exit() when imported: Ctrl-C, SIGTERM handling
+    # (crscale.interrupts) and JobWatch giving up would end crscale with status 0 and no
+    # message. The handler in place before the import goes back.
+    previous = signal.getsignal(signal.SIGINT)
+    import dask_jobqueue
+
+    if previous is not None and signal.getsignal(signal.SIGINT) is not previous:
+        with contextlib.suppress(ValueError):  # not the main thread: leave it
+            signal.signal(signal.SIGINT, previous)
+    return dask_jobqueue
+
+
+# Imported here, not lazily: importing dask_jobqueue registers its `jobqueue:` defaults in dask's
+# config, which must happen before any `dask.config.set` scope is entered and left.
+dask_jobqueue = _import_dask_jobqueue()
 
 #: Batch systems crscale sets up, and their dask-jobqueue cluster classes.
 BATCH_SYSTEMS: dict[str, str] = {
@@ -52,17 +66,6 @@ DEFAULT_SCRATCH = "${TMPDIR:-/tmp}"
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
-
-def _restore_sigint() -> None:
-    # dask_jobqueue.runner sets SIGINT to sys.exit() when imported: Ctrl-C (and JobWatch giving
-    # up) would end crscale with status 0 and no message. Python's own handler goes back.
-    handler = signal.getsignal(signal.SIGINT)
-    if getattr(handler, "__module__", None) == "dask_jobqueue.runner":
-        with contextlib.suppress(ValueError):  # not the main thread: leave it
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-_restore_sigint()
 
 
 class HPCConfigError(CrscaleError):
