@@ -81,7 +81,72 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class LocalSlurm:
+class SlurmClient:
+    """The client commands (sbatch, squeue, scontrol, scancel) of a SLURM cluster."""
+
+    #: Whether this cluster is the local one started here (tests that need root on it check).
+    local = False
+    #: squeue shows only this user's jobs (a shared site cluster).
+    mine_only = True
+
+    def __init__(self) -> None:
+        self.env: dict[str, str] = {}
+
+    def run(
+        self, *argv: str, check: bool = True, user: str | None = None, **kwargs: object
+    ) -> subprocess.CompletedProcess:
+        """Run a SLURM client command against this cluster (as ``user`` when given)."""
+        command = list(argv) if user is None else ["runuser", "-u", user, "--", *argv]
+        env = {**os.environ, **self.env, **kwargs.pop("env", {})}
+        return subprocess.run(
+            command, env=env, capture_output=True, text=True, check=check, timeout=60, **kwargs
+        )
+
+    def queue(self) -> list[dict[str, str]]:
+        """The jobs in the queue (pending, running, completing): id, name, state, user."""
+        mine = ["--me"] if self.mine_only else []
+        res = self.run("squeue", "-h", "-o", "%i|%j|%T|%u", *mine, check=False)
+        rows = [line.split("|") for line in res.stdout.splitlines() if line.strip()]
+        return [dict(zip(("id", "name", "state", "user"), row, strict=True)) for row in rows]
+
+    def job(self, job_id: str) -> dict[str, str]:
+        """``scontrol show job`` as a dict (JobState, Reason, TimeLimit, ...)."""
+        res = self.run("scontrol", "show", "job", "-o", str(job_id))
+        out: dict[str, str] = {}
+        for word in res.stdout.split():
+            key, sep, value = word.partition("=")
+            if sep:
+                out.setdefault(key, value)
+        return out
+
+
+
+class SiteSlurm(SlurmClient):
+    """The site's own SLURM, for the acceptance test (``CRSCALE_TEST_SLURM_SITE=site.yaml``).
+
+    Parameters
+    ----------
+    site_file : path
+        The site's crscale/dask-jobqueue file (e.g. a copy of cluster/slurm.yaml): its
+        ``jobqueue.slurm`` queue, account, prologue, directives and interface are used, with
+        the tests' small job shapes on top.
+    """
+
+    def __init__(self, site_file: str | Path) -> None:
+        super().__init__()
+        import yaml
+
+        self.site_file = Path(site_file)
+        self.site = yaml.safe_load(self.site_file.read_text()) or {}
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why the site's SLURM cannot be used from here, or None."""
+        missing = [b for b in BINARIES[3:] if shutil.which(b) is None]
+        return f"not on PATH: {', '.join(missing)}" if missing else None
+
+
+class LocalSlurm(SlurmClient):
     """A single-node SLURM whose daemons run from ``folder`` (started by :meth:`start`).
 
     Attributes
@@ -94,7 +159,11 @@ class LocalSlurm:
         Daemon name -> PID, for :meth:`stop`.
     """
 
+    local = True
+    mine_only = False
+
     def __init__(self, folder: str | Path) -> None:
+        super().__init__()
         self.folder = Path(folder).absolute()
         self.conf = self.folder / "slurm.conf"
         self.env = {"SLURM_CONF": str(self.conf)}
@@ -194,34 +263,6 @@ class LocalSlurm:
         end = time.monotonic() + timeout
         while time.monotonic() < end and self.queue():
             time.sleep(0.5)
-
-    # ------------------------------------------------------------------ clients
-
-    def run(
-        self, *argv: str, check: bool = True, user: str | None = None, **kwargs: object
-    ) -> subprocess.CompletedProcess:
-        """Run a SLURM client command against this cluster (as ``user`` when given)."""
-        command = list(argv) if user is None else ["runuser", "-u", user, "--", *argv]
-        env = {**os.environ, **self.env, **kwargs.pop("env", {})}
-        return subprocess.run(
-            command, env=env, capture_output=True, text=True, check=check, timeout=60, **kwargs
-        )
-
-    def queue(self) -> list[dict[str, str]]:
-        """The jobs in the queue (pending, running, completing): id, name, state, user."""
-        res = self.run("squeue", "-h", "-o", "%i|%j|%T|%u", check=False)
-        rows = [line.split("|") for line in res.stdout.splitlines() if line.strip()]
-        return [dict(zip(("id", "name", "state", "user"), row, strict=True)) for row in rows]
-
-    def job(self, job_id: str) -> dict[str, str]:
-        """``scontrol show job`` as a dict (JobState, Reason, TimeLimit, ...)."""
-        res = self.run("scontrol", "show", "job", "-o", str(job_id))
-        out: dict[str, str] = {}
-        for word in res.stdout.split():
-            key, sep, value = word.partition("=")
-            if sep:
-                out.setdefault(key, value)
-        return out
 
     def logs(self) -> str:
         """The tails of the daemons' logs."""

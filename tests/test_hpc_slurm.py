@@ -27,9 +27,9 @@ import pandas as pd
 import pytest
 import yaml
 from distributed.diagnostics.plugin import SchedulerPlugin
-from slurm_local import LocalSlurm, SlurmUnavailable
+from slurm_local import LocalSlurm, SiteSlurm, SlurmClient, SlurmUnavailable
 
-from conftest import DECAM, EMMI, GMOS
+from conftest import DECAM, DECAM_DQ, EMMI, GMOS, copy_to
 from crscale.engine.cluster import dask_client
 from crscale.engine.hpc_watch import job_of_worker
 from crscale.engine.jobs import read_job
@@ -42,9 +42,20 @@ IMAGES = [GMOS, EMMI, DECAM]
 CLI = [sys.executable, "-m", "crscale.cli"]
 
 
+#: A site file: run these tests on the site's own SLURM instead (the acceptance test).
+SITE_ENV = "CRSCALE_TEST_SLURM_SITE"
+
+
 @pytest.fixture(scope="session")
 def slurm():
-    """A real single-node SLURM for the session; torn down by PID."""
+    """A real single-node SLURM for the session, torn down by PID; or the site's (SITE_ENV)."""
+    if os.environ.get(SITE_ENV):
+        cluster = SiteSlurm(os.environ[SITE_ENV])
+        reason = cluster.unavailable()
+        if reason:
+            pytest.skip(f"{SITE_ENV} is set but the SLURM commands are {reason}")
+        yield cluster
+        return
     reason = LocalSlurm.unavailable()
     if reason:
         pytest.skip(f"no local SLURM: {reason}")
@@ -84,9 +95,24 @@ def run(archive: Path, client) -> object:
     return run_pipeline([str(p) for p in IMAGES], str(archive), client=client, progress=False, echo=None)
 
 
-def site(tmp_path: Path, hpc: dict | None = None, jobqueue: dict | None = None) -> dict:
-    """A small site config for the local SLURM: jobs of 1 CPU per GPU and 2 GiB."""
+#: What the tests take from a site's file in the acceptance test; the job shapes are theirs.
+SITE_KEYS = {
+    "jobqueue": ("queue", "account", "job-script-prologue", "job-extra-directives", "interface", "python"),
+    "hpc": ("scheduler_interface", "gpu_directive"),
+}
+
+
+def site(slurm: SlurmClient, tmp_path: Path, hpc: dict | None = None, jobqueue: dict | None = None) -> dict:
+    """A small site config: jobs of 1 CPU per GPU and 2 GiB (on a site's SLURM, in its queue)."""
     (tmp_path / "scratch").mkdir(exist_ok=True)
+    theirs: dict = {"jobqueue": {}, "hpc": {}}
+    if isinstance(slurm, SiteSlurm):
+        given = {"jobqueue": slurm.site.get("jobqueue", {}).get("slurm", {}),
+                 "hpc": slurm.site.get("crscale", {}).get("hpc", {})}
+        theirs = {
+            part: {k: given[part][k] for k in keys if k in given[part]} for part, keys in SITE_KEYS.items()
+        }
+        theirs["hpc"].setdefault("scheduler_interface", None)
     return {
         "crscale": {
             "hpc": {
@@ -100,6 +126,7 @@ def site(tmp_path: Path, hpc: dict | None = None, jobqueue: dict | None = None) 
                 "wait_timeout": 120,
                 "watch_interval": 2,
                 "max_resubmits": 3,
+                **theirs["hpc"],
                 **(hpc or {}),
             }
         },
@@ -110,15 +137,16 @@ def site(tmp_path: Path, hpc: dict | None = None, jobqueue: dict | None = None) 
                 "walltime": "00:10:00",
                 "death-timeout": 30,
                 "log-directory": str(tmp_path / "logs"),
+                **theirs["jobqueue"],
                 **(jobqueue or {}),
             }
         },
     }
 
 
-def write_site(tmp_path: Path, **kwargs) -> Path:
+def write_site(slurm: SlurmClient, tmp_path: Path, **kwargs) -> Path:
     path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(site(tmp_path, **kwargs)))
+    path.write_text(yaml.safe_dump(site(slurm, tmp_path, **kwargs)))
     return path
 
 
@@ -185,12 +213,14 @@ def worker_job_ids(tmp_path: Path) -> list[str]:
 
 def test_crscale_run_cluster_slurm_behind_another_users_job(slurm, reference, tmp_path):
     """``crscale run --cluster slurm``: its worker job queues behind nobody's job, then reprocesses."""
-    blocker = slurm.run(
-        "sbatch", "--parsable", "--job-name=other-user", "--chdir=/tmp", "--output=/dev/null",
-        "--gres=gpu:2", "--wrap", "sleep 15", user="nobody",
-    ).stdout.strip()
-    wait_until(lambda: slurm.job(blocker)["JobState"] == "RUNNING", 30, "the other user's job to start")
-    env = {**os.environ, "DASK_CONFIG": str(write_site(tmp_path))}
+    blocker = None
+    if slurm.local:  # on a site's cluster (the acceptance test) there is no other user to be
+        blocker = slurm.run(
+            "sbatch", "--parsable", "--job-name=other-user", "--chdir=/tmp", "--output=/dev/null",
+            "--gres=gpu:2", "--wrap", "sleep 15", user="nobody",
+        ).stdout.strip()
+        wait_until(lambda: slurm.job(blocker)["JobState"] == "RUNNING", 30, "the other user's job to start")
+    env = {**os.environ, "DASK_CONFIG": str(write_site(slurm, tmp_path))}
     archive = tmp_path / "run.zarr"
     proc = subprocess.Popen(
         [*CLI, "run", *map(str, IMAGES), "--archive", str(archive), "--cluster", "slurm", "--no-progress"],
@@ -205,17 +235,18 @@ def test_crscale_run_cluster_slurm_behind_another_users_job(slurm, reference, tm
     out = proc.stdout.read()
     print(out)
     assert proc.returncode == 0, out
-    # The worker job waited for the other user's GPUs, then ran.
-    assert ("PENDING", "RUNNING", "crscale-worker") in seen, seen
-    assert ("RUNNING", "GONE", "crscale-worker") in seen, seen
     (job_id,) = worker_job_ids(tmp_path)
     job = slurm.job(job_id)
     assert job["TresPerNode"] == "gres:gpu:2" and job["JobState"] in ("CANCELLED", "COMPLETED"), job
-    assert job["StartTime"] >= slurm.job(blocker)["EndTime"]
+    if blocker:  # the worker job waited for the other user's GPUs, then ran
+        assert ("PENDING", "RUNNING", "crscale-worker") in seen, seen
+        assert ("RUNNING", "GONE", "crscale-worker") in seen, seen
+        assert job["StartTime"] >= slurm.job(blocker)["EndTime"]
     assert_same_results(archive, reference)
     assert_queue_empties(slurm)
     record = read_job(archive)
-    assert record["status"] == "finished" and record["scheduler"].startswith("tcp://127.0.0.1:")
+    assert record["status"] == "finished"
+    assert record["scheduler"].startswith("tcp://127.0.0.1:") or not slurm.local
     # The dashboard link is where it is bound (127.0.0.1 here), with the tunnel to reach it.
     port = record["dashboard"].split(":")[2].split("/")[0]
     assert record["dashboard"] == f"http://127.0.0.1:{port}/status"
@@ -224,7 +255,8 @@ def test_crscale_run_cluster_slurm_behind_another_users_job(slurm, reference, tm
 
 
 def test_job_script_is_accepted_by_sbatch_test_only(slurm, tmp_path):
-    env = {**os.environ, "DASK_CONFIG": str(write_site(tmp_path, hpc={"cpu_jobs": 1}, jobqueue={"cores": 1}))}
+    path = write_site(slurm, tmp_path, hpc={"cpu_jobs": 1}, jobqueue={"cores": 1})
+    env = {**os.environ, "DASK_CONFIG": str(path)}
     for extra in ([], ["--cpu"]):
         res = subprocess.run([*CLI, "job-script", "slurm", *extra], env=env, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
@@ -269,6 +301,7 @@ def key_split(key) -> str:
 def test_gpu_binding_and_task_placement(slurm, reference, tmp_path):
     """A 2-gpu job: one device per worker; the CNN tasks go to its workers, not to the CPU job's."""
     config = site(
+        slurm,
         tmp_path,
         hpc={"cpu_jobs": 1, "wait_for_workers": 3},
         jobqueue={"cores": 1, "processes": 1},
@@ -297,8 +330,10 @@ def test_gpu_binding_and_task_placement(slurm, reference, tmp_path):
     assert len(gpu) == 2 and len(cpu) == 1, env
     # One job, two workers, each pinned to its own device of the two SLURM gave the job.
     assert gpu[0]["SLURM_JOB_ID"] == gpu[1]["SLURM_JOB_ID"] != cpu[0]["SLURM_JOB_ID"]
-    assert [e["SLURM_JOB_GPUS"] for e in gpu] == ["0,1", "0,1"]
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in gpu] == ["0", "1"]
+    devices = [e["CUDA_VISIBLE_DEVICES"] for e in gpu]
+    assert len(set(devices)) == 2 and all(d and "," not in d for d in devices), devices
+    if slurm.local:  # SLURM gave the job both devices of the node, 0 and 1
+        assert [e["SLURM_JOB_GPUS"] for e in gpu] == ["0,1", "0,1"] and devices == ["0", "1"]
     assert [e["name"].rsplit("-", 1)[1] for e in gpu] == ["0", "1"]
     assert all(e["resources"] == {"GPU": 1} for e in gpu)
     assert cpu[0]["CUDA_VISIBLE_DEVICES"] == "" and cpu[0]["SLURM_JOB_GPUS"] is None
@@ -312,10 +347,13 @@ def test_gpu_binding_and_task_placement(slurm, reference, tmp_path):
 # ------------------------------------------------------------------ what batch systems do to jobs
 
 
+@pytest.mark.slow  # a real 1-minute walltime: SLURM ends the job 60-90 s after it starts
 def test_cancelled_and_out_of_walltime_worker_jobs_are_replaced(slurm, reference, tmp_path, caplog):
     """One run, three jobs of 1-minute walltime: the first is scancelled while it runs the CNN, the
     second is killed by SLURM at its walltime, the third finishes the run: the reference results."""
-    config = site(tmp_path, hpc={"gpus_per_job": 1, "wait_for_workers": 1}, jobqueue={"walltime": "00:01:00"})
+    config = site(
+        slurm, tmp_path, hpc={"gpus_per_job": 1, "wait_for_workers": 1}, jobqueue={"walltime": "00:01:00"}
+    )
     flag = tmp_path / "held"
     events: dict[str, object] = {}
     archive = tmp_path / "survived.zarr"
@@ -369,6 +407,7 @@ def test_cancelled_and_out_of_walltime_worker_jobs_are_replaced(slurm, reference
 def test_run_gives_up_when_no_worker_can_come(slurm, tmp_path):
     """Every worker job dies at once and no replacement is left: a clear message, not a hang."""
     path = write_site(
+        slurm,
         tmp_path,
         hpc={"gpus_per_job": 1, "wait_for_workers": 1, "max_resubmits": 1, "wait_timeout": 300},
         jobqueue={"job-script-prologue": ["exit 3  # a broken environment"]},
@@ -383,4 +422,57 @@ def test_run_gives_up_when_no_worker_can_come(slurm, tmp_path):
     assert "all slurm worker jobs were lost (2 lost" in res.stderr, res.stderr
     assert "crscale.hpc.max_resubmits" in res.stderr and "Traceback" not in res.stderr
     assert len(worker_job_ids(tmp_path)) == 2  # the job and its one replacement
+    assert_queue_empties(slurm)
+
+
+# ------------------------------------------------------------------ the driver job
+
+
+def _detect_started(archive: Path) -> bool:
+    try:
+        arch = Archive(archive)
+        return any(arch.status(e).get("detect", {}).get("state") for e in arch.exposure_ids())
+    except Exception:  # not created yet, or being written
+        return False
+
+
+def _ended(slurm: LocalSlurm, job_id: str) -> dict | None:
+    job = slurm.job(job_id)
+    return None if job["JobState"] in ("PENDING", "RUNNING", "COMPLETING") else job
+
+
+@pytest.mark.slow  # two driver jobs, each starting its own worker job
+def test_driver_job_stopped_at_walltime_then_resubmitted(slurm, reference, tmp_path):
+    """cluster/slurm/crscale-run.sbatch with real sbatch: SIGTERM to every process of the job
+    (what SLURM sends at the walltime) mid-run, the re-run message; a second submission finishes."""
+    inputs = tmp_path / "inputs"
+    for path in [*IMAGES, DECAM_DQ]:
+        copy_to(path, inputs)
+    archive = tmp_path / "driver.zarr"
+    env = {"SITE_CONFIG": str(write_site(slurm, tmp_path)), "CRSCALE_ACTIVATE": ""}  # crscale is here
+    # The script's own partition and size are an example site's; here they are the tests'.
+    partition = "debug"
+    if isinstance(slurm, SiteSlurm):
+        partition = slurm.site["crscale"]["hpc"].get("cpu_queue") or slurm.site["jobqueue"]["slurm"]["queue"]
+    submit = [
+        "sbatch", "--parsable", f"--partition={partition}", "--mem=2G", "--cpus-per-task=1",
+        str(ROOT / "cluster" / "slurm" / "crscale-run.sbatch"), str(inputs), str(archive), "1",
+    ]
+    first = slurm.run(*submit, cwd=tmp_path, env=env).stdout.strip()
+    wait_until(lambda: _detect_started(archive), 240, "the driver's run to start detecting")
+    slurm.run("scancel", "--signal=TERM", "--full", first)
+    job = wait_until(lambda: _ended(slurm, first), 120, "the driver to stop")
+    log = (tmp_path / f"crscale-run-{first}.log").read_text()
+    assert job["ExitCode"] == "130:0", (job, log)
+    assert "re-run the same command" in log and "Traceback" not in log, log
+    assert read_job(archive)["status"] == "failed"
+    assert_queue_empties(slurm)  # the driver cancelled its worker job on the way out
+
+    second = slurm.run(*submit, cwd=tmp_path, env=env).stdout.strip()
+    job = wait_until(lambda: _ended(slurm, second), 300, "the second driver job to end")
+    log = (tmp_path / f"crscale-run-{second}.log").read_text()
+    assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", (job, log)
+    assert "crscale archive" in log  # `crscale info` ran after the run
+    assert read_job(archive)["status"] == "finished"
+    assert_same_results(archive, reference)
     assert_queue_empties(slurm)

@@ -274,13 +274,14 @@ def _jobqueue_client(system: str, echo: Callable[[str], None] | None) -> Iterato
                 echo(f"waiting for {wanted} worker(s) to start (the jobs may queue)")
             watch.start()
             try:
-                client.wait_for_workers(wanted, timeout=timeout)
+                try:
+                    client.wait_for_workers(wanted, timeout=timeout)
+                except TimeoutError as exc:
+                    raise ClusterError(
+                        f"no {system} worker joined within {timeout:.0f} s (crscale.hpc.wait_timeout): "
+                        f"check the queue and the jobs' logs (jobqueue.{system}.log-directory)"
+                    ) from exc
                 yield client
-            except TimeoutError as exc:
-                raise ClusterError(
-                    f"no {system} worker joined within {timeout:.0f} s (crscale.hpc.wait_timeout): check "
-                    f"the queue and the jobs' logs (jobqueue.{system}.log-directory)"
-                ) from exc
             except KeyboardInterrupt:
                 if watch.error:  # the watch interrupted us: no worker can come
                     raise ClusterError(watch.error) from None
