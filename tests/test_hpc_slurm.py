@@ -29,6 +29,7 @@ import yaml
 from distributed.diagnostics.plugin import SchedulerPlugin
 from slurm_local import LocalSlurm, SiteSlurm, SlurmClient, SlurmUnavailable
 
+import crscale.engine.hpc  # noqa: F401 (first: registers dask-jobqueue's config defaults)
 from conftest import DECAM, DECAM_DQ, EMMI, GMOS, copy_to
 from crscale.engine.cluster import dask_client
 from crscale.engine.hpc_watch import job_of_worker
@@ -123,7 +124,7 @@ def site(slurm: SlurmClient, tmp_path: Path, hpc: dict | None = None, jobqueue: 
                 "scheduler_interface": "lo",
                 "dashboard_address": "127.0.0.1:0",
                 "wait_for_workers": 2,
-                "wait_timeout": 120,
+                "wait_timeout": 300,
                 "watch_interval": 2,
                 "max_resubmits": 3,
                 **theirs["hpc"],
@@ -217,7 +218,7 @@ def test_crscale_run_cluster_slurm_behind_another_users_job(slurm, reference, tm
     if slurm.local:  # on a site's cluster (the acceptance test) there is no other user to be
         blocker = slurm.run(
             "sbatch", "--parsable", "--job-name=other-user", "--chdir=/tmp", "--output=/dev/null",
-            "--gres=gpu:2", "--wrap", "sleep 15", user="nobody",
+            "--gres=gpu:2", "--wrap", "sleep 600", user="nobody",
         ).stdout.strip()
         wait_until(lambda: slurm.job(blocker)["JobState"] == "RUNNING", 30, "the other user's job to start")
     env = {**os.environ, "DASK_CONFIG": str(write_site(slurm, tmp_path))}
@@ -230,7 +231,10 @@ def test_crscale_run_cluster_slurm_behind_another_users_job(slurm, reference, tm
     while proc.poll() is None:
         rows = {r["id"]: r for r in slurm.queue()}
         blocker_state = rows.get(blocker, {}).get("state", "GONE")
-        seen += [(r["state"], blocker_state, r["name"]) for r in rows.values() if r["user"] != "nobody"]
+        ours = [(r["state"], blocker_state, r["name"]) for r in rows.values() if r["user"] != "nobody"]
+        seen += ours
+        if blocker and ("PENDING", "RUNNING", "crscale-worker") in ours:
+            slurm.run("scancel", blocker)  # the other user's job ends: ours may start
         time.sleep(0.5)
     out = proc.stdout.read()
     print(out)
