@@ -481,8 +481,9 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     from crscale.catalog.plots import write_plots
     from crscale.catalog.stats import exposure_rates, summarise
     from crscale.engine.cluster import dask_client
+    from crscale.io.storage import is_url, location
 
-    archive = Path(args.archive)
+    archive = location(args.archive) if is_url(args.archive) else Path(args.archive)
 
     def aggregate() -> tuple[Any, Any]:
         with dask_client(args.scheduler, n_workers=args.workers, echo=None):
@@ -497,6 +498,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     print(stats.format_table())
     if not args.no_plots:
         default = archive.with_name(archive.name.removesuffix(".zarr") + "-stats")
+        if not isinstance(default, Path):  # an archive on object storage: plots go to ./NAME-stats
+            default = Path(default.name)
         folder = Path(args.plots) if args.plots else default
         paths = write_plots(stats, rates, folder)
         print(f"plots: {len(paths)} PNG file(s) in {folder}: {', '.join(p.name for p in paths)}")
