@@ -27,6 +27,7 @@ from crscale.engine.ingest import ingest
 from crscale.io import storage
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import read_table
+from crscale.io.errors import InputError
 from crscale.io.inputs import expand_inputs
 
 pytestmark = pytest.mark.timeout(600)
@@ -247,3 +248,25 @@ def test_forced_reingest_and_staging_leftovers_on_the_bucket(runs, s3):
     assert "gmos" not in arch.exposure_ids()
     assert arch.clean_staging() == 1 and "gmos" in arch.exposure_ids()
     assert np.array_equal(arch.open_detector("gmos", "SCI")["image"].values, before, equal_nan=True)
+
+
+def test_remote_fz_gz_and_multi_extension_files_read_as_local(s3):
+    from conftest import FZ, MEF, SAMPLE
+    from crscale.io.fits_reader import read_exposure, sha256_file
+
+    fs = s3["fs"]
+    for path in (FZ, MEF, SAMPLE / "darks" / "ntt_susi_bias_nttexample.fits.gz"):
+        fs.put_file(str(path), f"{BUCKET}/more/{path.name}")
+        remote, local = read_exposure(f"s3://{BUCKET}/more/{path.name}"), read_exposure(path)
+        assert remote.sha256 == local.sha256 == sha256_file(path) == sha256_file(
+            f"s3://{BUCKET}/more/{path.name}"
+        )
+        assert remote.size == local.size and len(remote.detectors) == len(local.detectors)
+        for r, loc in zip(remote.detectors, local.detectors, strict=True):
+            assert r.name == loc.name and r.header == loc.header
+            assert np.array_equal(r.image, loc.image, equal_nan=True)
+            assert (r.dq is None) == (loc.dq is None)
+            assert r.dq is None or np.array_equal(r.dq, loc.dq)
+    fs.pipe_file(f"{BUCKET}/more/cut.fits", MEF.read_bytes()[:-100_000])
+    with pytest.raises(InputError, match=f"s3://{BUCKET}/more/cut.fits: .*FITS"):
+        read_exposure(f"s3://{BUCKET}/more/cut.fits")
