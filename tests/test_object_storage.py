@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DECAM, DECAM_DQ, GMOS, MEF, copy_to
+from conftest import DECAM, DECAM_DQ, FZ, GMOS, MEF, SAMPLE, copy_to
 from crscale.cli import main
 from crscale.engine.catalogue_stage import catalogue_archive
 from crscale.engine.detect_stage import detect_archive
@@ -73,7 +73,7 @@ def s3(tmp_path_factory):
             fs.put_file(str(dst), f"{BUCKET}/raw/{dst.name}")
         fs.pipe_file(f"{BUCKET}/raw/README.txt", b"not FITS: skipped by the patterns")
         cluster = LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+            n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
             dashboard_address=None, memory_limit="4GiB",
         )
         client = Client(cluster)
@@ -251,7 +251,6 @@ def test_forced_reingest_and_staging_leftovers_on_the_bucket(runs, s3):
 
 
 def test_remote_fz_gz_and_multi_extension_files_read_as_local(s3):
-    from conftest import FZ, MEF, SAMPLE
     from crscale.io.fits_reader import read_exposure, sha256_file
 
     fs = s3["fs"]
