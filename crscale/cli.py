@@ -834,6 +834,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    from crscale.interrupts import handle_signals
+
+    # SIGTERM (a batch job's walltime), SIGHUP and Ctrl-C: the same clean stop, exit 130.
+    try:
+        with handle_signals():
+            return _main(args)
+    except KeyboardInterrupt:
+        print(_INTERRUPTED, file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(args: argparse.Namespace) -> int:
     overrides = {}
     if getattr(args, "cluster", None):
         overrides["crscale.cluster.kind"] = args.cluster
