@@ -226,12 +226,12 @@ def test_storage_options_from_dask_config(runs, s3, monkeypatch):
 
 
 def test_forced_reingest_and_staging_leftovers_on_the_bucket(runs, s3):
-    fs, client = s3["fs"], s3["client"]
+    fs, address = s3["fs"], runs["address"]
     base = f"{BUCKET}/reduced/survey.zarr"
     before = Archive(runs["remote"]).open_detector("gmos", "SCI")["image"].values
-    report = ingest([f"s3://{BUCKET}/raw/gmos.fits"], runs["remote"], client=client, force=True,
-                    progress=False, echo=None)
-    assert [r.status for r in report.results] == ["done"]
+    forced = _cli("ingest", f"s3://{BUCKET}/raw/gmos.fits", "--archive", runs["remote"], "--force",
+                  "--scheduler", address, "--no-progress")
+    assert forced.returncode == 0 and "1 ingested" in forced.stdout, forced.stdout + forced.stderr
     arch = Archive(runs["remote"], "a")
     assert "gmos" in arch.exposure_ids() and arch.status("gmos")["ingest"]["state"] == "done"
     assert np.array_equal(arch.open_detector("gmos", "SCI")["image"].values, before, equal_nan=True)
@@ -248,6 +248,18 @@ def test_forced_reingest_and_staging_leftovers_on_the_bucket(runs, s3):
     assert "gmos" not in arch.exposure_ids()
     assert arch.clean_staging() == 1 and "gmos" in arch.exposure_ids()
     assert np.array_equal(arch.open_detector("gmos", "SCI")["image"].values, before, equal_nan=True)
+    # detect and catalogue, one command each, redo the re-ingested exposure as the local run did.
+    for stage in ("detect", "catalogue"):
+        res = _cli(stage, runs["remote"], "-e", "gmos", "--scheduler", address, "--no-progress")
+        assert res.returncode == 0, res.stdout + res.stderr
+    remote_ds = arch.open_detector("gmos", "SCI")
+    local_ds = Archive(runs["local"]).open_detector("gmos", "SCI")
+    for name in ("prob", "mask", "clean"):
+        assert np.array_equal(remote_ds[name].values, local_ds[name].values, equal_nan=True), name
+    for table in ("crs", "exposures"):
+        assert fs.cat_file(f"{base}/catalogue/{table}/gmos.parquet") == (
+            runs["local"] / "catalogue" / table / "gmos.parquet"
+        ).read_bytes()
 
 
 def test_remote_fz_gz_and_multi_extension_files_read_as_local(s3):
