@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,10 +69,15 @@ class SchedulerProbe:
     ----------
     timeout : float
         Seconds to connect or to get an answer, at most.
+    retry_s : float
+        Seconds before trying again a scheduler that could not be reached (a job on a network
+        this machine cannot see must not slow every tick by ``timeout``).
     """
 
-    def __init__(self, timeout: float = 3.0) -> None:
+    def __init__(self, timeout: float = 3.0, retry_s: float = 30.0) -> None:
         self.timeout = timeout
+        self.retry_s = retry_s
+        self._retry_at = 0.0
         self.address: str | None = None
         self.client: Any = None
         #: Why the scheduler could not be asked at the last :meth:`poll` (None: it answered).
@@ -101,6 +107,8 @@ class SchedulerProbe:
             return [], {}
         if address != self.address:
             self.close()
+            if time.monotonic() < self._retry_at:
+                return [], {}
             from distributed import Client
 
             try:
@@ -108,12 +116,14 @@ class SchedulerProbe:
                 self.address = address
             except Exception as exc:  # refused, timed out, or another protocol
                 self.error = f"scheduler {address} not reachable ({type(exc).__name__})"
+                self._retry_at = time.monotonic() + self.retry_s
                 log.debug("cannot connect to %s: %s", address, exc)
                 return [], {}
         try:
             info = self.client.scheduler_info(n_workers=-1)
         except Exception as exc:  # the scheduler went away
             self.error = f"scheduler {address} stopped answering ({type(exc).__name__})"
+            self._retry_at = time.monotonic() + self.retry_s
             self.close()
             return [], {}
         self.error = None
