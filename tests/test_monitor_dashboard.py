@@ -20,7 +20,7 @@ from crscale.io.catalogue_store import read_table, table_file
 from crscale.monitor import DashboardState, dashboard
 from crscale.monitor.app import DashboardDocument, failures_html, progress_html
 from crscale.monitor.catalogue_reader import CatalogueFollower
-from crscale.monitor.scheduler_probe import SchedulerProbe
+from crscale.monitor.scheduler_probe import SchedulerProbe, worker_use
 from crscale.monitor.tracker import ArchiveTracker
 
 PROGRESS = ("exposures", "ingested", "detected", "catalogued", "running", "failed", "inputs_failed")
@@ -180,6 +180,21 @@ def test_scheduler_probe_reports_workers_and_gives_up_on_a_dead_address(client) 
     retry_at = probe._retry_at
     assert probe.poll(dead, running=True) == ([], {})
     assert probe._retry_at == retry_at  # not tried again before retry_s (a new try moves it on)
+
+
+def test_gpu_use_is_read_in_both_of_distributeds_shapes() -> None:
+    # What a worker with NVML reports (distributed.system_monitor and distributed.worker's metric):
+    # no GPU is on these machines, so the two shapes are written out here.
+    gib = 2**30
+    flat = {"nthreads": 1, "memory_limit": 8 * gib, "gpu": {"memory-total": 80 * gib, "name": "H100"},
+            "metrics": {"cpu": 50.0, "memory": gib, "task_counts": {"executing": 1},
+                        "gpu_utilization": 93, "gpu_memory_used": 20 * gib}}
+    nested = {"nthreads": 1, "memory_limit": 8 * gib, "gpu": {"memory-total": 40 * gib},
+              "metrics": {"gpu": {"utilization": 50, "memory-used": 10 * gib}}}
+    a, b, c = worker_use({"workers": {"tcp://a": flat, "tcp://b": nested, "tcp://c": {"nthreads": 2}}})
+    assert (a.gpu_utilization, a.gpu_memory_gib, a.gpu_memory_total_gib, a.executing) == (93, 20, 80, 1)
+    assert (b.gpu_utilization, b.gpu_memory_gib, b.gpu_memory_total_gib) == (50, 10, 40)
+    assert c.gpu_utilization is None and c.nthreads == 2  # a CPU worker
 
 
 def test_cli_refuses_bad_settings_and_a_port_in_use(capsys, tmp_path) -> None:

@@ -33,23 +33,27 @@ class WorkerUse:
 def worker_use(info: dict[str, Any]) -> list[WorkerUse]:
     """:class:`WorkerUse` rows from ``Client.scheduler_info()``, sorted by name."""
     out = []
+    gib = 2.0**30
     for address, w in (info.get("workers") or {}).items():
         metrics = w.get("metrics") or {}
-        gpu = w.get("gpu") or {}
-        gib = 2.0**30
-        gpu_mem = metrics.get("gpu_memory_used", metrics.get("gpu-memory-used"))
-        gpu_total = gpu.get("memory-total")
+        # distributed reports NVML figures twice: flat (its system monitor) and under "gpu"
+        # (the worker's metric); the total comes with the startup information.
+        nvml = metrics.get("gpu") if isinstance(metrics.get("gpu"), dict) else {}
+        startup = w.get("gpu") if isinstance(w.get("gpu"), dict) else {}
+        util = metrics.get("gpu_utilization", nvml.get("utilization"))
+        used = metrics.get("gpu_memory_used", nvml.get("memory-used"))
+        total = metrics.get("gpu-memory-total", startup.get("memory-total"))
         out.append(WorkerUse(
             name=str(w.get("name", address)),
             address=address,
             nthreads=int(w.get("nthreads") or 0),
-            executing=int(metrics.get("task_counts", {}).get("executing", metrics.get("executing", 0)) or 0),
+            executing=int((metrics.get("task_counts") or {}).get("executing", 0) or 0),
             cpu=float(metrics.get("cpu") or 0.0),
             memory_gib=float(metrics.get("memory") or 0.0) / gib,
             memory_limit_gib=float(w.get("memory_limit") or 0.0) / gib,
-            gpu_utilization=_float(metrics.get("gpu_utilization", metrics.get("gpu-utilization"))),
-            gpu_memory_gib=None if gpu_mem is None else float(gpu_mem) / gib,
-            gpu_memory_total_gib=None if gpu_total is None else float(gpu_total) / gib,
+            gpu_utilization=_float(util),
+            gpu_memory_gib=None if _float(used) is None else float(used) / gib,
+            gpu_memory_total_gib=None if _float(total) is None else float(total) / gib,
             resources=dict(w.get("resources") or {}),
         ))
     return sorted(out, key=lambda u: u.name)
