@@ -282,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between updates (default 2)")
     p.add_argument("--no-scheduler", action="store_true",
                    help="do not ask the job's Dask scheduler for its workers")
+    p.add_argument("--allow-origin", action="append", metavar="HOST[:PORT]",
+                   help="another host the page may be loaded from, e.g. a reverse proxy (repeatable; "
+                   "127.0.0.1 and localhost are always allowed)")
 
     sub.add_parser("sample-data", help="print the folder of the bundled real sample data")
 
@@ -570,7 +573,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         server = dashboard(args.archive, port=args.port, address=args.address, every=args.every,
-                           scheduler=not args.no_scheduler)
+                           scheduler=not args.no_scheduler, allow_origin=args.allow_origin)
     except OSError as exc:
         print(f"crscale: {exc}", file=sys.stderr)
         return EXIT_USAGE
