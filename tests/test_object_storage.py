@@ -281,3 +281,39 @@ def test_remote_fz_gz_and_multi_extension_files_read_as_local(s3):
     fs.pipe_file(f"{BUCKET}/more/cut.fits", MEF.read_bytes()[:-100_000])
     with pytest.raises(InputError, match=f"s3://{BUCKET}/more/cut.fits: .*FITS"):
         read_exposure(f"s3://{BUCKET}/more/cut.fits")
+
+
+def test_inputs_over_http_read_as_local():
+    """https:// (here http:// on localhost) inputs: found, companions included, read as local files."""
+    import functools
+    import http.server
+    import threading
+
+    from conftest import IMAGES
+    from crscale.io.fits_reader import read_exposure, sha256_file
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # fsspec closes connections once it has the bytes it asked for
+
+    server = Server(("127.0.0.1", 0), functools.partial(Quiet, directory=str(IMAGES)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        specs, problems = expand_inputs([f"{base}/{DECAM.name}", f"{base}/nothing.fits"])
+        assert [(s.path, s.dq_path) for s in specs] == [(f"{base}/{DECAM.name}", f"{base}/{DECAM_DQ.name}")]
+        assert [(p.path, p.problem) for p in problems] == [(f"{base}/nothing.fits", "file does not exist")]
+        for path, dq in ((FZ, None), (DECAM, DECAM_DQ)):
+            remote = read_exposure(f"{base}/{path.name}", dq_path=dq and f"{base}/{dq.name}")
+            local = read_exposure(path, dq_path=dq)
+            assert remote.sha256 == local.sha256 == sha256_file(path)
+            for r, loc in zip(remote.detectors, local.detectors, strict=True):
+                assert np.array_equal(r.image, loc.image, equal_nan=True) and r.header == loc.header
+                assert (r.dq is None and loc.dq is None) or np.array_equal(r.dq, loc.dq)
+    finally:
+        server.shutdown()
+        server.server_close()
