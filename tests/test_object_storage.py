@@ -218,11 +218,24 @@ def test_storage_options_from_dask_config(runs, s3, monkeypatch):
         if key != "AWS_DEFAULT_REGION":
             monkeypatch.delenv(key)
     options = {"endpoint_url": s3["env"]["AWS_ENDPOINT_URL"], "key": "crscale-test", "secret": "crscale-test"}
-    with dask.config.set({"crscale.storage.s3": options}):
-        assert storage.storage_options(runs["remote"])["endpoint_url"] == options["endpoint_url"]
-        arch = Archive(runs["remote"])
-        assert arch.exposure_ids() == ["c4d_170316_062107_ooi_z_ls9.N2", "gmos"]
-        assert len(read_table(runs["remote"], "crs")) == len(read_table(runs["local"], "crs"))
+    client = s3["client"]
+    names = [k for k in s3["env"] if k != "AWS_DEFAULT_REGION"]
+    # The workers lose the variables too: what they know of the store must come from the client.
+    saved = client.run(lambda: {k: os.environ.pop(k) for k in names})
+    try:
+        with dask.config.set({"crscale.storage.s3": options}):
+            assert storage.storage_options(runs["remote"])["endpoint_url"] == options["endpoint_url"]
+            arch = Archive(runs["remote"])
+            assert arch.exposure_ids() == ["c4d_170316_062107_ooi_z_ls9.N2", "gmos"]
+            assert len(read_table(runs["remote"], "crs")) == len(read_table(runs["local"], "crs"))
+            # A stage on the workers: they read the masks and write Parquet with the shipped settings.
+            report = catalogue_archive(runs["remote"], client=client, force=True, progress=False,
+                                       echo=None, exposures=["c4d_170316_062107_ooi_z_ls9.N2"])
+            assert report.ok and report.counts()["done"] == 1, report.summary()
+        seen = client.run(lambda: dict(dask.config.get("crscale.storage.s3")))
+        assert all(v["endpoint_url"] == options["endpoint_url"] for v in seen.values())
+    finally:
+        client.run(lambda: os.environ.update(next(iter(saved.values()))))
 
 
 def test_forced_reingest_and_staging_leftovers_on_the_bucket(runs, s3):
