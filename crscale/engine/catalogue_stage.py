@@ -133,7 +133,8 @@ def catalogue_detector_task(
     detect = attrs.get("detect") or {}
     codes = None
     if defects and defects.get("key"):
-        codes = zarr.open_group(f"{archive}/defects/{defects['key']}", mode="r", zarr_format=3)["codes"]
+        codes = zarr.open_group(f"{archive}/defects/{defects['key']}", mode="r", zarr_format=3,
+                                storage_options=zarr_options(archive))["codes"]
     result = catalogue_detector(
         group["image"],
         group["mask"],

@@ -177,9 +177,12 @@ def count_masks_task(archive: str, items: Sequence[tuple[str, str]], shape: tupl
     """Worker task: in how many of these masks each pixel is set (uint32)."""
     import zarr
 
+    from crscale.io.storage import zarr_options
+
     total = np.zeros(shape, np.uint32)
     for eid, det in items:
-        mask = zarr.open_array(f"{archive}/exposures/{eid}/{det}/mask", mode="r", zarr_format=3)
+        mask = zarr.open_array(f"{archive}/exposures/{eid}/{det}/mask", mode="r", zarr_format=3,
+                               storage_options=zarr_options(archive))
         if tuple(mask.shape) != tuple(shape):
             raise ArchiveError(f"{eid}/{det}: mask shape {tuple(mask.shape)} is not the detector's {shape}")
         step = int(mask.chunks[0])

@@ -256,14 +256,17 @@ def completeness_task(
     """Worker task: :func:`measure_frame` on a centred cutout of one archived exposure."""
     import zarr
 
-    group = zarr.open_group(f"{archive}/exposures/{eid}/{det}", mode="r", zarr_format=3)
+    from crscale.io.storage import zarr_options
+
+    opts = zarr_options(archive)
+    group = zarr.open_group(f"{archive}/exposures/{eid}/{det}", mode="r", zarr_format=3, storage_options=opts)
     attrs = dict(group.attrs)
     detect = attrs.get("detect") or {}
     h, w = (int(s) for s in group["image"].shape)
     cy, cx = max(0, (h - settings.cutout) // 2), max(0, (w - settings.cutout) // 2)
     box = (slice(cy, cy + min(h, settings.cutout)), slice(cx, cx + min(w, settings.cutout)))
     arrays = set(group.array_keys())
-    dgroup = zarr.open_group(f"{archive}/defects/{key}", mode="r", zarr_format=3)
+    dgroup = zarr.open_group(f"{archive}/defects/{key}", mode="r", zarr_format=3, storage_options=opts)
     # The frame with its own CRs taken out (the archive's inpainted ``clean``), so that the
     # painted CRs meet the crowding of the detector's real exposures and nothing else.
     image = np.asarray(group["image"][box], dtype=np.float32)

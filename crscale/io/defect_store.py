@@ -54,11 +54,10 @@ def _group(arch: Archive, key: str, create: bool = False) -> zarr.Group | None:
 
 
 def defect_keys(arch: Archive) -> list[str]:
-    """Keys with a defect group (finished or not), sorted."""
-    folder = arch.path / DEFECTS_GROUP
-    if not folder.is_dir():
+    """Keys with a defect group (finished or not), sorted (any store: local or object storage)."""
+    if DEFECTS_GROUP not in arch.root:
         return []
-    return sorted(p.name for p in folder.iterdir() if (p / "zarr.json").is_file())
+    return sorted(arch.root[DEFECTS_GROUP].group_keys())
 
 
 def read_defect_attrs(arch: Archive, key: str) -> dict[str, Any] | None:
