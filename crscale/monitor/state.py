@@ -174,7 +174,7 @@ class DashboardState:
             self._throughput = self._throughput_series(job, now)
         workers: list[WorkerUse] = []
         tasks: dict[str, int] = {}
-        error = None
+        error = "the scheduler is not asked (scheduler=False)"
         if self.probe is not None:
             workers, tasks = self.probe.poll((job or {}).get("scheduler"), state == "running")
             error = self.probe.error
