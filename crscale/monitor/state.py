@@ -18,7 +18,9 @@ import numpy as np
 
 from crscale.engine.jobs import read_job
 from crscale.engine.monitor import FINAL_STATES, job_state
+from crscale.io import storage
 from crscale.io.archive import STAGES
+from crscale.io.errors import ArchiveError
 from crscale.monitor.advice import advice
 from crscale.monitor.catalogue_reader import CatalogueFollower
 from crscale.monitor.scheduler_probe import SchedulerProbe, WorkerUse
@@ -113,6 +115,12 @@ class DashboardState:
 
     def __init__(self, archive: str | os.PathLike, *, window_s: float = 120.0, scheduler: bool = True,
                  settled_every: int = 10, budget_s: float = 1.0) -> None:
+        if storage.is_url(archive):
+            raise ArchiveError(
+                f"{archive}: the dashboard follows a local or mounted archive (it stats files and "
+                "lists folders each tick); run it on a machine where the bucket is mounted as a "
+                "folder, and give it that folder"
+            )
         self.path = Path(archive).absolute()
         self.window_s = window_s
         self.tracker = ArchiveTracker(self.path, settled_every=settled_every, budget_s=budget_s)
