@@ -55,7 +55,7 @@ class View:
     """Everything the dashboard shows at one tick."""
 
     tick: int
-    read_at: float  #: epoch seconds when this was read
+    read_at: float  #: epoch seconds when the reading of this view began
     cost_s: float  #: seconds this tick's reading took
     archive: str
     job: dict[str, Any] | None
@@ -168,6 +168,8 @@ class DashboardState:
     def tick(self) -> View:
         """Read what changed and return the new :class:`View`."""
         t0 = time.monotonic()
+        # The view is "as of" the start of its reading: every file it shows was read after this.
+        now = time.time()
         self._tick += 1
         job = read_job(self.path)
         state = job_state(job)
@@ -176,7 +178,6 @@ class DashboardState:
         if changes.failures_changed or self._tick == 1:
             self._failures = _failure_rows(self.tracker.failures)
         failures, n_failures, inputs_failed, duplicates = self._failures
-        now = time.time()
         stages = self._progress(job, state, inputs_failed, now)
         if changes.changed or changes.removed or self._throughput is None or state == "running":
             self._throughput = self._throughput_series(job, now)
