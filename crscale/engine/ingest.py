@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from crscale import config
 from crscale.engine.cluster import client_or_new
+from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.errors import ArchiveError, InputError
 from crscale.io.fits_reader import exposure_id_from_path, read_exposure, sha256_file
@@ -258,11 +259,15 @@ def _plan(
     done_index: dict[str, str] = {}  # sha256 -> exposure id
     source_of: dict[str, str] = {}  # exposure id -> source path
     taken: set[str] = set()
+    damaged: dict[str, str] = {}  # sha256 -> id of an exposure whose arrays are damaged
     for eid, attrs in archive.iter_exposures():  # one pass over the archive's attrs
         taken.add(eid)
-        if attrs.get("status", {}).get("ingest", {}).get("state") == "done":
+        state = attrs.get("status", {}).get("ingest", {}).get("state")
+        if state == "done":
             done_index[attrs["source"]["sha256"]] = eid
             source_of[eid] = attrs["source"]["path"]
+        elif state == integrity.DAMAGED:  # found damaged: ingesting its source repairs it in place
+            damaged[attrs["source"]["sha256"]] = eid
     first_in_run: dict[str, tuple[str, str | None]] = {}  # sha -> (path, exposure id)
     todo: list[tuple[InputSpec, str, str, bool]] = []
     settled: list[IngestResult] = []
@@ -275,6 +280,10 @@ def _plan(
             settled.append(IngestResult(
                 spec.path, "duplicate", first_id, f"same content (SHA-256) as {first_path} "
                 "in this run; not ingested twice", "duplicate", sha))
+            continue
+        if sha in damaged and sha not in done_index:
+            first_in_run[sha] = (spec.path, damaged[sha])
+            todo.append((spec, damaged[sha], sha, True))
             continue
         existing = done_index.get(sha)
         first_in_run[sha] = (spec.path, existing)

@@ -37,10 +37,12 @@ from zarr.codecs import BloscCodec
 
 from crscale import config
 from crscale._version import __version__
+from crscale.io import integrity
 from crscale.io.errors import ArchiveError
 from crscale.io.fits_reader import DetectorData, Exposure
 
-FORMAT_VERSION = "1.2"  # 1.1: detect arrays and attributes; 1.2: the catalogue (Parquet, status.catalogue)
+FORMAT_VERSION = "1.3"  # 1.1: detect arrays and attributes; 1.2: the catalogue (Parquet, status.catalogue)
+# 1.3: chunk integrity records (every chunk stored, crc32c; crscale.io.integrity)
 STAGES = ("ingest", "detect", "catalogue")
 _STAGING = "staging"
 _TRASH = "trash"
@@ -587,15 +589,16 @@ class Archive:
             dtype=data.dtype,
             chunks=chunk_shape,
             shards=shard_shape,
-            compressors=[
+            fill_value=fill,
+            dimension_names=["y", "x"],
+            # Every chunk stored and checksummed, and recorded as such (crscale.io.integrity).
+            **integrity.array_options([
                 BloscCodec(
                     cname=compressor.get("cname", "zstd"),
                     clevel=int(compressor.get("clevel", 5)),
                     shuffle=compressor.get("shuffle", "bitshuffle"),
                 )
-            ],
-            fill_value=fill,
-            dimension_names=["y", "x"],
+            ]),
         )
         arr[...] = data
 
