@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(600)
 
 def crscale_cli(*args):
     return subprocess.run([sys.executable, "-m", "crscale.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=480)
 
 
 @pytest.mark.parametrize("value", ["-1", "0", "1000"])
@@ -83,14 +83,15 @@ def test_reserved_names_and_unparsable_gain_are_ingested(client, tmp_path):
     assert again.ok and again.results[0].status == "done"
 
 
-def test_unwritable_outputs_and_closed_pipes_give_messages_not_tracebacks(tmp_path):
+def test_unwritable_outputs_and_closed_pipes_give_messages_not_tracebacks(client, tmp_path):
     archive = tmp_path / "a.zarr"
-    res = crscale_cli("run", SAAO, "--archive", archive, "--workers", "1", "--no-progress")
+    cluster = ("--scheduler", client.scheduler.address)
+    res = crscale_cli("run", SAAO, "--archive", archive, "--no-progress", *cluster)
     assert res.returncode == 0, res.stderr  # a catalogue: stats gets as far as writing
     plots = tmp_path / "plots.png"
     plots.write_text("a file, not a folder")
     for args in (("--plots", plots), ("--no-plots", "--json", tmp_path / "no" / "dir" / "x.json")):
-        res = crscale_cli("stats", archive, *args, "--workers", "1")
+        res = crscale_cli("stats", archive, *args, *cluster)
         assert "Traceback" not in res.stderr, res.stderr
         assert res.returncode == 2 and "crscale stats: cannot write" in res.stderr, res.stderr
     for args in (("info", archive), ("models",)):
@@ -98,3 +99,28 @@ def test_unwritable_outputs_and_closed_pipes_give_messages_not_tracebacks(tmp_pa
         res = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
                              timeout=240)
         assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr
+
+
+class _NotATensor:
+    """Any pickled object other than tensors: what a weights-only load must refuse."""
+
+
+def test_cosmic_conn_weights_load_tensors_only_even_with_torch_default_overridden(tmp_path, monkeypatch):
+    import pickle
+
+    import torch
+
+    from crscale.evaluate.methods import weights_only_loads
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"weights": torch.zeros(2), "extra": _NotATensor()}, path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # a site that turned the default off
+    assert isinstance(torch.load(path)["extra"], _NotATensor)  # what Cosmic-CoNN's call did
+    original = torch.load
+    with weights_only_loads(), pytest.raises(pickle.UnpicklingError):
+        torch.load(path, map_location="cpu")  # Cosmic-CoNN's call, inside the guard
+    assert torch.load is original
+    pytest.importorskip("cosmic_conn")
+    from crscale.evaluate.methods import _cosmic_conn_model
+
+    assert _cosmic_conn_model("ground_imaging") is not None  # its real weights are tensors only
