@@ -18,6 +18,7 @@ from crscale.engine.blocks import BLOCK_DTYPE, DetectSettings, block_chunks, det
 from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.errors import ArchiveError
+from crscale.io.storage import zarr_options
 
 #: The arrays the detection stage writes next to each detector's image.
 OUTPUTS = ("prob", "mask", "clean")
@@ -136,7 +137,7 @@ def detector_stats(archive_path: str, exposure_id: str, plans: list[DetectorPlan
     from crscale.detection.badpix import bad_pixel_mask
     from crscale.detection.normalise import stats_from_sample, stats_step, with_noise_floor
 
-    root = zarr.open_group(store=archive_path, mode="r")
+    root = zarr.open_group(store=archive_path, mode="r", storage_options=zarr_options(archive_path))
     out = {}
     for p in plans:
         base = f"exposures/{exposure_id}/{p.name}"
@@ -180,8 +181,9 @@ def exposure_graph(
     counts = []
     for p in plans:
         base = f"exposures/{exposure_id}/{p.name}"
+        options = zarr_options(archive_path)
         # Reads refuse absent or corrupt chunks (crscale.io.integrity), naming them.
-        group = zarr.open_group(store=archive_path, path=base, mode="r")
+        group = zarr.open_group(store=archive_path, path=base, mode="r", storage_options=options)
         inputs = ("image", "dq") if p.has_dq else ("image",)
         arrays = [
             da.from_array(
@@ -194,7 +196,9 @@ def exposure_graph(
         label = f"exposure {exposure_id!r}, detector {p.name!r}"
         names = OUTPUTS if settings.inpaint else OUTPUTS[:2]
         targets = {
-            n: integrity.for_writing(zarr.open_array(store=archive_path, path=f"{base}/{n}", mode="r+"))
+            n: integrity.for_writing(
+                zarr.open_array(store=archive_path, path=f"{base}/{n}", mode="r+", storage_options=options)
+            )
             for n in names
         }
         annotation = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
