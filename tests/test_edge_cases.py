@@ -124,3 +124,19 @@ def test_cosmic_conn_weights_load_tensors_only_even_with_torch_default_overridde
     from crscale.evaluate.methods import _cosmic_conn_model
 
     assert _cosmic_conn_model("ground_imaging") is not None  # its real weights are tensors only
+
+
+def test_a_file_ingested_meanwhile_by_another_run_is_skipped_not_failed(tmp_path):
+    """Two ingests planned the same new file; the other one wrote it first (issue #20, item 8)."""
+    from crscale.engine.ingest import ingest_one, ingest_settings
+    from crscale.io.fits_reader import read_exposure, sha256_file
+    from crscale.io.inputs import InputSpec
+
+    path = tmp_path / "a.zarr"
+    other = read_exposure(str(SAAO))
+    Archive(path, mode="a").write_exposure(other)  # the concurrent run, done first
+    sha = sha256_file(str(SAAO))
+    mine = ingest_one(InputSpec(str(SAAO)), str(path), other.exposure_id, sha, ingest_settings())
+    assert mine.status == "skipped" and "another run" in mine.message, mine.message
+    stranger = ingest_one(InputSpec(str(SAAO)), str(path), other.exposure_id, "0" * 64, ingest_settings())
+    assert stranger.status == "failed" and "exists" in stranger.message  # other content: a real clash

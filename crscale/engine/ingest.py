@@ -194,6 +194,10 @@ def ingest_one(
         result.message, result.kind = str(exc), exc.kind
     except ArchiveError as exc:
         result.message, result.kind = f"{spec.path}: {exc}", "archive"
+        if not overwrite and _ingested_meanwhile(archive_path, exposure_id, sha256):
+            # Another run on the same archive wrote this very file first: nothing failed.
+            result.status, result.kind = "skipped", ""
+            result.message = "ingested by another run on this archive meanwhile"
     except MemoryError:
         result.message, result.kind = f"{spec.path}: out of memory while reading", "memory"
     except Exception as exc:  # one bad file must never stop the run
@@ -201,6 +205,16 @@ def ingest_one(
         result.kind = "internal"
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _ingested_meanwhile(archive_path: str, exposure_id: str, sha256: str) -> bool:
+    """Whether ``exposure_id`` now holds this content with its ingest done (a concurrent run's)."""
+    try:
+        attrs = Archive(archive_path, mode="r").exposure_attrs(exposure_id)
+    except Exception:  # not there, or unreadable: a real failure
+        return False
+    done = attrs.get("status", {}).get("ingest", {}).get("state") == "done"
+    return done and attrs.get("source", {}).get("sha256") == sha256
 
 
 def _windowed(
