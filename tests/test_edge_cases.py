@@ -140,3 +140,15 @@ def test_a_file_ingested_meanwhile_by_another_run_is_skipped_not_failed(tmp_path
     assert mine.status == "skipped" and "another run" in mine.message, mine.message
     stranger = ingest_one(InputSpec(str(SAAO)), str(path), other.exposure_id, "0" * 64, ingest_settings())
     assert stranger.status == "failed" and "exists" in stranger.message  # other content: a real clash
+
+
+def test_a_failure_record_left_empty_by_a_full_disk_is_ignored_quietly(tmp_path):
+    import warnings
+
+    path = tmp_path / "a.zarr"
+    Archive(path, mode="a").record_failure("/data/x.fits", "a real record")
+    (path / "failures" / "detect-0123456789abcdef").mkdir()  # what ENOSPC left: no zarr.json
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        records = Archive(path).failures()
+    assert [r["problem"] for r in records] == ["a real record"]

@@ -26,6 +26,7 @@ import os
 import platform
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -289,7 +290,11 @@ class Archive:
         """Recorded input failures, oldest first."""
         if "failures" not in self.root:
             return []
-        recs = [dict(self.root[f"failures/{k}"].attrs) for k in self.root["failures"].group_keys()]
+        with warnings.catch_warnings():
+            # A record folder without metadata (a full disk while it was written) is no record.
+            warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+            keys = list(self.root["failures"].group_keys())
+        recs = [dict(self.root[f"failures/{k}"].attrs) for k in keys]
         return sorted(recs, key=lambda r: (r.get("time", ""), r.get("path", "")))
 
     # ------------------------------------------------------------------ writing
