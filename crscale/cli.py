@@ -549,13 +549,13 @@ def _cmd_catalogue(args: argparse.Namespace) -> int:
 def _cmd_stats(args: argparse.Namespace) -> int:
     from crscale.catalog.plots import write_plots
     from crscale.catalog.stats import exposure_rates, summarise
-    from crscale.engine.cluster import dask_client
+    from crscale.engine.cluster import client_or_new
     from crscale.io.storage import is_url, location
 
     archive = location(args.archive) if is_url(args.archive) else Path(args.archive)
 
     def aggregate() -> tuple[Any, Any]:
-        with dask_client(args.scheduler, n_workers=args.workers, echo=None):
+        with client_or_new(None, args.scheduler, n_workers=args.workers, echo=None):
             stats = summarise(archive, exposures=args.exposures)
             rates = None if args.no_plots else exposure_rates(archive, exposures=args.exposures)
         return stats, rates

@@ -137,10 +137,23 @@ def client_or_new(
     cluster: str | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> contextlib.AbstractContextManager[Any]:
-    """``client`` as it is (left open), or :func:`dask_client` for ``scheduler`` / ``cluster``."""
+    """``client`` as it is (left open), or :func:`dask_client` for ``scheduler`` / ``cluster``.
+
+    Either way the workers get the client's ``crscale.storage`` settings
+    (:func:`crscale.engine.storage_config.share_storage_config`).
+    """
     if client is not None:
-        return contextlib.nullcontext(client)
-    return dask_client(scheduler, n_workers=n_workers, cluster=cluster, echo=echo)
+        return _sharing_storage(contextlib.nullcontext(client))
+    return _sharing_storage(dask_client(scheduler, n_workers=n_workers, cluster=cluster, echo=echo))
+
+
+@contextlib.contextmanager
+def _sharing_storage(manager: contextlib.AbstractContextManager[Any]) -> Iterator[Any]:
+    from crscale.engine.storage_config import share_storage_config
+
+    with manager as cl:
+        share_storage_config(cl)
+        yield cl
 
 
 @contextlib.contextmanager

@@ -12,7 +12,8 @@ its ingest status (``done``) written last. A job killed mid-write (or a full dis
 only a staging directory, removed on the next open for writing; the exposure either is
 complete or is not there. A forced re-ingest keeps the old copy until the new one is
 complete. Later stages write their arrays into the exposure group first and set their
-status last (:meth:`Archive.set_status`).
+status last (:meth:`Archive.set_status`). On object storage, which cannot rename, the move
+copies the objects with the group's ``zarr.json`` last (:func:`crscale.io.storage.replace`).
 """
 
 from __future__ import annotations
