@@ -26,7 +26,7 @@ from crscale.engine.defects_stage import set_user_map
 from crscale.engine.detect_stage import detect_archive
 from crscale.engine.ingest import ingest
 from crscale.evaluate.completeness import refresh_completeness
-from crscale.io.archive import Archive
+from crscale.io.archive import FORMAT_VERSION, Archive
 from crscale.io.catalogue_store import read_table
 from crscale.io.defect_store import read_array, read_defect_attrs
 from crscale.io.inputs import InputSpec
@@ -106,7 +106,7 @@ def test_defect_map_finds_the_frames_hot_pixels_and_the_column(series):
     key = report.defects.results[0].key
     attrs = read_defect_attrs(arch, key)
     assert attrs["status"] == "verified" and attrs["n_exposures"] == N_EXPOSURES
-    assert arch.format_version == "1.3"
+    assert arch.format_version == FORMAT_VERSION == "1.4"
     codes = read_array(arch, key, "codes")
     assert np.all(codes[COLUMN] == 2)  # the hot column, every pixel of it
     crs = read_table(path, "crs")
