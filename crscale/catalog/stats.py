@@ -365,9 +365,12 @@ def _cr_partition_counts(pdf: pd.DataFrame, edges: Mapping[str, np.ndarray]) -> 
     Rows of a kind other than ``cr`` (defects, unverified) are only counted, by kind; rows
     without a kind (catalogues older than format 1.3) are CRs.
     """
-    kind = pdf["kind"].astype(object).to_numpy() if "kind" in pdf else np.full(len(pdf), None, object)
+    if "kind" in pdf:
+        kind = pdf["kind"].astype(object).where(pdf["kind"].notna(), "cr").to_numpy()
+    else:
+        kind = np.full(len(pdf), "cr", dtype=object)
     artefacts = np.array([int(np.count_nonzero(kind == k)) for k in _ARTEFACTS], dtype=np.int64)
-    pdf = pdf[(kind == "cr") | pd.isna(kind)]
+    pdf = pdf[kind == "cr"]
     morph = pdf["morphology"].astype(object).to_numpy()
     # Class code per CR: 0..3 the classes, 4 anything else; one bincount then fills all groups.
     code = np.full(len(pdf), len(CLASSES), dtype=np.intp)
