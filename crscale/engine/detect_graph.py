@@ -68,6 +68,10 @@ def detect_settings(
     if not 0.0 <= thr <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], not {thr}")
     method = inpaint_method or cfg.get("inpaint_method") or "harmonic"
+    from crscale.detection.torch_block import BACKENDS
+
+    if (cfg.get("backend") or "auto") not in BACKENDS:
+        raise ValueError(f"crscale.detect.backend must be one of {BACKENDS}, not {cfg.get('backend')!r}")
     if method not in INPAINT_METHODS:
         raise ValueError(f"unknown inpainting method {method!r}; choose one of {INPAINT_METHODS}")
     settings = DetectSettings(
@@ -81,6 +85,7 @@ def detect_settings(
         inpaint_dilate=int(cfg.get("inpaint_dilate", 1)),
         tile=tile,
         model_name=card.name,
+        backend=str(cfg.get("backend") or "auto"),
     )
     return settings, net.config
 

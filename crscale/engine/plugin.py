@@ -72,8 +72,11 @@ class ModelPlugin(WorkerPlugin):
         import torch
 
         from crscale.detection import get_predictor
+        from crscale.detection.torch_block import set_worker_threads
 
         torch.set_num_threads(torch_threads(worker.state.nthreads))
+        # The task threads share the device: each block's batch is sized for its share.
+        set_worker_threads(worker.state.nthreads)
         info: dict[str, Any] = {
             "model": self.model,
             "loaded": False,
