@@ -169,6 +169,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run")
     ap.add_argument("--workdir", default="/tmp/crscale-gpu-check")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--threads", type=int, default=4, help="crscale.cluster.gpu_worker_threads for the run")
     args = ap.parse_args()
 
     work = Path(args.workdir)
@@ -186,7 +187,8 @@ def main() -> None:
     print(f"workload: {args.n} x {args.size}^2 from {sources}, {n_crs} CRs; built {out['build_s']:.0f} s, "
           f"ingested {out['ingest_s']:.0f} s", flush=True)
 
-    env = dict(os.environ)
+    env = dict(os.environ, DASK_CRSCALE__CLUSTER__GPU_WORKER_THREADS=str(args.threads))
+    out["gpu_worker_threads"] = args.threads
     if args.device == "cpu":
         env.update(DASK_CRSCALE__DETECT__BACKEND="torch", DASK_CRSCALE__CLUSTER__GPUS="0")
     sampler = Sampler()

@@ -90,6 +90,20 @@ def detect_settings(
     return settings, net.config
 
 
+def gpu_task_share() -> float:
+    """The share of a worker's ``GPU=1`` resource that one CNN task asks for.
+
+    ``1 / crscale.detect.gpu_tasks_per_worker``: with 2 (the default), two blocks are on a GPU
+    worker's device at once, so that one block's host copies overlap the other's device work
+    (reads and writes are separate tasks on the worker's other threads). Powers of two keep the
+    shares exact in floating point.
+    """
+    k = int(config.get("detect.gpu_tasks_per_worker", 2) or 1)
+    if k < 1:
+        raise ValueError(f"crscale.detect.gpu_tasks_per_worker must be at least 1, not {k}")
+    return 1.0 / k
+
+
 def plan_exposure(archive: Archive, exposure_id: str, target: Sequence[int], halo: int) -> list[DetectorPlan]:
     """Detector plans of one exposure from the archive's metadata (no pixels read).
 
@@ -190,7 +204,7 @@ def exposure_graph(
         label = f"exposure {exposure_id!r}, detector {p.name!r}"
         names = OUTPUTS if settings.inpaint else OUTPUTS[:2]
         targets = {n: zarr.open_array(store=archive_path, path=f"{base}/{n}", mode="r+") for n in names}
-        annotation = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
+        annotation = dask.annotate(resources={"GPU": gpu_task_share()}) if gpu else contextlib.nullcontext()
         with annotation:
             blocks = da.map_overlap(
                 detect_block,
