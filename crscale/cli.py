@@ -264,6 +264,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exposure", "-e", help="details of one exposure")
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
 
+    p = sub.add_parser(
+        "dashboard",
+        help="serve the live dashboard of the job on an archive (a web page)",
+        description="Serve a live dashboard of the crscale job on ARCHIVE (Bokeh): progress per "
+        "stage with rates and ETAs, throughput, workers, failures, CR rates and classes as the "
+        "catalogue fills, and the Dask dashboard link. It reads only the archive and its job "
+        "record, so it can be started before, during or after a job. Stop it with Ctrl-C.",
+    )
+    p.add_argument("archive", help="the Zarr archive (it need not exist yet)")
+    p.add_argument("--port", type=int, default=0, help="port to serve on (default: a free one)")
+    p.add_argument("--address", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--every", type=float, default=2.0, metavar="S",
+                   help="seconds between updates (default 2)")
+    p.add_argument("--no-scheduler", action="store_true",
+                   help="do not ask the job's Dask scheduler for its workers")
+
     sub.add_parser("sample-data", help="print the folder of the bundled real sample data")
 
     p = sub.add_parser(
@@ -537,6 +554,23 @@ def _cmd_job_script(args: argparse.Namespace) -> int:
     if status is not None:
         return status
     print(text, end="")
+    return EXIT_OK
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from crscale.monitor import dashboard
+
+    if args.every <= 0 or not 0 <= args.port < 65536:
+        print("crscale: --every must be positive and --port within 0-65535", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        server = dashboard(args.archive, port=args.port, address=args.address, every=args.every,
+                           scheduler=not args.no_scheduler)
+    except OSError as exc:
+        print(f"crscale: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"crscale dashboard of {server.archive}: {server.url} (Ctrl-C stops it)", flush=True)
+    server.wait()
     return EXIT_OK
 
 
@@ -829,6 +863,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    from crscale.interrupts import handle_signals
+
+    # SIGTERM (a batch job's walltime), SIGHUP and Ctrl-C: the same clean stop, exit 130.
+    try:
+        with handle_signals():
+            return _main(args)
+    except KeyboardInterrupt:
+        print(_INTERRUPTED, file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(args: argparse.Namespace) -> int:
     overrides = {}
     if getattr(args, "cluster", None):
         overrides["crscale.cluster.kind"] = args.cluster
@@ -864,6 +910,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "train": _cmd_train,
         "models": _cmd_models,
         "evaluate": _cmd_evaluate,
+        "dashboard": _cmd_dashboard,
     }
     if args.command in commands:
         return commands[args.command](args)

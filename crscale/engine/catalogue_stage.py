@@ -32,7 +32,7 @@ from typing import Any
 from crscale.catalog.morphology import MorphologyRules
 from crscale.catalog.profiles import DetectorPhysics, detector_physics, load_profiles
 from crscale.engine.cluster import client_or_new
-from crscale.engine.outcomes import StageOutcomes
+from crscale.engine.outcomes import StageOutcomes, abandon
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables, table_file
 from crscale.io.errors import ArchiveError, describe
@@ -346,6 +346,10 @@ def _run(
             bar.update(1)
             while ac.count() < limit and submit():
                 pass
+    except BaseException as exc:
+        # Interrupted (a signal, Ctrl-C) or failing here: nothing may stay `running`.
+        abandon(cl, ac.futures, arch, "catalogue", set(started) - set(results), exc)
+        raise
     finally:
         bar.close()
 
