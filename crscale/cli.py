@@ -48,9 +48,11 @@ def _add_ingest_args(p: argparse.ArgumentParser, *, inputs_required: bool) -> No
         nargs="+" if inputs_required else "*",
         metavar="INPUT",
         help="FITS files, directories (searched recursively), glob patterns ('raw/**/*.fz'), "
-        "or manifests (@list.txt: one file per line, optional dq=PATH weight=PATH)",
+        "or manifests (@list.txt: one file per line, optional dq=PATH weight=PATH); "
+        "each may be an fsspec URL (s3://bucket/raw/, 's3://bucket/raw/*.fits.fz', https://...)",
     )
-    p.add_argument("--archive", "-a", required=True, help="the Zarr archive (created if missing)")
+    p.add_argument("--archive", "-a", required=True,
+                   help="the Zarr archive (created if missing): a folder or a URL (s3://bucket/survey.zarr)")
     p.add_argument("--force", action="store_true", help="redo files whose SHA-256 is already in the archive")
     _add_cluster_args(p)
     p.add_argument(
@@ -98,7 +100,7 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_archive_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("archive", help="the Zarr archive")
+    p.add_argument("archive", help="the Zarr archive (a folder or a URL, s3://bucket/survey.zarr)")
     p.add_argument(
         "--exposure",
         "-e",
@@ -241,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         "catalogue; the format follows OUT's suffix (.fits, .ecsv, .csv, .parquet). Units and "
         "column descriptions travel with FITS and ECSV.",
     )
-    p.add_argument("archive", help="the Zarr archive")
+    p.add_argument("archive", help="the Zarr archive (a folder or a URL, s3://bucket/survey.zarr)")
     p.add_argument("out", help="output file")
     p.add_argument("--table", choices=("crs", "exposures"), default="crs", help="which table (default crs)")
     p.add_argument(
@@ -260,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print a readable summary of an archive: exposures, "
         "stages, guessed metadata, warnings and failures.",
     )
-    p.add_argument("archive", help="the Zarr archive")
+    p.add_argument("archive", help="the Zarr archive (a folder or a URL, s3://bucket/survey.zarr)")
     p.add_argument("--exposure", "-e", help="details of one exposure")
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
 
@@ -280,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between updates (default 2)")
     p.add_argument("--no-scheduler", action="store_true",
                    help="do not ask the job's Dask scheduler for its workers")
+    p.add_argument("--allow-origin", action="append", metavar="HOST[:PORT]",
+                   help="another host the page may be loaded from, e.g. a reverse proxy (repeatable; "
+                   "127.0.0.1 and localhost are always allowed)")
 
     sub.add_parser("sample-data", help="print the folder of the bundled real sample data")
 
@@ -497,12 +502,13 @@ def _cmd_catalogue(args: argparse.Namespace) -> int:
 def _cmd_stats(args: argparse.Namespace) -> int:
     from crscale.catalog.plots import write_plots
     from crscale.catalog.stats import exposure_rates, summarise
-    from crscale.engine.cluster import dask_client
+    from crscale.engine.cluster import client_or_new
+    from crscale.io.storage import is_url, location
 
-    archive = Path(args.archive)
+    archive = location(args.archive) if is_url(args.archive) else Path(args.archive)
 
     def aggregate() -> tuple[Any, Any]:
-        with dask_client(args.scheduler, n_workers=args.workers, echo=None):
+        with client_or_new(None, args.scheduler, n_workers=args.workers, echo=None):
             stats = summarise(archive, exposures=args.exposures)
             rates = None if args.no_plots else exposure_rates(archive, exposures=args.exposures)
         return stats, rates
@@ -514,6 +520,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     print(stats.format_table())
     if not args.no_plots:
         default = archive.with_name(archive.name.removesuffix(".zarr") + "-stats")
+        if not isinstance(default, Path):  # an archive on object storage: plots go to ./NAME-stats
+            default = Path(default.name)
         folder = Path(args.plots) if args.plots else default
         paths = write_plots(stats, rates, folder)
         print(f"plots: {len(paths)} PNG file(s) in {folder}: {', '.join(p.name for p in paths)}")
@@ -565,7 +573,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         server = dashboard(args.archive, port=args.port, address=args.address, every=args.every,
-                           scheduler=not args.no_scheduler)
+                           scheduler=not args.no_scheduler, allow_origin=args.allow_origin)
     except OSError as exc:
         print(f"crscale: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 import urllib.request
 
 import pyarrow as pa
@@ -19,6 +20,7 @@ from crscale.io.catalogue_store import read_table, table_file
 from crscale.monitor import DashboardState, dashboard
 from crscale.monitor.app import DashboardDocument, failures_html, progress_html
 from crscale.monitor.catalogue_reader import CatalogueFollower
+from crscale.monitor.scheduler_probe import SchedulerProbe, worker_use
 from crscale.monitor.tracker import ArchiveTracker
 
 PROGRESS = ("exposures", "ingested", "detected", "catalogued", "running", "failed", "inputs_failed")
@@ -98,27 +100,37 @@ def test_catalogue_follower_matches_the_catalogue_and_counts_kinds(tmp_path) -> 
     write_exposure(path, "d1", {"N1": [DOT, DOT, SPOT, TRACK], "N2": [WORM, SPOT]}, "DECam",
                    area=10.0, efft=100.0, date="2020-01-01T00:00:00")
     write_exposure(path, "h1", {"WFC1": [DOT, TRACK]}, "ACS", area=2.0, efft=50.0, date="2021-01-01T00:00:00")
+    # d1's CR table as written before CRs were told from defects (no kind column) ...
+    crs_d1 = pq.read_table(table_file(path, "crs", "d1"))
+    if "kind" in crs_d1.column_names:
+        pq.write_table(crs_d1.drop_columns(["kind"]), table_file(path, "crs", "d1"))
+    # ... and h1's with one: one CR and one defect.
+    crs_h1 = pq.read_table(table_file(path, "crs", "h1"))
+    kinds = pa.array(["cr", "defect"])
+    crs_h1 = (crs_h1.set_column(crs_h1.column_names.index("kind"), "kind", kinds)
+              if "kind" in crs_h1.column_names else crs_h1.append_column("kind", kinds))
+    pq.write_table(crs_h1, table_file(path, "crs", "h1"))
+
     follower = CatalogueFollower(path)
-    assert follower.update(["d1", "h1"]) == ["d1", "h1"]
+    assert follower.update(["d1"]) == ["d1"]
+    assert not follower.has_kinds and follower.rates["d1"].kinds is None
+    assert follower.update(["h1"]) == ["h1"]
+    assert follower.has_kinds and dict(follower.kinds) == {"cr": 1, "defect": 1}
     expected = exposure_rates(path).set_index("exposure")
     for eid, rate in follower.rates.items():
         assert rate.rate == pytest.approx(expected.loc[eid, "rate"])
         assert rate.rate_err == pytest.approx(expected.loc[eid, "rate_err"])
         assert rate.n_cr == expected.loc[eid, "n_cr"] and rate.instrument == expected.loc[eid, "instrument"]
     crs = read_table(path, "crs")
-    assert dict(follower.classes) == crs["morphology"].value_counts().to_dict() | {"worm": 1}
-    assert not follower.has_kinds  # this catalogue has no kind column
+    assert dict(follower.classes) == crs["morphology"].value_counts().to_dict()
+    assert follower.order == ["d1", "h1"]
 
-    # The same exposure re-catalogued with a `kind` column (CRs told from defects): counted.
-    table = pq.read_table(table_file(path, "crs", "h1"))
-    table = table.append_column("kind", pa.array(["cr", "defect"]))
-    pq.write_table(table, table_file(path, "crs", "h1"))
     generation = follower.generation
-    follower.update(["h1"])
-    assert follower.has_kinds and dict(follower.kinds) == {"cr": 1, "defect": 1}
-    assert follower.generation == generation + 1 and sorted(follower.order) == ["d1", "h1"]
+    follower.update(["h1"])  # h1 catalogued again: its rows replaced, not added twice
+    assert dict(follower.kinds) == {"cr": 1, "defect": 1} and follower.generation == generation + 1
     follower.update([], ["d1"])  # d1 detected again: its rows are gone
     assert list(follower.rates) == ["h1"] and follower.classes["worm"] == 0
+    assert sum(follower.classes.values()) == 2
 
 
 def test_rates_plot_streams_new_exposures_only(tmp_path) -> None:
@@ -150,6 +162,47 @@ def test_dashboard_serves_its_page_on_localhost(archive) -> None:
         server.stop()
 
 
-def test_cli_refuses_bad_settings(capsys) -> None:
+def test_scheduler_probe_reports_workers_and_gives_up_on_a_dead_address(client) -> None:
+    probe = SchedulerProbe(timeout=2, retry_s=60)
+    try:
+        workers, tasks = probe.poll(client.scheduler.address, running=True)
+        assert probe.error is None and len(workers) == len(client.scheduler_info()["workers"])
+        assert all(w.nthreads >= 1 and w.memory_limit_gib > 0 for w in workers)
+        assert isinstance(tasks, dict)
+        assert probe.poll(client.scheduler.address, running=False) == ([], {})  # an ended job
+        assert probe.client is None and probe.error == "the job is not running"
+    finally:
+        probe.close()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    assert probe.poll(dead, running=True) == ([], {}) and "not reachable" in probe.error
+    retry_at = probe._retry_at
+    assert probe.poll(dead, running=True) == ([], {})
+    assert probe._retry_at == retry_at  # not tried again before retry_s (a new try moves it on)
+
+
+def test_gpu_use_is_read_in_both_of_distributeds_shapes() -> None:
+    # What a worker with NVML reports (distributed.system_monitor and distributed.worker's metric):
+    # no GPU is on these machines, so the two shapes are written out here.
+    gib = 2**30
+    flat = {"nthreads": 1, "memory_limit": 8 * gib, "gpu": {"memory-total": 80 * gib, "name": "H100"},
+            "metrics": {"cpu": 50.0, "memory": gib, "task_counts": {"executing": 1},
+                        "gpu_utilization": 93, "gpu_memory_used": 20 * gib}}
+    nested = {"nthreads": 1, "memory_limit": 8 * gib, "gpu": {"memory-total": 40 * gib},
+              "metrics": {"gpu": {"utilization": 50, "memory-used": 10 * gib}}}
+    a, b, c = worker_use({"workers": {"tcp://a": flat, "tcp://b": nested, "tcp://c": {"nthreads": 2}}})
+    assert (a.gpu_utilization, a.gpu_memory_gib, a.gpu_memory_total_gib, a.executing) == (93, 20, 80, 1)
+    assert (b.gpu_utilization, b.gpu_memory_gib, b.gpu_memory_total_gib) == (50, 10, 40)
+    assert c.gpu_utilization is None and c.nthreads == 2  # a CPU worker
+
+
+def test_cli_refuses_bad_settings_and_a_port_in_use(capsys, tmp_path) -> None:
     assert main(["dashboard", "x.zarr", "--every", "0"]) == 2
     assert "--every" in capsys.readouterr().err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["dashboard", str(tmp_path / "x.zarr"), "--port", str(port), "--no-scheduler"]) == 2
+    assert f"cannot serve the dashboard on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -36,6 +36,7 @@ from crscale.engine.outcomes import StageOutcomes, abandon
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables, table_file
 from crscale.io.errors import ArchiveError, describe
+from crscale.io.storage import zarr_options
 
 #: Exposures submitted at a time per worker thread: the scheduler is never starved, and an
 #: archive of any size never becomes one huge graph.
@@ -103,7 +104,10 @@ def catalogue_detector_task(
     from crscale.catalog.detector import catalogue_detector
     from crscale.catalog.rates import exposure_row
 
-    group = zarr.open_group(f"{archive}/exposures/{exposure_id}/{detector}", mode="r", zarr_format=3)
+    group = zarr.open_group(
+        f"{archive}/exposures/{exposure_id}/{detector}", mode="r", zarr_format=3,
+        storage_options=zarr_options(archive),
+    )
     attrs = dict(group.attrs)
     arrays = set(group.array_keys())
     if "mask" not in arrays:

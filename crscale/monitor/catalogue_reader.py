@@ -86,7 +86,7 @@ def _kinds(files: list[str]) -> dict[str, dict[str, int]] | None:
     out: dict[str, dict[str, int]] = {}
     for eid, kind, n in zip(*(grouped.column(c).to_pylist() for c in ("exposure", KIND_COLUMN, "count_all")),
                             strict=True):
-        out.setdefault(eid, {})[str(kind) if kind is not None else "unknown"] = int(n)
+        out.setdefault(eid, {})[str(kind) if kind is not None else "unclassified"] = int(n)
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,23 +33,27 @@ class WorkerUse:
 def worker_use(info: dict[str, Any]) -> list[WorkerUse]:
     """:class:`WorkerUse` rows from ``Client.scheduler_info()``, sorted by name."""
     out = []
+    gib = 2.0**30
     for address, w in (info.get("workers") or {}).items():
         metrics = w.get("metrics") or {}
-        gpu = w.get("gpu") or {}
-        gib = 2.0**30
-        gpu_mem = metrics.get("gpu_memory_used", metrics.get("gpu-memory-used"))
-        gpu_total = gpu.get("memory-total")
+        # distributed reports NVML figures twice: flat (its system monitor) and under "gpu"
+        # (the worker's metric); the total comes with the startup information.
+        nvml = metrics.get("gpu") if isinstance(metrics.get("gpu"), dict) else {}
+        startup = w.get("gpu") if isinstance(w.get("gpu"), dict) else {}
+        util = metrics.get("gpu_utilization", nvml.get("utilization"))
+        used = metrics.get("gpu_memory_used", nvml.get("memory-used"))
+        total = metrics.get("gpu-memory-total", startup.get("memory-total"))
         out.append(WorkerUse(
             name=str(w.get("name", address)),
             address=address,
             nthreads=int(w.get("nthreads") or 0),
-            executing=int(metrics.get("task_counts", {}).get("executing", metrics.get("executing", 0)) or 0),
+            executing=int((metrics.get("task_counts") or {}).get("executing", 0) or 0),
             cpu=float(metrics.get("cpu") or 0.0),
             memory_gib=float(metrics.get("memory") or 0.0) / gib,
             memory_limit_gib=float(w.get("memory_limit") or 0.0) / gib,
-            gpu_utilization=_float(metrics.get("gpu_utilization", metrics.get("gpu-utilization"))),
-            gpu_memory_gib=None if gpu_mem is None else float(gpu_mem) / gib,
-            gpu_memory_total_gib=None if gpu_total is None else float(gpu_total) / gib,
+            gpu_utilization=_float(util),
+            gpu_memory_gib=None if _float(used) is None else float(used) / gib,
+            gpu_memory_total_gib=None if _float(total) is None else float(total) / gib,
             resources=dict(w.get("resources") or {}),
         ))
     return sorted(out, key=lambda u: u.name)
@@ -68,10 +73,15 @@ class SchedulerProbe:
     ----------
     timeout : float
         Seconds to connect or to get an answer, at most.
+    retry_s : float
+        Seconds before trying again a scheduler that could not be reached (a job on a network
+        this machine cannot see must not slow every tick by ``timeout``).
     """
 
-    def __init__(self, timeout: float = 3.0) -> None:
+    def __init__(self, timeout: float = 3.0, retry_s: float = 30.0) -> None:
         self.timeout = timeout
+        self.retry_s = retry_s
+        self._retry_at = 0.0
         self.address: str | None = None
         self.client: Any = None
         #: Why the scheduler could not be asked at the last :meth:`poll` (None: it answered).
@@ -101,6 +111,8 @@ class SchedulerProbe:
             return [], {}
         if address != self.address:
             self.close()
+            if time.monotonic() < self._retry_at:
+                return [], {}
             from distributed import Client
 
             try:
@@ -108,12 +120,14 @@ class SchedulerProbe:
                 self.address = address
             except Exception as exc:  # refused, timed out, or another protocol
                 self.error = f"scheduler {address} not reachable ({type(exc).__name__})"
+                self._retry_at = time.monotonic() + self.retry_s
                 log.debug("cannot connect to %s: %s", address, exc)
                 return [], {}
         try:
             info = self.client.scheduler_info(n_workers=-1)
         except Exception as exc:  # the scheduler went away
             self.error = f"scheduler {address} stopped answering ({type(exc).__name__})"
+            self._retry_at = time.monotonic() + self.retry_s
             self.close()
             return [], {}
         self.error = None

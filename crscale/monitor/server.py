@@ -120,8 +120,9 @@ class DashboardServer:
         asyncio.set_event_loop(asyncio.new_event_loop())
         try:
             self._loop = IOLoop.current()
-            origins = self._allow_origin or [f"127.0.0.1:{self.port}", f"localhost:{self.port}",
-                                             f"{self.address}:{self.port}"]
+            # Hosts without a port match any port: the page also works through an SSH tunnel to
+            # another local port, while pages of other sites still cannot open its websocket.
+            origins = ["127.0.0.1", "localhost", self.address, *(self._allow_origin or [])]
             self._server = Server({"/": Application(FunctionHandler(self._make_document))},
                                   io_loop=self._loop, address=self.address, port=self.port,
                                   allow_websocket_origin=origins, check_unused_sessions_milliseconds=5000,
@@ -184,7 +185,8 @@ class DashboardServer:
 
 
 def dashboard(archive: str | os.PathLike, *, port: int = 0, address: str = DEFAULT_ADDRESS,
-              every: float = 2.0, scheduler: bool = True) -> DashboardServer:
+              every: float = 2.0, scheduler: bool = True,
+              allow_origin: list[str] | None = None) -> DashboardServer:
     """Start the live dashboard of the job on ``archive`` and return it (one call in a notebook).
 
     In JupyterLab the returned object displays as the page itself (an iframe of the server) and
@@ -204,6 +206,9 @@ def dashboard(archive: str | os.PathLike, *, port: int = 0, address: str = DEFAU
         Seconds between reads of the archive and page updates.
     scheduler : bool
         Ask the job's Dask scheduler (from ``jobs/current.json``) for its workers and tasks.
+    allow_origin : list of str, optional
+        More ``host[:port]`` the page may be loaded from (a reverse proxy's); ``127.0.0.1``,
+        ``localhost`` and ``address`` are always allowed, on any port.
 
     Returns
     -------
@@ -216,4 +221,5 @@ def dashboard(archive: str | os.PathLike, *, port: int = 0, address: str = DEFAU
     >>> dash = dashboard("survey.zarr")  # doctest: +SKIP
     >>> dash  # doctest: +SKIP
     """
-    return DashboardServer(archive, port=port, address=address, every=every, scheduler=scheduler).start()
+    return DashboardServer(archive, port=port, address=address, every=every, scheduler=scheduler,
+                           allow_origin=allow_origin).start()

@@ -13,7 +13,8 @@ re-reads the whole archive per tick:
   ``settled_every``-th tick: a running job does not touch them, a later forced re-run is
   still seen within that many ticks;
 * a first look at a large archive reads at most ``budget_s`` seconds of metadata per tick
-  (the dashboard shows how many are still to read), so the page is up at once.
+  (the dashboard shows how many are still to read), so the page is up at once; until it is
+  over, exposures already read are checked only at the sweeps.
 
 The files are read as the Zarr v3 JSON they are (``zarr.json`` ``attributes``), without opening
 Zarr groups, which is several times faster and never writes. Only a local (or mounted) archive
@@ -273,7 +274,12 @@ class ArchiveTracker:
             self._names = names
             self._unread.update((e, None) for e in names if e not in self.exposures)
         full_sweep = self.updates % self.settled_every == 1 or self.settled_every == 1
-        candidates = self._names if full_sweep else [*self._unsettled, *self._unread]
+        if full_sweep:
+            candidates = self._names
+        elif self._unread:  # a first look: read on; what is read already is checked at sweeps
+            candidates = list(self._unread)
+        else:
+            candidates = list(self._unsettled)
         deadline = time.monotonic() + self.budget_s
         for eid in candidates:
             if eid in self._unread and time.monotonic() > deadline:
