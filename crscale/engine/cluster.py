@@ -34,6 +34,8 @@ def local_cluster_kwargs(n_workers: int | None = None) -> dict[str, Any]:
     dict
         Arguments for ``LocalCluster``.
     """
+    if n_workers is not None and n_workers < 1:
+        raise ClusterError(f"n_workers must be at least 1, not {n_workers}")
     cfg = config.get("cluster")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = int(cfg.get("threads_per_worker") or 1)

@@ -15,6 +15,7 @@ import numpy as np
 
 from crscale import config
 from crscale.engine.blocks import BLOCK_DTYPE, DetectSettings, block_chunks, detect_block, write_block
+from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.errors import ArchiveError
 from crscale.io.storage import zarr_options
@@ -158,10 +159,11 @@ def detector_stats(archive_path: str, exposure_id: str, plans: list[DetectorPlan
     root = zarr.open_group(store=archive_path, mode="r", storage_options=zarr_options(archive_path))
     out = {}
     for p in plans:
-        group = root[f"exposures/{exposure_id}/{p.name}"]
+        base = f"exposures/{exposure_id}/{p.name}"
+        group = root[base]
         step = stats_step(p.shape)
-        sample = group["image"][::step, ::step]
-        dq = group["dq"][::step, ::step] if p.has_dq else None
+        sample = integrity.checked(group, "image", f"{archive_path}/{base}")[::step, ::step]
+        dq = integrity.checked(group, "dq", f"{archive_path}/{base}")[::step, ::step] if p.has_dq else None
         bad = bad_pixel_mask(sample, dq, p.saturation)
         if bad.all():
             raise ValueError(
@@ -199,18 +201,23 @@ def exposure_graph(
     for p in plans:
         base = f"exposures/{exposure_id}/{p.name}"
         options = zarr_options(archive_path)
-        image = da.from_zarr(
-            archive_path, component=f"{base}/image", chunks=p.chunks, storage_options=options
-        )
-        arrays = [image]
-        if p.has_dq:
-            arrays.append(
-                da.from_zarr(archive_path, component=f"{base}/dq", chunks=p.chunks, storage_options=options)
+        # Reads refuse absent or corrupt chunks (crscale.io.integrity), naming them.
+        group = zarr.open_group(store=archive_path, path=base, mode="r", storage_options=options)
+        inputs = ("image", "dq") if p.has_dq else ("image",)
+        arrays = [
+            da.from_array(
+                integrity.checked(group, n, f"{archive_path}/{base}"),
+                chunks=p.chunks,
+                meta=np.empty((0, 0), group[n].dtype),
             )
+            for n in inputs
+        ]
         label = f"exposure {exposure_id!r}, detector {p.name!r}"
         names = OUTPUTS if settings.inpaint else OUTPUTS[:2]
         targets = {
-            n: zarr.open_array(store=archive_path, path=f"{base}/{n}", mode="r+", storage_options=options)
+            n: integrity.for_writing(
+                zarr.open_array(store=archive_path, path=f"{base}/{n}", mode="r+", storage_options=options)
+            )
             for n in names
         }
         annotation = dask.annotate(resources={"GPU": gpu_task_share()}) if gpu else contextlib.nullcontext()
@@ -218,7 +225,9 @@ def exposure_graph(
             blocks = da.map_overlap(
                 detect_block,
                 *arrays,
-                depth=halo,
+                # No halo along an axis of one block (a side shorter than the halo, e.g. 63 px):
+                # there is no neighbour to borrow from, and dask refuses a deeper halo.
+                depth={axis: halo if len(c) > 1 else 0 for axis, c in enumerate(p.chunks)},
                 boundary="none",
                 trim=True,
                 dtype=BLOCK_DTYPE,
@@ -261,10 +270,10 @@ def create_outputs(
                 dtype=dtype,
                 chunks=image.chunks,
                 shards=image.shards,
-                compressors=image.compressors,
                 fill_value=fill,
                 dimension_names=["y", "x"],
                 overwrite=True,
+                **integrity.array_options(image.compressors),
             )
 
 
