@@ -617,6 +617,7 @@ def _cmd_job_script(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from crscale.io.errors import CrscaleError
     from crscale.monitor import dashboard
 
     if args.every <= 0 or not 0 <= args.port < 65536:
@@ -625,7 +626,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     try:
         server = dashboard(args.archive, port=args.port, address=args.address, every=args.every,
                            scheduler=not args.no_scheduler, allow_origin=args.allow_origin)
-    except OSError as exc:
+    except (CrscaleError, OSError) as exc:
         print(f"crscale: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(f"crscale dashboard of {server.archive}: {server.url} (Ctrl-C stops it)", flush=True)
