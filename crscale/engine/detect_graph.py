@@ -15,6 +15,7 @@ import numpy as np
 
 from crscale import config
 from crscale.engine.blocks import BLOCK_DTYPE, DetectSettings, block_chunks, detect_block, write_block
+from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.errors import ArchiveError
 from crscale.io.storage import zarr_options
@@ -69,6 +70,10 @@ def detect_settings(
     if not 0.0 <= thr <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], not {thr}")
     method = inpaint_method or cfg.get("inpaint_method") or "harmonic"
+    from crscale.detection.torch_block import BACKENDS
+
+    if (cfg.get("backend") or "auto") not in BACKENDS:
+        raise ValueError(f"crscale.detect.backend must be one of {BACKENDS}, not {cfg.get('backend')!r}")
     if method not in INPAINT_METHODS:
         raise ValueError(f"unknown inpainting method {method!r}; choose one of {INPAINT_METHODS}")
     settings = DetectSettings(
@@ -82,8 +87,23 @@ def detect_settings(
         inpaint_dilate=int(cfg.get("inpaint_dilate", 1)),
         tile=tile,
         model_name=card.name,
+        backend=str(cfg.get("backend") or "auto"),
     )
     return settings, net.config
+
+
+def gpu_task_share() -> float:
+    """The share of a worker's ``GPU=1`` resource that one CNN task asks for.
+
+    ``1 / crscale.detect.gpu_tasks_per_worker``: with 2 (the default), two blocks are on a GPU
+    worker's device at once, so that one block's host copies overlap the other's device work
+    (reads and writes are separate tasks on the worker's other threads). Powers of two keep the
+    shares exact in floating point.
+    """
+    k = int(config.get("detect.gpu_tasks_per_worker", 2) or 1)
+    if k < 1:
+        raise ValueError(f"crscale.detect.gpu_tasks_per_worker must be at least 1, not {k}")
+    return 1.0 / k
 
 
 def plan_exposure(archive: Archive, exposure_id: str, target: Sequence[int], halo: int) -> list[DetectorPlan]:
@@ -139,10 +159,11 @@ def detector_stats(archive_path: str, exposure_id: str, plans: list[DetectorPlan
     root = zarr.open_group(store=archive_path, mode="r", storage_options=zarr_options(archive_path))
     out = {}
     for p in plans:
-        group = root[f"exposures/{exposure_id}/{p.name}"]
+        base = f"exposures/{exposure_id}/{p.name}"
+        group = root[base]
         step = stats_step(p.shape)
-        sample = group["image"][::step, ::step]
-        dq = group["dq"][::step, ::step] if p.has_dq else None
+        sample = integrity.checked(group, "image", f"{archive_path}/{base}")[::step, ::step]
+        dq = integrity.checked(group, "dq", f"{archive_path}/{base}")[::step, ::step] if p.has_dq else None
         bad = bad_pixel_mask(sample, dq, p.saturation)
         if bad.all():
             raise ValueError(
@@ -180,26 +201,33 @@ def exposure_graph(
     for p in plans:
         base = f"exposures/{exposure_id}/{p.name}"
         options = zarr_options(archive_path)
-        image = da.from_zarr(
-            archive_path, component=f"{base}/image", chunks=p.chunks, storage_options=options
-        )
-        arrays = [image]
-        if p.has_dq:
-            arrays.append(
-                da.from_zarr(archive_path, component=f"{base}/dq", chunks=p.chunks, storage_options=options)
+        # Reads refuse absent or corrupt chunks (crscale.io.integrity), naming them.
+        group = zarr.open_group(store=archive_path, path=base, mode="r", storage_options=options)
+        inputs = ("image", "dq") if p.has_dq else ("image",)
+        arrays = [
+            da.from_array(
+                integrity.checked(group, n, f"{archive_path}/{base}"),
+                chunks=p.chunks,
+                meta=np.empty((0, 0), group[n].dtype),
             )
+            for n in inputs
+        ]
         label = f"exposure {exposure_id!r}, detector {p.name!r}"
         names = OUTPUTS if settings.inpaint else OUTPUTS[:2]
         targets = {
-            n: zarr.open_array(store=archive_path, path=f"{base}/{n}", mode="r+", storage_options=options)
+            n: integrity.for_writing(
+                zarr.open_array(store=archive_path, path=f"{base}/{n}", mode="r+", storage_options=options)
+            )
             for n in names
         }
-        annotation = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
+        annotation = dask.annotate(resources={"GPU": gpu_task_share()}) if gpu else contextlib.nullcontext()
         with annotation:
             blocks = da.map_overlap(
                 detect_block,
                 *arrays,
-                depth=halo,
+                # No halo along an axis of one block (a side shorter than the halo, e.g. 63 px):
+                # there is no neighbour to borrow from, and dask refuses a deeper halo.
+                depth={axis: halo if len(c) > 1 else 0 for axis, c in enumerate(p.chunks)},
                 boundary="none",
                 trim=True,
                 dtype=BLOCK_DTYPE,
@@ -242,10 +270,10 @@ def create_outputs(
                 dtype=dtype,
                 chunks=image.chunks,
                 shards=image.shards,
-                compressors=image.compressors,
                 fill_value=fill,
                 dimension_names=["y", "x"],
                 overwrite=True,
+                **integrity.array_options(image.compressors),
             )
 
 
