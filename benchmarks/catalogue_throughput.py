@@ -252,7 +252,9 @@ def aggregate_child(archive: str, mode: str, out: str) -> None:
             stats = summarise(archive)
             seconds = time.perf_counter() - t1
             workers = sorted(client.run(eng._peak_rss_gb).values())
-        result = {"n_cr": stats.n_cr, "rate": stats.total.rate, "startup": startup, "workers_gb": workers}
+        # every row: kind cr (stats.n_cr) and the artefacts it counts apart
+        result = {"n_cr": stats.n_cr + sum(stats.artefacts.values()), "rate": stats.total.rate,
+                  "startup": startup, "workers_gb": workers}
     else:
         from crscale.catalog.stats import DEFAULT_BINS, log_bins
         from crscale.io.catalogue_store import read_table
