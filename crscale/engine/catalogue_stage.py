@@ -35,6 +35,7 @@ from crscale.engine.cluster import client_or_new
 from crscale.engine.outcomes import StageOutcomes
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables, table_file
+from crscale.io.dq import ExcludedView, convention_for
 from crscale.io.errors import ArchiveError, describe
 
 #: Exposures submitted at a time per worker thread: the scheduler is never starved, and an
@@ -113,7 +114,7 @@ def catalogue_detector_task(
         group["image"],
         group["mask"],
         background=group["clean"] if "clean" in arrays else None,
-        dq=group["dq"] if "dq" in arrays else None,
+        dq=ExcludedView(group["dq"], convention_for(exposure_attrs, attrs)) if "dq" in arrays else None,
         gain=physics.gain,
         saturation=attrs.get("saturation"),
         rules=rules,

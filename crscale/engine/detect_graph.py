@@ -16,6 +16,7 @@ import numpy as np
 from crscale import config
 from crscale.engine.blocks import BLOCK_DTYPE, DetectSettings, block_chunks, detect_block, write_block
 from crscale.io.archive import Archive
+from crscale.io.dq import DQConvention, convention_for
 from crscale.io.errors import ArchiveError
 
 #: The arrays the detection stage writes next to each detector's image.
@@ -34,6 +35,8 @@ class DetectorPlan:
     gain: float
     readnoise: float | None
     saturation: float | None
+    #: What the detector's DQ values mean (a prior CR flag is not a bad pixel).
+    dq_convention: DQConvention | None = None
 
     @property
     def n_blocks(self) -> int:
@@ -94,6 +97,7 @@ def plan_exposure(archive: Archive, exposure_id: str, target: Sequence[int], hal
         When a detector has no readable ``image`` array.
     """
     plans = []
+    exposure_attrs = archive.exposure_attrs(exposure_id)
     for det in archive.detectors(exposure_id):
         path = f"exposures/{exposure_id}/{det}"
         try:
@@ -116,6 +120,7 @@ def plan_exposure(archive: Archive, exposure_id: str, target: Sequence[int], hal
                 gain=float(gain),
                 readnoise=attrs.get("readnoise"),
                 saturation=attrs.get("saturation"),
+                dq_convention=convention_for(exposure_attrs, dict(attrs)),
             )
         )
     if not plans:
@@ -142,6 +147,8 @@ def detector_stats(archive_path: str, exposure_id: str, plans: list[DetectorPlan
         step = stats_step(p.shape)
         sample = group["image"][::step, ::step]
         dq = group["dq"][::step, ::step] if p.has_dq else None
+        if dq is not None and p.dq_convention is not None:
+            dq = p.dq_convention.excluded(dq)
         bad = bad_pixel_mask(sample, dq, p.saturation)
         if bad.all():
             raise ValueError(
@@ -181,7 +188,10 @@ def exposure_graph(
         image = da.from_zarr(archive_path, component=f"{base}/image", chunks=p.chunks)
         arrays = [image]
         if p.has_dq:
-            arrays.append(da.from_zarr(archive_path, component=f"{base}/dq", chunks=p.chunks))
+            dq = da.from_zarr(archive_path, component=f"{base}/dq", chunks=p.chunks)
+            if p.dq_convention is not None:
+                dq = dq.map_blocks(p.dq_convention.excluded, dtype=np.uint8)
+            arrays.append(dq)
         label = f"exposure {exposure_id!r}, detector {p.name!r}"
         names = OUTPUTS if settings.inpaint else OUTPUTS[:2]
         targets = {n: zarr.open_array(store=archive_path, path=f"{base}/{n}", mode="r+") for n in names}
@@ -190,7 +200,8 @@ def exposure_graph(
             blocks = da.map_overlap(
                 detect_block,
                 *arrays,
-                depth=halo,
+                # An axis of one block has no neighbour to overlap (and may be shorter than the halo).
+                depth={axis: halo if len(sizes) > 1 else 0 for axis, sizes in enumerate(p.chunks)},
                 boundary="none",
                 trim=True,
                 dtype=BLOCK_DTYPE,
