@@ -349,7 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
         "per image, threshold scan) and report.md to --out. See docs/evaluation.md.",
     )
     p.add_argument("images", nargs="+", metavar="IMAGES", help="FITS images or directories")
-    p.add_argument("--masks", nargs="+", metavar="MASKS", help="CR mask FITS files or directories")
+    p.add_argument(
+        "--masks",
+        nargs="+",
+        metavar="MASKS",
+        help="CR mask FITS files or directories; or 'pipeline': the CR flags the images' own "
+        "pipeline left in their DQ planes (DECam CP code 5, HST DQ 4096/8192, BANZAI BPM 8) are the "
+        "truth, which measures agreement with the pipeline",
+    )
     p.add_argument("--out", "-o", required=True, help="report folder (created; files replaced)")
     p.add_argument(
         "--model",

@@ -92,3 +92,18 @@ def test_user_conventions_override_and_extend():
         load_conventions([{"name": "broken", "kind": "bits", "bad": [3]}])
     with pytest.raises(ValueError, match="kind must be one of"):
         load_conventions([{"name": "x", "kind": "flags"}])
+
+
+def test_evaluate_against_the_pipelines_own_cr_flags(tmp_path):
+    from crscale.evaluate.api import evaluate
+
+    report = evaluate([DECAM], ["pipeline"], tmp_path / "ev", baselines=(), progress=False,
+                      log=lambda _msg: None)
+    data = report.run["data"]
+    assert data["mode"] == "pipeline" and data["n_cr_pixels"] == 177 and data["n_pixels"] == 251 * 245
+    m = report.metrics["crscale:crscale-default"]
+    assert m["n_cr_pixels"] == 177 and m["tpr"] > 0.2 and m["fdr"] < 0.1  # crscale finds the CP's CR
+    said: list[str] = []
+    with pytest.raises(ValueError, match="no usable image"):
+        evaluate([GMOS], ["pipeline"], None, baselines=(), progress=False, log=said.append)
+    assert any("no DQ plane with pipeline CR flags" in m and "'generic'" in m for m in said), said

@@ -15,12 +15,10 @@ identifies what went in, so a re-run skips files that are up to date.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,16 @@ from crscale._version import __version__
 from crscale.io.archive import Archive
 from crscale.io.dq import DQConvention, convention_for
 from crscale.io.errors import ArchiveError, InputError
+from crscale.io.fits_hdus import (
+    checksummed,
+    commit_hdul,
+    find_plane,
+    image_hdu,
+    new_extension,
+    open_fits,
+    plane_data,
+    wcs_cards,
+)
 from crscale.io.fits_reader import sha256_file
 
 PIXELS = ("original", "clean")
@@ -50,10 +58,7 @@ KEYWORDS = {
     "CRSFLAGS": "where CRs are flagged: native or crmask",
     "CRSKEY": "digest of this file's inputs",
 }
-_CHECKSUM_NOTE = "crscale write-fits"
 _NAME_OK = re.compile(r"[^A-Za-z0-9._+\-]+")
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -113,25 +118,6 @@ def output_path(outdir: str | Path, name: str) -> Path:
     return target
 
 
-def commit_hdul(hdul: fits.HDUList, target: Path) -> int:
-    """Write an HDU list to ``target`` atomically (temporary file, then rename); return bytes.
-
-    The one place write-fits touches the output store.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh, warnings.catch_warnings():
-            warnings.simplefilter("ignore", AstropyUserWarning)
-            hdul.writeto(fh, output_verify="silentfix", checksum=False)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; products are ordinary files
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return target.stat().st_size
-
-
 def products_key(
     source_sha: str, provenance: Provenance, options: WriteOptions, conventions: list[str]
 ) -> str:
@@ -150,96 +136,16 @@ def products_key(
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _open(path: str, **kwargs: Any) -> fits.HDUList:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AstropyUserWarning)
-        hdul = fits.open(path, memmap=False, **kwargs)
-        for hdu in hdul:  # parse every header now, while non-standard cards' warnings are muted
-            hdu.header  # noqa: B018
-        return hdul
-
-
 def _up_to_date(targets: list[Path], key: str) -> bool:
     for t in targets:
         try:
-            if fits.getval(t, "CRSKEY", ext=0) != key:
-                return False
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AstropyUserWarning)
+                if fits.getval(t, "CRSKEY", ext=0) != key:
+                    return False
         except (OSError, KeyError):
             return False
     return True
-
-
-def _checksummed(new: Any, old_header: fits.Header) -> Any:
-    """Recompute CHECKSUM/DATASUM where the source had them (deterministic comment)."""
-    if "CHECKSUM" in old_header or "DATASUM" in old_header:
-        new.add_checksum(when=_CHECKSUM_NOTE)
-    return new
-
-
-def _image_hdu(index: int, data: np.ndarray, header: fits.Header, raw: Any) -> Any:
-    """An HDU of the source's kind (primary, image, tile-compressed) holding new pixels."""
-    header = header.copy()
-    if np.issubdtype(data.dtype, np.floating):
-        for key in ("BZERO", "BSCALE", "BLANK"):
-            header.remove(key, ignore_missing=True)
-    if raw.header.get("ZIMAGE"):
-        rh = raw.header
-        naxis = int(rh.get("ZNAXIS", data.ndim))
-        tiles = tuple(int(rh.get(f"ZTILE{i}", 0)) for i in range(naxis, 0, -1))
-        kwargs: dict[str, Any] = {"compression_type": str(rh.get("ZCMPTYPE", "RICE_1")).strip()}
-        if all(tiles):
-            kwargs["tile_shape"] = tiles
-        if np.issubdtype(data.dtype, np.floating):
-            quant = rh.get("ZQUANTIZ", "NO_DITHER")
-            kwargs["quantize_method"] = {"NO_DITHER": -1, "SUBTRACTIVE_DITHER_1": 1,
-                                         "SUBTRACTIVE_DITHER_2": 2}.get(str(quant).strip(), -1)
-            kwargs["dither_seed"] = int(rh.get("ZDITHER0", 0))
-            # The source's quantisation level is not recorded in FITS; 16 is fpack's default.
-            kwargs["quantize_level"] = 16.0
-        return fits.CompImageHDU(data=data, header=header, **kwargs)
-    if index == 0:
-        return fits.PrimaryHDU(data=data, header=header)
-    return fits.ImageHDU(data=data, header=header)
-
-
-def _new_extension(data: np.ndarray, header: fits.Header, compressed: bool) -> Any:
-    if not compressed:
-        return fits.ImageHDU(data=data, header=header)
-    kind = "RICE_1" if np.issubdtype(data.dtype, np.integer) else "GZIP_2"
-    return fits.CompImageHDU(data=data, header=header, compression_type=kind, quantize_level=0.0)
-
-
-def _find_plane(hdul: fits.HDUList, extname: str, extver: int | None, n_science: int) -> int | None:
-    extname = extname.upper()
-    hits = [i for i, h in enumerate(hdul) if str(h.header.get("EXTNAME", "")).strip().upper() == extname]
-    same = [i for i in hits if hdul[i].header.get("EXTVER", 1) == (extver if extver is not None else 1)]
-    if len(same) == 1:
-        return same[0]
-    return hits[0] if len(hits) == 1 and n_science == 1 else None
-
-
-def _plane_data(hdul_dec: fits.HDUList, index: int, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels of a DQ plane; an empty (NAXIS=0) HST plane is expanded from NPIX1/NPIX2/PIXVALUE."""
-    hdu = hdul_dec[index]
-    if hdu.data is not None:
-        data = np.asarray(hdu.data)
-        return data.astype(data.dtype.newbyteorder("="))
-    h = hdu.header
-    ny, nx = int(h.get("NPIX2", shape[0])), int(h.get("NPIX1", shape[1]))
-    if (ny, nx) != tuple(shape):
-        raise InputError("", f"HDU #{index}: empty plane of {ny}x{nx}, image is {shape[0]}x{shape[1]}")
-    dtype = {8: np.uint8, 16: np.int16, 32: np.int32}.get(int(h.get("BITPIX", 16)), np.int16)
-    return np.full((ny, nx), h.get("PIXVALUE", 0), dtype=dtype)
-
-
-def _wcs_cards(header: fits.Header) -> fits.Header:
-    out = fits.Header()
-    pattern = re.compile(r"^(WCSAXES|CTYPE\d|CRPIX\d|CRVAL\d|CDELT\d|CUNIT\d|CD\d_\d|PC\d_\d|PV\d_\d+|"
-                         r"CROTA\d|RADESYS|EQUINOX|LONPOLE|LATPOLE|[AB]P?_(ORDER|\d_\d))$")
-    for card in header.cards:
-        if pattern.match(card.keyword):
-            out.append(card)
-    return out
 
 
 def _hdu_label(attrs: dict[str, Any]) -> str:
@@ -299,7 +205,7 @@ def build_products(
     history: list[str] = []
     appended: list[Any] = []
     companion: dict[int, Any] = {}
-    notes: list[str] = []
+    unflagged: dict[str, list[str]] = {}
     n_total = 0
     for p in plans:
         a, idx = p.attrs, int(p.attrs["hdu_index"])
@@ -308,10 +214,10 @@ def build_products(
         label = _hdu_label(a)
         if options.pixels == "clean":
             clean = np.asarray(archive.root[f"exposures/{exposure_id}/{p.name}/clean"][...], np.float32)
-            hdu = _image_hdu(idx, clean, dec[idx].header, raw[idx])
+            hdu = image_hdu(idx, clean, dec[idx].header, raw[idx])
             hdu.header["CRSPIXEL"] = ("clean", KEYWORDS["CRSPIXEL"])
             hdu.header["HISTORY"] = f"crscale {__version__}: {n_cr} CR pixels inpainted"
-            out[idx] = _checksummed(hdu, dec[idx].header)
+            out[idx] = checksummed(hdu, dec[idx].header)
         where = None
         conv = p.convention
         if options.flags == "native" and conv.flag_plane == "companion" and src.get("dq_path"):
@@ -320,34 +226,34 @@ def build_products(
                 companion[int(m.group(1))] = p
                 where = f"code {conv.flag_value} in {os.path.basename(src['dq_path'])}[{m.group(1)}]"
         elif options.flags == "native" and conv.flag_plane:
-            j = _find_plane(raw, conv.flag_plane, a.get("extver"), len(plans))
+            j = find_plane(raw, conv.flag_plane, a.get("extver"), len(plans))
             if j is not None:
-                data = _plane_data(dec, j, p.mask.shape)
+                data = plane_data(dec, j, p.mask.shape)
                 if data.shape != p.mask.shape:
                     raise InputError(src["path"], f"HDU #{j}: DQ plane {data.shape} vs image {p.mask.shape}")
-                hdu = _image_hdu(j, conv.flag(data, p.mask), dec[j].header, raw[j])
+                hdu = image_hdu(j, conv.flag(data, p.mask), dec[j].header, raw[j])
                 hdu.header["CRSNPIX"] = (n_cr, "CR pixels flagged by crscale")
                 hdu.header["HISTORY"] = f"crscale {__version__}: {n_cr} CR pixels flagged ({conv.name})"
-                out[j] = _checksummed(hdu, dec[j].header)
+                out[j] = checksummed(hdu, dec[j].header)
                 where = f"{'bit' if conv.kind == 'bits' else 'code'} {conv.flag_value} in HDU {j}"
         if where is None:
             if options.flags == "native" and conv.flag_plane:
-                notes.append(f"{label}: no {conv.flag_plane} plane to flag in ({conv.name}); CRMASK written")
-            hdr = _wcs_cards(dec[idx].header)
+                unflagged.setdefault(f"no {conv.flag_plane} plane ({conv.name} convention)", []).append(label)
+            hdr = wcs_cards(dec[idx].header)
             hdr["EXTNAME"] = "CRMASK"
             hdr["EXTVER"] = a.get("extver") if a.get("extver") is not None else 1
             hdr["CRSSRC"] = (label, "science HDU")
             hdr["CRSNPIX"] = (n_cr, "CR pixels (1)")
-            appended.append(_new_extension(p.mask.astype(np.uint8), hdr, compressed))
+            appended.append(new_extension(p.mask.astype(np.uint8), hdr, compressed))
             where = f"CRMASK,{hdr['EXTVER']}"
         history.append(f"crscale: {label} (HDU {idx}): {n_cr} CR pixels; flags: {where}")
         if options.prob:
             prob = np.asarray(archive.root[f"exposures/{exposure_id}/{p.name}/prob"][...], np.float32)
-            hdr = _wcs_cards(dec[idx].header)
+            hdr = wcs_cards(dec[idx].header)
             hdr["EXTNAME"] = "CRPROB"
             hdr["EXTVER"] = a.get("extver") if a.get("extver") is not None else 1
             hdr["CRSSRC"] = (label, "science HDU")
-            appended.append(_new_extension(prob, hdr, compressed))
+            appended.append(new_extension(prob, hdr, compressed))
     primary = out[0]
     ph = primary.header
     values = {
@@ -369,25 +275,26 @@ def build_products(
     )
     for line in history:
         ph["HISTORY"] = line
-    out[0] = _checksummed(primary, raw[0].header)
+    out[0] = checksummed(primary, raw[0].header)
+    notes = [f"{why}: CRMASK for {', '.join(labels)}" for why, labels in unflagged.items()]
     return fits.HDUList(out + appended), companion, notes
 
 
 def write_companion(dq_path: str, target: Path, parts: dict[int, Any], key: str) -> int:
     """The DQ companion with crscale's CRs in it (codes set only where the code was 0)."""
-    with _open(dq_path, do_not_scale_image_data=True, disable_image_compression=True) as raw, \
-            _open(dq_path) as dec:
+    with open_fits(dq_path, do_not_scale_image_data=True, disable_image_compression=True) as raw, \
+            open_fits(dq_path) as dec:
         out = list(raw)
         for j, p in parts.items():
-            data = _plane_data(dec, j, p.mask.shape)
-            hdu = _image_hdu(j, p.convention.flag(data, p.mask), dec[j].header, raw[j])
+            data = plane_data(dec, j, p.mask.shape)
+            hdu = image_hdu(j, p.convention.flag(data, p.mask), dec[j].header, raw[j])
             hdu.header["CRSNPIX"] = (int(np.count_nonzero(p.mask)), "CR pixels found by crscale")
             hdu.header["HISTORY"] = f"crscale {__version__}: code {p.convention.flag_value} set at CRs"
-            out[j] = _checksummed(hdu, dec[j].header)
+            out[j] = checksummed(hdu, dec[j].header)
         primary = out[0]
         primary.header["CRSVERS"] = (__version__, KEYWORDS["CRSVERS"])
         primary.header["CRSKEY"] = (key, KEYWORDS["CRSKEY"])
-        out[0] = _checksummed(primary, raw[0].header)
+        out[0] = checksummed(primary, raw[0].header)
         return commit_hdul(fits.HDUList(out), target)
 
 
@@ -455,8 +362,8 @@ def write_exposure(
     n_cr = sum(int(np.count_nonzero(p.mask)) for p in plans)
     if not force and _up_to_date(targets, key):
         return FitsOutcome(exposure_id, "skipped", [str(t) for t in targets], "up to date", n_cr_pixels=n_cr)
-    with _open(src["path"], do_not_scale_image_data=True, disable_image_compression=True) as raw, \
-            _open(src["path"]) as dec:
+    with open_fits(src["path"], do_not_scale_image_data=True, disable_image_compression=True) as raw, \
+            open_fits(src["path"]) as dec:
         hdul, companion, notes = build_products(
             archive, exposure_id, plans, options, provenance, key, raw, dec
         )
