@@ -48,9 +48,11 @@ def _add_ingest_args(p: argparse.ArgumentParser, *, inputs_required: bool) -> No
         nargs="+" if inputs_required else "*",
         metavar="INPUT",
         help="FITS files, directories (searched recursively), glob patterns ('raw/**/*.fz'), "
-        "or manifests (@list.txt: one file per line, optional dq=PATH weight=PATH)",
+        "or manifests (@list.txt: one file per line, optional dq=PATH weight=PATH); "
+        "each may be an fsspec URL (s3://bucket/raw/, 's3://bucket/raw/*.fits.fz', https://...)",
     )
-    p.add_argument("--archive", "-a", required=True, help="the Zarr archive (created if missing)")
+    p.add_argument("--archive", "-a", required=True,
+                   help="the Zarr archive (created if missing): a folder or a URL (s3://bucket/survey.zarr)")
     p.add_argument("--force", action="store_true", help="redo files whose SHA-256 is already in the archive")
     _add_cluster_args(p)
     p.add_argument(
@@ -98,7 +100,7 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_archive_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("archive", help="the Zarr archive")
+    p.add_argument("archive", help="the Zarr archive (a folder or a URL, s3://bucket/survey.zarr)")
     p.add_argument(
         "--exposure",
         "-e",
@@ -286,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "catalogue; the format follows OUT's suffix (.fits, .ecsv, .csv, .parquet). Units and "
         "column descriptions travel with FITS and ECSV.",
     )
-    p.add_argument("archive", help="the Zarr archive")
+    p.add_argument("archive", help="the Zarr archive (a folder or a URL, s3://bucket/survey.zarr)")
     p.add_argument("out", help="output file")
     p.add_argument("--table", choices=("crs", "exposures"), default="crs", help="which table (default crs)")
     p.add_argument(
@@ -307,9 +309,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print a readable summary of an archive: exposures, "
         "stages, guessed metadata, warnings and failures.",
     )
-    p.add_argument("archive", help="the Zarr archive")
+    p.add_argument("archive", help="the Zarr archive (a folder or a URL, s3://bucket/survey.zarr)")
     p.add_argument("--exposure", "-e", help="details of one exposure")
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
+
+    p = sub.add_parser(
+        "dashboard",
+        help="serve the live dashboard of the job on an archive (a web page)",
+        description="Serve a live dashboard of the crscale job on ARCHIVE (Bokeh): progress per "
+        "stage with rates and ETAs, throughput, workers, failures, CR rates and classes as the "
+        "catalogue fills, and the Dask dashboard link. It reads only the archive and its job "
+        "record, so it can be started before, during or after a job. Stop it with Ctrl-C.",
+    )
+    p.add_argument("archive", help="the Zarr archive (it need not exist yet)")
+    p.add_argument("--port", type=int, default=0, help="port to serve on (default: a free one)")
+    p.add_argument("--address", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--every", type=float, default=2.0, metavar="S",
+                   help="seconds between updates (default 2)")
+    p.add_argument("--no-scheduler", action="store_true",
+                   help="do not ask the job's Dask scheduler for its workers")
+    p.add_argument("--allow-origin", action="append", metavar="HOST[:PORT]",
+                   help="another host the page may be loaded from, e.g. a reverse proxy (repeatable; "
+                   "127.0.0.1 and localhost are always allowed)")
 
     sub.add_parser("sample-data", help="print the folder of the bundled real sample data")
 
@@ -535,8 +557,9 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     from crscale.catalog.plots import write_plots
     from crscale.catalog.stats import exposure_rates, summarise
     from crscale.engine.cluster import dask_client
+    from crscale.io.storage import is_url, location
 
-    archive = Path(args.archive)
+    archive = location(args.archive) if is_url(args.archive) else Path(args.archive)
 
     def aggregate() -> tuple[Any, Any]:
         with dask_client(args.scheduler, n_workers=args.workers, echo=None):
@@ -551,6 +574,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     print(stats.format_table())
     if not args.no_plots:
         default = archive.with_name(archive.name.removesuffix(".zarr") + "-stats")
+        if not isinstance(default, Path):  # an archive on object storage: plots go to ./NAME-stats
+            default = Path(default.name)
         folder = Path(args.plots) if args.plots else default
         paths = write_plots(stats, rates, folder)
         print(f"plots: {len(paths)} PNG file(s) in {folder}: {', '.join(p.name for p in paths)}")
@@ -591,6 +616,23 @@ def _cmd_job_script(args: argparse.Namespace) -> int:
     if status is not None:
         return status
     print(text, end="")
+    return EXIT_OK
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from crscale.monitor import dashboard
+
+    if args.every <= 0 or not 0 <= args.port < 65536:
+        print("crscale: --every must be positive and --port within 0-65535", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        server = dashboard(args.archive, port=args.port, address=args.address, every=args.every,
+                           scheduler=not args.no_scheduler, allow_origin=args.allow_origin)
+    except OSError as exc:
+        print(f"crscale: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"crscale dashboard of {server.archive}: {server.url} (Ctrl-C stops it)", flush=True)
+    server.wait()
     return EXIT_OK
 
 
@@ -908,6 +950,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    from crscale.interrupts import handle_signals
+
+    # SIGTERM (a batch job's walltime), SIGHUP and Ctrl-C: the same clean stop, exit 130.
+    try:
+        with handle_signals():
+            return _main(args)
+    except KeyboardInterrupt:
+        print(_INTERRUPTED, file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(args: argparse.Namespace) -> int:
     overrides = {}
     if getattr(args, "cluster", None):
         overrides["crscale.cluster.kind"] = args.cluster
@@ -944,6 +998,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "models": _cmd_models,
         "evaluate": _cmd_evaluate,
         "write-fits": _cmd_write_fits,
+        "dashboard": _cmd_dashboard,
     }
     if args.command in commands:
         return commands[args.command](args)

@@ -15,6 +15,7 @@ as CI artefacts; the notebooks in the repository are never written.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -131,7 +132,14 @@ def check_monitoring(nb: nbformat.NotebookNode, archive: Path | None) -> None:
     arch = Archive(archive)
     assert len(catalogued) == len(arch.exposure_ids()) == 6
     assert rows == len(read_table(archive, "exposures")) == sum(len(arch.detectors(e)) for e in catalogued)
-    assert n_images(nb) >= 1
+    # The dashboard: served, shown in the notebook, and showing what the archive holds at the end.
+    assert "HTTP 200" in text
+    assert any("<iframe" in o.get("data", {}).get("text/html", "") for o in outputs(nb))
+    shown = re.search(r"dashboard counts: (\{.*\})", text).group(1)
+    assert shown == re.search(r"archive counts: +(\{.*\})", text).group(1)
+    progress = archive_progress(archive)
+    assert ast.literal_eval(shown) == {k: v for k, v in progress.items() if k != "unreadable"}
+    assert "dashboard: job finished" in text
 
 
 def check_study(nb: nbformat.NotebookNode, archive: Path | None) -> None:

@@ -30,6 +30,7 @@ import pandas as pd
 
 from crscale.io.catalogue_schema import CLASSES
 from crscale.io.catalogue_store import rates_dataset, read_table_dask
+from crscale.io.storage import is_url
 
 #: Quantities of the CR table that are histogrammed, with their units.
 CR_QUANTITIES: dict[str, str] = {"n_pixels": "pix", "length": "pix", "energy_ev": "eV"}
@@ -502,7 +503,7 @@ def summarise(
             "rate", "cm-2 s-1", edges["rate"], rows.loc[rows["instrument"] == name, "row_rate"]
         )
     return CatalogueStats(
-        archive=str(Path(archive)),
+        archive=str(archive) if is_url(archive) else str(Path(archive)),
         instruments=instruments,
         total=total,
         n_cr=cr["n_cr"],

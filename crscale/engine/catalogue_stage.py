@@ -32,11 +32,12 @@ from typing import Any
 from crscale.catalog.morphology import MorphologyRules
 from crscale.catalog.profiles import DetectorPhysics, detector_physics, load_profiles
 from crscale.engine.cluster import client_or_new
-from crscale.engine.outcomes import StageOutcomes
+from crscale.engine.outcomes import StageOutcomes, abandon
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables, table_file
 from crscale.io.dq import ExcludedView, convention_for
 from crscale.io.errors import ArchiveError, describe
+from crscale.io.storage import zarr_options
 
 #: Exposures submitted at a time per worker thread: the scheduler is never starved, and an
 #: archive of any size never becomes one huge graph.
@@ -104,7 +105,10 @@ def catalogue_detector_task(
     from crscale.catalog.detector import catalogue_detector
     from crscale.catalog.rates import exposure_row
 
-    group = zarr.open_group(f"{archive}/exposures/{exposure_id}/{detector}", mode="r", zarr_format=3)
+    group = zarr.open_group(
+        f"{archive}/exposures/{exposure_id}/{detector}", mode="r", zarr_format=3,
+        storage_options=zarr_options(archive),
+    )
     attrs = dict(group.attrs)
     arrays = set(group.array_keys())
     if "mask" not in arrays:
@@ -347,6 +351,10 @@ def _run(
             bar.update(1)
             while ac.count() < limit and submit():
                 pass
+    except BaseException as exc:
+        # Interrupted (a signal, Ctrl-C) or failing here: nothing may stay `running`.
+        abandon(cl, ac.futures, arch, "catalogue", set(started) - set(results), exc)
+        raise
     finally:
         bar.close()
 

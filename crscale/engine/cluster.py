@@ -10,7 +10,7 @@ from typing import Any
 import dask.config
 from distributed import Client, LocalCluster
 
-from crscale import config
+from crscale import config, interrupts
 from crscale.io.errors import CrscaleError
 
 
@@ -205,13 +205,16 @@ def dask_client(
             yield client
         return
     n_gpus = count_gpus() if gpus is None else gpus
+    # Local workers ignore SIGINT/SIGTERM/SIGHUP: the client handles them (crscale.interrupts).
+    preload = {"distributed.worker.preload": interrupts.worker_preload(dask.config)}
     if n_gpus > 0:
-        cluster = gpu_local_cluster(n_gpus)
+        with dask.config.set(preload):
+            cluster = gpu_local_cluster(n_gpus)
         description = f"{n_gpus} GPU worker(s), one per GPU"
     else:
         kwargs = local_cluster_kwargs(n_workers)
         with dask.config.set(
-            {"distributed.nanny.pre-spawn-environ": _thread_environ(kwargs["threads_per_worker"])}
+            {"distributed.nanny.pre-spawn-environ": _thread_environ(kwargs["threads_per_worker"]), **preload}
         ):
             cluster = LocalCluster(**kwargs)
         description = f"{kwargs['n_workers']} workers x {kwargs['threads_per_worker']} thread(s)"

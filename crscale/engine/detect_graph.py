@@ -18,6 +18,7 @@ from crscale.engine.blocks import BLOCK_DTYPE, DetectSettings, block_chunks, det
 from crscale.io.archive import Archive
 from crscale.io.dq import DQConvention, convention_for
 from crscale.io.errors import ArchiveError
+from crscale.io.storage import zarr_options
 
 #: The arrays the detection stage writes next to each detector's image.
 OUTPUTS = ("prob", "mask", "clean")
@@ -140,7 +141,7 @@ def detector_stats(archive_path: str, exposure_id: str, plans: list[DetectorPlan
     from crscale.detection.badpix import bad_pixel_mask
     from crscale.detection.normalise import stats_from_sample, stats_step, with_noise_floor
 
-    root = zarr.open_group(store=archive_path, mode="r")
+    root = zarr.open_group(store=archive_path, mode="r", storage_options=zarr_options(archive_path))
     out = {}
     for p in plans:
         group = root[f"exposures/{exposure_id}/{p.name}"]
@@ -185,16 +186,22 @@ def exposure_graph(
     counts = []
     for p in plans:
         base = f"exposures/{exposure_id}/{p.name}"
-        image = da.from_zarr(archive_path, component=f"{base}/image", chunks=p.chunks)
+        options = zarr_options(archive_path)
+        image = da.from_zarr(
+            archive_path, component=f"{base}/image", chunks=p.chunks, storage_options=options
+        )
         arrays = [image]
         if p.has_dq:
-            dq = da.from_zarr(archive_path, component=f"{base}/dq", chunks=p.chunks)
+            dq = da.from_zarr(archive_path, component=f"{base}/dq", chunks=p.chunks, storage_options=options)
             if p.dq_convention is not None:
                 dq = dq.map_blocks(p.dq_convention.excluded, dtype=np.uint8)
             arrays.append(dq)
         label = f"exposure {exposure_id!r}, detector {p.name!r}"
         names = OUTPUTS if settings.inpaint else OUTPUTS[:2]
-        targets = {n: zarr.open_array(store=archive_path, path=f"{base}/{n}", mode="r+") for n in names}
+        targets = {
+            n: zarr.open_array(store=archive_path, path=f"{base}/{n}", mode="r+", storage_options=options)
+            for n in names
+        }
         annotation = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
         with annotation:
             blocks = da.map_overlap(

@@ -44,7 +44,7 @@ from crscale.engine.detect_graph import (
     plan_exposure,
     remove_outputs,
 )
-from crscale.engine.outcomes import StageOutcomes
+from crscale.engine.outcomes import StageOutcomes, abandon
 from crscale.engine.plugin import ModelPlugin
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables
@@ -302,9 +302,11 @@ def _run(
     state: dict[str, tuple[str, str, list[DetectorPlan], float]] = {}  # future key -> phase
     stats_of: dict[str, Any] = {}  # exposure id -> its detectors' statistics, while in flight
     in_flight = 0
+    running: set[str] = set()  # exposures whose status is `running`
     path = str(arch.path)
 
     def fail(eid: str, plans: list[DetectorPlan], message: str, kind: str, started: float) -> None:
+        running.discard(eid)
         remove_outputs(arch, eid, plans)
         arch.record_exposure_failure(eid, "detect", message, kind)
         results[eid] = ExposureDetection(
@@ -339,72 +341,79 @@ def _run(
             bar.add_blocks(n)
             ac.add(future)
 
-    refill()
-    for future in ac:
-        phase, eid, plans, started = state.pop(future.key)
-        n_blocks = sum(p.n_blocks for p in plans)
-        try:
-            value = future.result()
-        except Exception as exc:
-            in_flight -= n_blocks
-            stats_of.pop(eid, None)
-            fail(eid, plans, f"exposure {eid!r}: {describe(exc)}", "error", started)
-            refill()
-            continue
-        finally:
-            future.release()
-        if phase == "stats":
+    try:
+        refill()
+        for future in ac:
+            phase, eid, plans, started = state.pop(future.key)
+            n_blocks = sum(p.n_blocks for p in plans)
             try:
-                arch.set_status(eid, "detect", "running")  # outputs are about to be overwritten
-                remove_exposure_tables(arch.path, eid)  # rows of the old mask must not outlive it
-                create_outputs(arch, eid, plans, settings, prob_dtype)
-                graph = exposure_graph(
-                    path, eid, plans, value, settings, halo, gpu=gpu, prob_dtype=prob_dtype
-                )
+                value = future.result()
             except Exception as exc:
                 in_flight -= n_blocks
+                stats_of.pop(eid, None)
+                fail(eid, plans, f"exposure {eid!r}: {describe(exc)}", "error", started)
+                refill()
+                continue
+            finally:
+                future.release()
+            if phase == "stats":
+                try:
+                    arch.set_status(eid, "detect", "running")  # outputs are about to be overwritten
+                    running.add(eid)
+                    remove_exposure_tables(arch.path, eid)  # rows of the old mask must not outlive it
+                    create_outputs(arch, eid, plans, settings, prob_dtype)
+                    graph = exposure_graph(
+                        path, eid, plans, value, settings, halo, gpu=gpu, prob_dtype=prob_dtype
+                    )
+                except Exception as exc:
+                    in_flight -= n_blocks
+                    fail(
+                        eid,
+                        plans,
+                        f"exposure {eid!r}: cannot start detection: {describe(exc)}",
+                        "archive",
+                        started,
+                    )
+                    refill()
+                    continue
+                # Unoptimised on GPU clusters: blockwise fusion drops the GPU annotations.
+                nxt = cl.compute(graph, optimize_graph=not gpu)
+                state[nxt.key] = ("blocks", eid, plans, started)
+                stats_of[eid] = value
+                ac.add(nxt)
+                continue
+            in_flight -= n_blocks
+            try:
+                _finish_exposure(
+                    arch, eid, plans, stats_of.pop(eid), [int(c) for c in value], settings, halo, started
+                )
+            except Exception as exc:
                 fail(
                     eid,
                     plans,
-                    f"exposure {eid!r}: cannot start detection: {describe(exc)}",
+                    f"exposure {eid!r}: cannot record the results: {describe(exc)}",
                     "archive",
                     started,
                 )
-                refill()
-                continue
-            # Unoptimised on GPU clusters: blockwise fusion drops the GPU annotations.
-            nxt = cl.compute(graph, optimize_graph=not gpu)
-            state[nxt.key] = ("blocks", eid, plans, started)
-            stats_of[eid] = value
-            ac.add(nxt)
-            continue
-        in_flight -= n_blocks
-        try:
-            _finish_exposure(
-                arch, eid, plans, stats_of.pop(eid), [int(c) for c in value], settings, halo, started
-            )
-        except Exception as exc:
-            fail(
-                eid,
-                plans,
-                f"exposure {eid!r}: cannot record the results: {describe(exc)}",
-                "archive",
-                started,
-            )
-        else:
-            results[eid] = ExposureDetection(
-                eid,
-                "done",
-                "",
-                len(plans),
-                sum(p.shape[0] * p.shape[1] for p in plans),
-                int(sum(value)),
-                n_blocks,
-                time.perf_counter() - started,
-            )
-            bar.exposure_done()
-        refill()
+            else:
+                running.discard(eid)
+                results[eid] = ExposureDetection(
+                    eid,
+                    "done",
+                    "",
+                    len(plans),
+                    sum(p.shape[0] * p.shape[1] for p in plans),
+                    int(sum(value)),
+                    n_blocks,
+                    time.perf_counter() - started,
+                )
+                bar.exposure_done()
+            refill()
 
+    except BaseException as exc:
+        # Interrupted (a signal, Ctrl-C) or failing here: nothing may stay `running`.
+        abandon(cl, ac.futures, arch, "detect", running, exc)
+        raise
 
 def _finish_exposure(
     arch: Archive,

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from crscale.io import storage
 from crscale.io.archive import JOBS_GROUP, Archive, utcnow
 from crscale.io.errors import CrscaleError
 
@@ -25,13 +26,16 @@ JOB_FILE = "current.json"
 
 
 def job_path(archive: str | Path) -> Path:
-    """Path of the job record of ``archive``."""
-    return Path(archive).absolute() / JOBS_GROUP / JOB_FILE
+    """Path of the job record of ``archive`` (a :class:`~crscale.io.storage.RemotePath` for a URL)."""
+    return storage.location(archive) / JOBS_GROUP / JOB_FILE
 
 
 def write_job(archive: str | Path, record: dict[str, Any]) -> Path:
     """Write the job record of ``archive`` atomically (readers never see half a file)."""
     path = job_path(archive)
+    if storage.is_url(path):
+        path.write_text(json.dumps(record, indent=2) + "\n")  # one PUT: whole or not at all
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{JOB_FILE}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
@@ -93,7 +97,7 @@ def job_record(
     # Monitoring is a convenience: an archive that cannot be opened or created fails in the
     # stages themselves, with their messages, not here. Only ingest creates an archive.
     try:
-        if "ingest" in stages or (Path(archive) / "zarr.json").exists():
+        if "ingest" in stages or (storage.location(archive) / "zarr.json").exists():
             Archive(archive, "a")  # creates the archive, or the jobs/ group of an older one
             write_job(archive, record)
     except (CrscaleError, OSError):

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -37,6 +36,7 @@ from zarr.codecs import BloscCodec
 
 from crscale import config
 from crscale._version import __version__
+from crscale.io import storage
 from crscale.io.errors import ArchiveError
 from crscale.io.fits_reader import DetectorData, Exposure
 
@@ -118,12 +118,13 @@ def image_storage_dtype(image: np.ndarray, policy: str) -> tuple[np.dtype, str |
 
 
 class Archive:
-    """A crscale archive on local disk.
+    """A crscale archive on local disk or on object storage.
 
     Parameters
     ----------
     path : str or Path
-        The archive directory (``*.zarr``).
+        The archive directory (``*.zarr``), or an fsspec URL (``s3://bucket/survey.zarr``;
+        see :mod:`crscale.io.storage`).
     mode : {"r", "a"}
         ``"r"`` opens an existing archive read-only; ``"a"`` opens or creates it.
 
@@ -134,7 +135,7 @@ class Archive:
     """
 
     def __init__(self, path: str | Path, mode: str = "r") -> None:
-        self.path = Path(path).absolute()
+        self.path = storage.location(path)
         self.mode = mode
         if mode not in ("r", "a"):
             raise ValueError("mode must be 'r' or 'a'")
@@ -143,7 +144,10 @@ class Archive:
             raise ArchiveError(f"{self.path}: no crscale archive here (no zarr.json)")
         if exists:
             try:
-                self.root = zarr.open_group(store=str(self.path), mode="r" if mode == "r" else "r+")
+                self.root = zarr.open_group(
+                    store=str(self.path), mode="r" if mode == "r" else "r+",
+                    storage_options=storage.zarr_options(self.path),
+                )
             except Exception as exc:  # zarr raises several types for unreadable metadata
                 raise ArchiveError(f"{self.path}: cannot open as a Zarr v3 group ({exc})") from exc
             fmt = self.root.attrs.get("crscale_format")
@@ -160,7 +164,9 @@ class Archive:
                 )
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.root = zarr.open_group(store=str(self.path), mode="a", zarr_format=3)
+            self.root = zarr.open_group(
+                store=str(self.path), mode="a", zarr_format=3, storage_options=storage.zarr_options(self.path)
+            )
             self.root.attrs.update(
                 {
                     "crscale_format": FORMAT_VERSION,
@@ -269,7 +275,10 @@ class Archive:
         group = f"exposures/{exposure_id}/{detector}"
         if group not in self.root:
             raise KeyError(f"no detector {detector!r} in exposure {exposure_id!r} of {self.path}")
-        return xr.open_zarr(str(self.path), group=group, consolidated=False, zarr_format=3)
+        return xr.open_zarr(
+            str(self.path), group=group, consolidated=False, zarr_format=3,
+            storage_options=storage.zarr_options(self.path),
+        )
 
     def status(self, exposure_id: str) -> dict[str, Any]:
         """Per-stage status of one exposure (``{"ingest": {"state": "done", ...}}``)."""
@@ -315,9 +324,9 @@ class Archive:
                 if name == _TRASH:
                     home = self.path / "exposures" / child.name.rsplit("-", 1)[0]
                     if not home.exists():
-                        os.replace(child, home)
+                        storage.replace(child, home)
                         continue
-                shutil.rmtree(child, ignore_errors=True)
+                storage.rmtree(child)
         return handled
 
     def note_format(self) -> None:
@@ -421,7 +430,7 @@ class Archive:
         self._require_writable()
         key = _failure_key(path, stage)
         if f"failures/{key}" in self.root:
-            shutil.rmtree(self.path / "failures" / key, ignore_errors=True)
+            storage.rmtree(self.path / "failures" / key)
 
     def write_exposure(
         self,
@@ -476,7 +485,10 @@ class Archive:
         staging_name = f"{eid}-{token}"
         staging_dir = self.path / _STAGING / staging_name
         try:
-            group = zarr.open_group(store=str(staging_dir), mode="w", zarr_format=3)
+            group = zarr.open_group(
+                store=str(staging_dir), mode="w", zarr_format=3,
+                storage_options=storage.zarr_options(staging_dir),
+            )
             warnings_out = list(exposure.all_warnings)
             for det in exposure.detectors:
                 warnings_out.extend(
@@ -487,7 +499,7 @@ class Archive:
                 "exposure_id": eid,
                 "source": {
                     "path": exposure.path,
-                    "name": os.path.basename(exposure.path),
+                    "name": os.path.basename(str(exposure.path).rstrip("/")),
                     "sha256": exposure.sha256,
                     "size": exposure.size,
                     "dq_path": exposure.dq_path,
@@ -599,20 +611,24 @@ class Archive:
         )
         arr[...] = data
 
-    def _move_into_place(self, staging_dir: Path, final: Path) -> None:
-        """Rename a finished staging group into ``exposures/``, keeping any old copy until then."""
+    def _move_into_place(self, staging_dir: Any, final: Any) -> None:
+        """Rename a finished staging group into ``exposures/``, keeping any old copy until then.
+
+        On object storage the "rename" copies the objects, the group's ``zarr.json`` last
+        (:func:`crscale.io.storage.replace`).
+        """
         trash_dir = None
         if final.exists():
             trash_dir = self.path / _TRASH / f"{final.name}-{uuid.uuid4().hex[:12]}"
-            os.replace(final, trash_dir)
+            storage.replace(final, trash_dir)
         try:
-            os.replace(staging_dir, final)
+            storage.replace(staging_dir, final)
         except OSError:
             if trash_dir is not None:
-                os.replace(trash_dir, final)
+                storage.replace(trash_dir, final)
             raise
         if trash_dir is not None:
-            shutil.rmtree(trash_dir, ignore_errors=True)
+            storage.rmtree(trash_dir)
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> dict[str, Any]:
@@ -658,7 +674,7 @@ class Archive:
             "n_exposures": len(rows),
             "n_detectors": n_det,
             "n_pixels": n_pix,
-            "disk_bytes": _du(self.path),
+            "disk_bytes": storage.du(self.path),
             "exposures": rows,
             "failures": self.failures(),
             "n_staging_leftovers": sum(1 for c in staging.iterdir() if c.is_dir())
@@ -667,30 +683,20 @@ class Archive:
         }
 
 
-def _remove_staging(folder: Path) -> None:
+def _remove_staging(folder: Any) -> None:
     # A chunk write still in flight in zarr's I/O threads can re-create part of the folder
     # just after it is removed; look again briefly. A later ingest removes any remnant.
     for _ in range(5):
-        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            storage.rmtree(folder)
         time.sleep(0.05)
         if not folder.exists():
             return
 
 
 def _failure_key(path: str, stage: str) -> str:
-    digest = hashlib.sha1(f"{stage}:{os.path.abspath(path)}".encode()).hexdigest()[:16]
+    digest = hashlib.sha1(f"{stage}:{storage.normalize(path)}".encode()).hexdigest()[:16]
     return f"{stage}-{digest}"
-
-
-def _du(path: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
-    return total
 
 
 def dumps_summary(summary: dict[str, Any]) -> str:

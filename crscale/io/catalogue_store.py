@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from crscale.io import storage
 from crscale.io.catalogue_schema import CR_SCHEMA, EXPOSURE_SCHEMA
 from crscale.io.errors import ArchiveError
 
@@ -43,9 +44,14 @@ _WRITE_OPTIONS: dict[str, Any] = {
 }
 
 
+def _loc(path: str | os.PathLike) -> Any:
+    # Local paths stay as given (relative ones too), URLs become RemotePath.
+    return storage.location(path) if storage.is_url(path) else Path(path)
+
+
 def catalogue_dir(archive: str | os.PathLike) -> Path:
-    """Folder of the catalogue inside an archive."""
-    return Path(archive) / "catalogue"
+    """Folder of the catalogue inside an archive (a :class:`~crscale.io.storage.RemotePath` for a URL)."""
+    return _loc(archive) / "catalogue"
 
 
 def table_dir(archive: str | os.PathLike, table: str) -> Path:
@@ -88,6 +94,13 @@ def as_table(rows: dict[str, Any] | Sequence[dict[str, Any]], table: str) -> pa.
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:
+    if storage.is_url(path):
+        # An object store has no rename, and needs none: an uploaded object appears whole
+        # when its upload completes, or not at all.
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, **_WRITE_OPTIONS)
+        path.write_bytes(sink.getvalue().to_pybytes())
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -129,8 +142,11 @@ def remove_exposure_tables(archive: str | os.PathLike, exposure_id: str) -> bool
     """Delete one exposure's rows (exposure table first). Returns True when something was removed."""
     removed = False
     for name in ("exposures", "crs"):
+        path = table_file(archive, name, exposure_id)
+        if storage.is_url(path) and not path.exists():
+            continue  # deleting a missing object is no error on S3: say nothing was removed
         with contextlib.suppress(FileNotFoundError):
-            table_file(archive, name, exposure_id).unlink()
+            path.unlink()
             removed = True
     return removed
 
@@ -148,12 +164,15 @@ def _files(archive: str | os.PathLike, table: str, exposures: Sequence[str] | No
     ids = catalogued_exposures(archive)
     if not ids:
         raise ArchiveError(
-            f"{Path(archive)}: no catalogue yet (run `crscale catalogue {Path(archive)}` first)"
+            f"{_loc(archive)}: no catalogue yet "
+            f"(run `crscale catalogue {_loc(archive)}` first)"
         )
     if exposures is not None:
         unknown = sorted(set(exposures) - set(ids))
         if unknown:
-            raise ArchiveError(f"{Path(archive)}: no catalogue rows for exposure(s) {', '.join(unknown)}")
+            raise ArchiveError(
+                f"{_loc(archive)}: no catalogue rows for exposure(s) {', '.join(unknown)}"
+            )
         ids = [e for e in ids if e in set(exposures)]
     return [str(folder / f"{e}.parquet") for e in ids]
 
@@ -163,7 +182,8 @@ def _read_arrow(
 ) -> pa.Table:
     """Rows of these files; a damaged file is an ArchiveError that names it and the way out."""
     try:
-        return pads.dataset(files, schema=TABLES[table], format="parquet").to_table(
+        fs, paths = storage.arrow_filesystem(files)
+        return pads.dataset(paths, schema=TABLES[table], format="parquet", filesystem=fs).to_table(
             columns=columns, filter=filter
         )
     except (pa.ArrowInvalid, OSError) as exc:
@@ -251,7 +271,7 @@ def read_table_dask(
     groups: list[list[str]] = [[]]
     size = 0
     for f in files:
-        n = os.path.getsize(f)
+        n = _loc(f).stat().st_size
         if groups[-1] and size + n > partition_bytes:
             groups.append([])
             size = 0
@@ -330,7 +350,7 @@ def rates_dataset(
             ds[v].attrs["units"] = units[v]
     ds["rate"].attrs.update(units="cm-2 s-1", long_name="CR rate")
     ds["rate_err"].attrs.update(units="cm-2 s-1", long_name="Poisson error of the CR rate")
-    ds.attrs.update(archive=str(Path(archive)), per=per)
+    ds.attrs.update(archive=str(_loc(archive)), per=per)
     return ds
 
 
@@ -387,7 +407,7 @@ def export_table(
             column.unit = meta["unit"]
         column.description = meta.get("doc", "")
     tab.meta["CRTABLE"] = table
-    tab.meta["ARCHIVE"] = str(Path(archive))
+    tab.meta["ARCHIVE"] = str(_loc(archive))
     with warnings.catch_warnings():
         # FITS has no 'electron' unit: it stays in the header as TUNITn all the same.
         warnings.filterwarnings("ignore", message=".*could not be saved in native FITS format.*")

@@ -21,6 +21,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 from crscale import config
+from crscale.io import storage
 from crscale.io.errors import InputError
 from crscale.io.metadata import DetectorMeta, extract_metadata, header_to_json
 
@@ -130,7 +131,9 @@ def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
     Parameters
     ----------
     path : str or Path
-        File to hash.
+        File to hash, or an fsspec URL (``s3://bucket/raw/x.fits``): its bytes are streamed
+        from the store, ``block`` at a time, and hashed as they arrive (nothing is written
+        to local disk).
     block : int
         Read size in bytes.
 
@@ -140,7 +143,7 @@ def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
         64 hexadecimal digits.
     """
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with storage.open_input(os.fspath(path), "rb", block_size=block) as fh:
         while chunk := fh.read(block):
             h.update(chunk)
     return h.hexdigest()
@@ -216,7 +219,8 @@ def _check_complete(path: str, hdul: fits.HDUList, caught: Iterable[warnings.War
                 f"truncated or corrupt FITS file ({first} {detail})".strip(),
                 kind="truncated",
             )
-    size = os.path.getsize(path)
+    info = storage.input_info(path)
+    size = info["size"] if info else 0
     if path.lower().endswith(".gz"):
         return  # the on-disk size of a gzip file says nothing about the FITS size
     last = hdul[-1].fileinfo()
@@ -236,7 +240,13 @@ def _open(path: str) -> tuple[fits.HDUList, list[warnings.WarningMessage]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            hdul = fits.open(path, memmap=False, lazy_load_hdus=False, checksum=True)
+            if storage.is_url(path):
+                # Read through fsspec: headers and data sections are fetched as astropy
+                # seeks to them, never copied to a local file first.
+                hdul = fits.open(path, memmap=False, lazy_load_hdus=False, checksum=True,
+                                 use_fsspec=True, fsspec_kwargs=storage.storage_options(path))
+            else:
+                hdul = fits.open(path, memmap=False, lazy_load_hdus=False, checksum=True)
         except OSError as exc:
             raise InputError(path, f"not a readable FITS file ({exc})", kind="corrupt") from exc
         except (ValueError, TypeError, KeyError, IndexError) as exc:
@@ -359,7 +369,7 @@ def _read_companion(
     kind: str,
 ) -> None:
     """Read a companion file (DQ or weight) and attach its planes to the detectors."""
-    if not os.path.exists(comp_path):
+    if storage.input_info(comp_path) is None:
         raise InputError(comp_path, f"{kind} file does not exist", kind="missing")
     hdul, caught = _open(comp_path)
     with hdul:
@@ -425,7 +435,8 @@ def read_exposure(
     Parameters
     ----------
     path : str or Path
-        The FITS file (plain, ``.fz`` tile-compressed or ``.gz``).
+        The FITS file (plain, ``.fz`` tile-compressed or ``.gz``), a local path or an fsspec
+        URL (``s3://``, ``gs://``, ``https://``; see :mod:`crscale.io.storage`).
     dq_path : str or Path, optional
         A separate data-quality / bad-pixel file; its 2-D planes are matched to the
         science HDUs by EXTNAME/EXTVER, then by order.
@@ -456,12 +467,13 @@ def read_exposure(
         The file is missing, not FITS, truncated, has no 2-D image, or has an image
         with no finite pixel. The message names the file and the problem.
     """
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.exists(path):
+    path = storage.normalize(path)
+    info = storage.input_info(path)
+    if info is None:
         raise InputError(path, "file does not exist", kind="missing")
-    if os.path.isdir(path):
+    if info["type"] == "directory":
         raise InputError(path, "is a directory, not a FITS file", kind="invalid")
-    size = os.path.getsize(path)
+    size = info["size"]
     if size == 0:
         raise InputError(path, "empty file (0 bytes)", kind="corrupt")
     dq_names = {n.upper() for n in (dq_extnames or config.get("ingest.dq_extnames"))}
@@ -547,9 +559,9 @@ def read_exposure(
         primary_json = header_to_json(primary)
 
     if dq_path is not None:
-        _read_companion(os.path.abspath(os.fspath(dq_path)), detectors, "dq")
+        _read_companion(storage.normalize(dq_path), detectors, "dq")
     if weight_path is not None:
-        _read_companion(os.path.abspath(os.fspath(weight_path)), detectors, "weight")
+        _read_companion(storage.normalize(weight_path), detectors, "weight")
 
     return Exposure(
         path=path,
@@ -558,7 +570,7 @@ def read_exposure(
         size=size,
         primary_header=primary_json,
         detectors=detectors,
-        dq_path=os.path.abspath(os.fspath(dq_path)) if dq_path is not None else None,
-        weight_path=os.path.abspath(os.fspath(weight_path)) if weight_path is not None else None,
+        dq_path=storage.normalize(dq_path) if dq_path is not None else None,
+        weight_path=storage.normalize(weight_path) if weight_path is not None else None,
         warnings=file_warnings,
     )

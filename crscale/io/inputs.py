@@ -1,4 +1,9 @@
-"""Turn command-line inputs (files, directories, glob patterns, manifests) into FITS files."""
+"""Turn command-line inputs (files, directories, glob patterns, manifests) into FITS files.
+
+Each may also be an fsspec URL (``s3://bucket/raw/``, ``s3://bucket/raw/**/*.fits.fz``,
+``https://host/x.fits``): a URL prefix is listed recursively like a directory and a URL
+glob is expanded on its store (:mod:`crscale.io.storage`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from crscale import config
+from crscale.io import storage
 
 MANIFEST_SUFFIXES = (".txt", ".lst", ".list", ".manifest")
 _GLOB_CHARS = set("*?[")
@@ -59,6 +65,43 @@ def _walk(folder: str, patterns: Sequence[str]) -> list[str]:
     return found
 
 
+def _walk_url(folder: str, patterns: Sequence[str]) -> list[str]:
+    fs, key = storage.filesystem(folder)
+    head = folder[: folder.index("://") + 3]
+    found = []
+    for hit in sorted(fs.find(key)):
+        parts = hit[len(key):].strip("/").split("/")
+        if any(p.startswith(".") or p.endswith(".zarr") for p in parts[:-1]):
+            continue  # the same folders _walk skips: hidden ones and archives
+        if any(fnmatch.fnmatch(parts[-1].lower(), p.lower()) for p in patterns):
+            found.append(head + hit)
+    return found
+
+
+def _add_url(item: str, patterns: Sequence[str]) -> tuple[list[str], InputProblem | None]:
+    """Files named by a URL: one object, every match of a glob, or every pattern match below a prefix."""
+    fs, key = storage.filesystem(item)
+    head = item[: item.index("://") + 3]
+    try:
+        if _GLOB_CHARS & set(key) and not fs.exists(key):
+            files = []
+            for hit in sorted(fs.glob(key)):
+                url = head + hit
+                files.extend(_walk_url(url, patterns) if fs.isdir(hit) else [url])
+            return files, None if files else InputProblem(item, "pattern matched no file")
+        if fs.isdir(key):
+            files = _walk_url(item, patterns)
+            problem = None if files else InputProblem(
+                item, f"prefix holds no file matching {list(patterns)}", kind="no-image"
+            )
+            return files, problem
+        if fs.exists(key):
+            return [item], None
+    except (OSError, ValueError) as exc:  # no such bucket, denied, unreachable endpoint
+        return [], InputProblem(item, f"cannot list ({exc})", kind="unreadable")
+    return [], InputProblem(item, "file does not exist")
+
+
 def _read_manifest(path: str) -> tuple[list[tuple[str, str | None, str | None]], list[InputProblem]]:
     entries: list[tuple[str, str | None, str | None]] = []
     problems: list[InputProblem] = []
@@ -86,17 +129,21 @@ def _read_manifest(path: str) -> tuple[list[tuple[str, str | None, str | None]],
                                  "(expected dq=PATH or weight=PATH)", kind="invalid")
                 )
         def resolve(p: str | None) -> str | None:
-            return None if p is None else os.path.join(base, os.path.expanduser(p))
+            if p is None or storage.is_url(p):
+                return p
+            return os.path.join(base, os.path.expanduser(p))
         entries.append((resolve(image), resolve(dq), resolve(weight)))
     return entries, problems
 
 
 def _companion(path: str, rules: Iterable[Sequence[str]]) -> str | None:
-    folder, name = os.path.split(path)
+    url = storage.is_url(path)
+    folder, name = path.rsplit("/", 1) if url else os.path.split(path)
     for src, dst in rules:
         if src in name:
-            candidate = os.path.join(folder, name.replace(src, dst, 1))
-            if os.path.isfile(candidate):
+            candidate = (f"{folder}/" if url else os.path.join(folder, "")) + name.replace(src, dst, 1)
+            info = storage.input_info(candidate)
+            if info is not None and info["type"] == "file":
                 return candidate
     return None
 
@@ -138,6 +185,15 @@ def expand_inputs(
     named: list[tuple[str, str | None, str | None]] = []  # image, dq, weight
 
     def add(item: str, dq: str | None = None, weight: str | None = None) -> None:
+        if storage.is_url(item):
+            files, problem = _add_url(item, patterns)
+            if problem is not None:
+                problems.append(problem)
+            if files == [item]:
+                named.append((item, dq, weight))
+            else:
+                named.extend((f, None, None) for f in files)
+            return
         expanded = os.path.expanduser(item)
         if _GLOB_CHARS & set(expanded) and not os.path.exists(expanded):
             hits = sorted(glob.glob(expanded, recursive=True))
@@ -178,7 +234,7 @@ def expand_inputs(
     specs: list[InputSpec] = []
     seen: set[str] = set()
     for path, dq, weight in named:
-        real = os.path.realpath(path)
+        real = _real(path)
         if real in seen:
             continue
         seen.add(real)
@@ -186,11 +242,15 @@ def expand_inputs(
         weight = weight or _companion(path, companions.get("weight", []))
         specs.append(
             InputSpec(
-                os.path.abspath(path),
-                os.path.abspath(dq) if dq else None,
-                os.path.abspath(weight) if weight else None,
+                storage.normalize(path),
+                storage.normalize(dq) if dq else None,
+                storage.normalize(weight) if weight else None,
             )
         )
-    taken = {os.path.realpath(p) for s in specs for p in (s.dq_path, s.weight_path) if p}
-    specs = [s for s in specs if os.path.realpath(s.path) not in taken]
+    taken = {_real(p) for s in specs for p in (s.dq_path, s.weight_path) if p}
+    specs = [s for s in specs if _real(s.path) not in taken]
     return specs, problems
+
+
+def _real(path: str) -> str:
+    return path if storage.is_url(path) else os.path.realpath(path)

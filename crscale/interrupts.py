@@ -1,0 +1,93 @@
+"""Signals: SIGTERM and SIGHUP end a command the way Ctrl-C does.
+
+A batch system ends a job at its walltime (or on ``scancel``) with SIGTERM, and a closed terminal
+sends SIGHUP. :func:`handle_signals` turns both, and SIGINT, into :class:`Interrupted` (a
+:class:`KeyboardInterrupt`) raised in the main thread, so that every command cancels its work the
+same way: in-flight exposures are marked ``interrupted`` (never left ``running``), the cluster is
+closed, and the CLI prints the re-run message and exits 130.
+
+The Dask worker processes of a local cluster ignore these signals (:func:`dask_setup`, loaded as
+a worker preload): a signal sent to the whole process group (Ctrl-C in a terminal, SLURM
+signalling every process of a job step) reaches the client, which cancels the tasks and closes
+the workers, instead of killing workers mid-task with a traceback each. A worker whose parent
+dies still exits (distributed closes it when the pipe to its nanny closes).
+
+Only the standard library is imported here: the CLI installs the handlers before it imports
+the heavy layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+#: Signals handled like Ctrl-C.
+SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A command was asked to stop by a signal.
+
+    Parameters
+    ----------
+    signum : int
+        The signal received.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        super().__init__(f"{signal.Signals(self.signum).name} received")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.signum,))
+
+
+@contextlib.contextmanager
+def handle_signals() -> Iterator[None]:
+    """Raise :class:`Interrupted` in the main thread on SIGINT, SIGTERM or SIGHUP.
+
+    Only the first signal raises: later ones (a batch system repeating SIGTERM, a second
+    Ctrl-C) are ignored so that they cannot abort the clean-up the first one started. The
+    previous handlers are restored on exit. Outside the main thread this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, _frame: Any) -> None:
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        # Workers cancelled and closed on purpose are not news: keep the terminal to the message.
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def worker_preload(config: Any) -> list[str]:
+    """The ``distributed.worker.preload`` list with this module added (for local clusters)."""
+    current = config.get("distributed.worker.preload", []) or []
+    current = [current] if isinstance(current, str) else list(current)
+    return current if __name__ in current else [*current, __name__]
+
+
+def dask_setup(worker: Any) -> None:
+    """Worker preload: ignore the signals that the client handles (see the module notes)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)

@@ -1,0 +1,64 @@
+"""SIGTERM / SIGHUP / SIGINT: a real `crscale run` process sent a real signal stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from crscale.interrupts import Interrupted, handle_signals
+from crscale.io.archive import Archive
+from tests.conftest import FZ
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def _detect_state(path: Path) -> str | None:
+    try:
+        return Archive(path).status("banzai_test_frame").get("detect", {}).get("state")
+    except Exception:  # not created yet, or being written
+        return None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT])
+def test_handle_signals_raises_once_and_restores(signum):
+    before = signal.getsignal(signum)
+    with pytest.raises(KeyboardInterrupt) as info, handle_signals():
+        os.kill(os.getpid(), signum)
+        time.sleep(1)
+    assert isinstance(info.value, Interrupted) and info.value.signum == signum
+    assert signal.getsignal(signum) is before
+
+
+def test_sigterm_during_detect_exits_130_and_rerun_finishes(tmp_path):
+    archive = tmp_path / "a.zarr"
+    cmd = [sys.executable, "-m", "crscale.cli", "run", str(FZ), "--archive", str(archive),
+           "--stages", "ingest,detect", "--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while _detect_state(archive) != "running":  # the blocks are being computed now
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # what a batch system sends at the walltime
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted" in err and "re-run the same command" in err
+    assert "Traceback" not in err and "leaked semaphore" not in err, err
+    status = Archive(archive).status("banzai_test_frame")
+    assert status["ingest"]["state"] == "done"
+    assert status["detect"]["state"] == "interrupted"  # never left `running`
+    assert "SIGTERM" in status["detect"]["message"]
+
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    status = Archive(archive).status("banzai_test_frame")
+    assert status["detect"]["state"] == "done" and status["detect"]["n_cr_pixels"] > 0
