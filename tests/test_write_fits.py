@@ -21,6 +21,10 @@ from crscale.io.errors import InputError
 from crscale.io.fits_writer import output_path, safe_name
 from crscale.io.inputs import InputSpec
 
+# The module's fixture detects 2.7 Mpix of real images once; on a shared, loaded machine that
+# alone can take minutes.
+pytestmark = pytest.mark.timeout(900)
+
 RECOMPUTED = {"CHECKSUM", "DATASUM"}  # recomputed where the source had them (headers changed)
 STRUCTURAL = {"BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND"}
 
