@@ -212,6 +212,9 @@ def main() -> None:  # noqa: D103
     ap.add_argument("--rate", type=float, default=None, help="injected CRs per pixel (default ITL 1,500 s)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-deepcr", action="store_true", help="skip the pip deepCR baseline")
+    ap.add_argument("--methods", default=None,
+                    help="comma-separated subset of model-auto, model-f32, model-compiled, dc-auto, dc-f32, "
+                         "deepcr (default: all)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     # Internal: one method in a child process.
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -252,6 +255,9 @@ def main() -> None:  # noqa: D103
         why_not = "skipped (--no-deepcr)" if args.no_deepcr else _deepcr_available()
         if why_not is None:
             methods["deepcr"] = ("deepcr", f"deepCR {DEEPCR_MODEL} (pip, patch=1024)", "-", "float32")
+        if args.methods:
+            keep = set(args.methods.split(","))
+            methods = {k: v for k, v in methods.items() if k in keep}
         results: dict[str, dict] = {}
         for key, (kind, label, spec, precision) in methods.items():
             r = results[key] = spawn(kind, image_path, tmp / key, args, spec, precision)
@@ -279,7 +285,7 @@ def main() -> None:  # noqa: D103
         print()
         for low, high, label in (("model-auto", "model-f32", f"crscale {short}"),
                                  ("dc-auto", "dc-f32", f"crscale deepcr:{DEEPCR_MODEL}")):
-            a, b = results[low], results[high]
+            a, b = results.get(low, {}), results.get(high, {})
             if "mask" not in a or "mask" not in b:
                 continue
             agree = float(np.mean(a["mask"] == b["mask"]))
@@ -299,7 +305,7 @@ def main() -> None:  # noqa: D103
         seam &= ~edge
         theirs = results.get("deepcr", {}).get("mask")
         for key in ("dc-f32", "dc-auto"):
-            ours = results[key]
+            ours = results.get(key, {})
             if theirs is None or "mask" not in ours:
                 continue
             differ = (ours["mask"] != theirs).reshape(side, side)

@@ -28,6 +28,38 @@ def _chunks(text: str) -> list[int]:
     return parts
 
 
+#: The smallest --chunks side: one file per chunk, so tiny chunks make millions of files.
+MIN_CHUNK_SIDE = 16
+
+
+def _storage_chunks(text: str) -> list[int]:
+    parts = _chunks(text)
+    if min(parts) < MIN_CHUNK_SIDE:
+        raise argparse.ArgumentTypeError(
+            f"chunks of {parts[0]}x{parts[1]} px store one file per {parts[0] * parts[1]} px "
+            f"(a 4k x 4k image would become {-(-4096 // parts[0]) * -(-4096 // parts[1]):,} files); "
+            f"use at least {MIN_CHUNK_SIDE} px a side (default 1024)"
+        )
+    return parts
+
+
+def _workers(text: str) -> int:
+    import os
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    limit = max(8, 4 * cores)
+    if not 1 <= n <= limit:
+        raise argparse.ArgumentTypeError(
+            f"{n} worker processes: give 1 to {limit} ({cores} core(s) here; each worker is a "
+            "process holding the model)"
+        )
+    return n
+
+
 def _float_list(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
@@ -57,7 +89,7 @@ def _add_ingest_args(p: argparse.ArgumentParser, *, inputs_required: bool) -> No
     _add_cluster_args(p)
     p.add_argument(
         "--chunks",
-        type=_chunks,
+        type=_storage_chunks,
         metavar="NY,NX",
         help="Zarr chunk shape (default from config: crscale.archive.chunks)",
     )
@@ -83,7 +115,7 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
         help="use a running Dask scheduler (address or scheduler-file.json) instead "
         "of starting a LocalCluster",
     )
-    p.add_argument("--workers", type=int, metavar="N", help="LocalCluster worker processes")
+    p.add_argument("--workers", type=_workers, metavar="N", help="LocalCluster worker processes")
     p.add_argument(
         "--cluster",
         choices=("local", "slurm", "pbs", "lsf", "sge"),
@@ -312,6 +344,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive", help="the Zarr archive (a folder or a URL, s3://bucket/survey.zarr)")
     p.add_argument("--exposure", "-e", help="details of one exposure")
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
+
+    p = sub.add_parser(
+        "verify",
+        help="scrub an archive: every chunk of every array against its integrity record",
+        description="Check every stored chunk of every array of the archive (or of the exposures "
+        "given): present where the array records every chunk as stored, and decodable (crc32c "
+        "checksum, compression); and the arrays each finished stage promises. Reports per "
+        "exposure, marks the stages of damaged exposures 'damaged' (so that re-running them "
+        "redoes exactly those), prints the commands that repair them, and exits 1 on damage.",
+    )
+    _add_archive_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable JSON")
+    p.add_argument(
+        "--no-mark", dest="mark", action="store_false", help="only report: leave the statuses alone"
+    )
 
     p = sub.add_parser(
         "dashboard",
@@ -556,13 +603,13 @@ def _cmd_catalogue(args: argparse.Namespace) -> int:
 def _cmd_stats(args: argparse.Namespace) -> int:
     from crscale.catalog.plots import write_plots
     from crscale.catalog.stats import exposure_rates, summarise
-    from crscale.engine.cluster import dask_client
+    from crscale.engine.cluster import client_or_new
     from crscale.io.storage import is_url, location
 
     archive = location(args.archive) if is_url(args.archive) else Path(args.archive)
 
     def aggregate() -> tuple[Any, Any]:
-        with dask_client(args.scheduler, n_workers=args.workers, echo=None):
+        with client_or_new(None, args.scheduler, n_workers=args.workers, echo=None):
             stats = summarise(archive, exposures=args.exposures)
             rates = None if args.no_plots else exposure_rates(archive, exposures=args.exposures)
         return stats, rates
@@ -572,15 +619,19 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         return status
     stats, rates = result
     print(stats.format_table())
-    if not args.no_plots:
-        default = archive.with_name(archive.name.removesuffix(".zarr") + "-stats")
-        if not isinstance(default, Path):  # an archive on object storage: plots go to ./NAME-stats
-            default = Path(default.name)
-        folder = Path(args.plots) if args.plots else default
-        paths = write_plots(stats, rates, folder)
-        print(f"plots: {len(paths)} PNG file(s) in {folder}: {', '.join(p.name for p in paths)}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(stats.to_dict(), indent=2))
+    try:
+        if not args.no_plots:
+            default = archive.with_name(archive.name.removesuffix(".zarr") + "-stats")
+            if not isinstance(default, Path):  # an archive on object storage: plots go to ./NAME-stats
+                default = Path(default.name)
+            folder = Path(args.plots) if args.plots else default
+            paths = write_plots(stats, rates, folder)
+            print(f"plots: {len(paths)} PNG file(s) in {folder}: {', '.join(p.name for p in paths)}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(stats.to_dict(), indent=2))
+    except OSError as exc:  # a plots folder that is a file, a JSON path in no folder ...
+        print(f"crscale stats: cannot write {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -837,6 +888,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from crscale.io.verify import verify_archive
+
+    report, status = _guarded("verify", lambda: verify_archive(args.archive, args.exposures, mark=args.mark))
+    if status is not None:
+        return status
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from crscale.io.errors import InputError
     from crscale.train import TrainConfig, train
@@ -959,6 +1020,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(_INTERRUPTED, file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`crscale info A | head`): not an error of crscale's. Point
+        # stdout at /dev/null so that the interpreter's final flush cannot fail again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -994,6 +1062,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "stats": _cmd_stats,
         "export": _cmd_export,
         "info": _cmd_info,
+        "verify": _cmd_verify,
         "train": _cmd_train,
         "models": _cmd_models,
         "evaluate": _cmd_evaluate,

@@ -85,8 +85,18 @@ def worker_preload(config: Any) -> list[str]:
     return current if __name__ in current else [*current, __name__]
 
 
+def _not_a_task_failure(record: logging.LogRecord) -> bool:
+    # crscale reports every failed task itself, naming the exposure: the worker's own
+    # "Compute Failed" record, with its traceback, would only come first and repeat it.
+    return not str(record.msg).startswith("Compute Failed")
+
+
 def dask_setup(worker: Any) -> None:
-    """Worker preload: ignore the signals that the client handles (see the module notes)."""
+    """Worker preload: ignore the signals that the client handles (see the module notes).
+
+    It also leaves the reporting of failed tasks to the client.
+    """
+    logging.getLogger("distributed.worker").addFilter(_not_a_task_failure)
     if threading.current_thread() is not threading.main_thread():
         return
     for s in SIGNALS:

@@ -47,7 +47,7 @@ def test_layout_attrs_and_xarray_view(tmp_path):
     meta = json.loads((tmp_path / "a.zarr/exposures/mef_raw_test_frame/SCI_3/image/zarr.json")
                       .read_text())
     assert meta["zarr_format"] == 3
-    assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc"]
+    assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc", "crc32c"]
     assert meta["dimension_names"] == ["y", "x"]
 
 

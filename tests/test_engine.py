@@ -21,7 +21,8 @@ from conftest import DECAM, DECAM_DQ, EMMI, GMOS, MEF, SAAO
 from crscale.engine.blocks import axis_chunks, block_chunks, engine_halo
 from crscale.engine.detect_stage import detect_archive
 from crscale.engine.ingest import ingest
-from crscale.io.archive import Archive
+from crscale.io import integrity
+from crscale.io.archive import FORMAT_VERSION, Archive
 from crscale.io.dq import convention_for
 from crscale.io.inputs import InputSpec
 
@@ -154,7 +155,7 @@ def test_a_rerun_skips_and_force_redoes_with_identical_output(client, reference,
     report = detect_archive(copy, client=client, precision="float32", block=SMALL_BLOCK, progress=False,
                             echo=None, force=True, exposures=[gmos])
     assert report.counts() == {"done": 1, "skipped": 0, "failed": 0}
-    assert Archive(copy).format_version == "1.2"  # raised to this crscale's format before writing
+    assert Archive(copy).format_version == FORMAT_VERSION  # raised to this crscale's format before writing
     _assert_identical(copy, reference)
     # The block shape does not change the result (other blocks, other cuts).
     report = detect_archive(copy, client=client, precision="float32", block=[61 * 5, 53 * 3],
@@ -210,7 +211,8 @@ def test_corrupt_exposure_is_recorded_and_the_rest_complete(client, ingested, tm
     gmos = next(e for e in ids if e.startswith("gmos"))  # unreadable exposure metadata
     (path / "exposures" / gmos / "zarr.json").write_text("{not json")
     decam = next(e for e in ids if e.startswith("c4d"))  # every pixel NaN
-    Archive(path, mode="a").root[f"exposures/{decam}/{arch.detectors(decam)[0]}/image"][:] = np.nan
+    nan_image = Archive(path, mode="a").root[f"exposures/{decam}/{arch.detectors(decam)[0]}/image"]
+    integrity.for_writing(nan_image)[:] = np.nan  # stored, as the integrity record promises
     bad = (saao, emmi, gmos, decam)
 
     res = subprocess.run(

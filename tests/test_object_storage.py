@@ -218,11 +218,24 @@ def test_storage_options_from_dask_config(runs, s3, monkeypatch):
         if key != "AWS_DEFAULT_REGION":
             monkeypatch.delenv(key)
     options = {"endpoint_url": s3["env"]["AWS_ENDPOINT_URL"], "key": "crscale-test", "secret": "crscale-test"}
-    with dask.config.set({"crscale.storage.s3": options}):
-        assert storage.storage_options(runs["remote"])["endpoint_url"] == options["endpoint_url"]
-        arch = Archive(runs["remote"])
-        assert arch.exposure_ids() == ["c4d_170316_062107_ooi_z_ls9.N2", "gmos"]
-        assert len(read_table(runs["remote"], "crs")) == len(read_table(runs["local"], "crs"))
+    client = s3["client"]
+    names = [k for k in s3["env"] if k != "AWS_DEFAULT_REGION"]
+    # The workers lose the variables too: what they know of the store must come from the client.
+    saved = client.run(lambda: {k: os.environ.pop(k) for k in names})
+    try:
+        with dask.config.set({"crscale.storage.s3": options}):
+            assert storage.storage_options(runs["remote"])["endpoint_url"] == options["endpoint_url"]
+            arch = Archive(runs["remote"])
+            assert arch.exposure_ids() == ["c4d_170316_062107_ooi_z_ls9.N2", "gmos"]
+            assert len(read_table(runs["remote"], "crs")) == len(read_table(runs["local"], "crs"))
+            # A stage on the workers: they read the masks and write Parquet with the shipped settings.
+            report = catalogue_archive(runs["remote"], client=client, force=True, progress=False,
+                                       echo=None, exposures=["c4d_170316_062107_ooi_z_ls9.N2"])
+            assert report.ok and report.counts()["done"] == 1, report.summary()
+        seen = client.run(lambda: dict(dask.config.get("crscale.storage.s3")))
+        assert all(v["endpoint_url"] == options["endpoint_url"] for v in seen.values())
+    finally:
+        client.run(lambda: os.environ.update(next(iter(saved.values()))))
 
 
 def test_forced_reingest_and_staging_leftovers_on_the_bucket(runs, s3):
@@ -281,3 +294,39 @@ def test_remote_fz_gz_and_multi_extension_files_read_as_local(s3):
     fs.pipe_file(f"{BUCKET}/more/cut.fits", MEF.read_bytes()[:-100_000])
     with pytest.raises(InputError, match=f"s3://{BUCKET}/more/cut.fits: .*FITS"):
         read_exposure(f"s3://{BUCKET}/more/cut.fits")
+
+
+def test_inputs_over_http_read_as_local():
+    """https:// (here http:// on localhost) inputs: found, companions included, read as local files."""
+    import functools
+    import http.server
+    import threading
+
+    from conftest import IMAGES
+    from crscale.io.fits_reader import read_exposure, sha256_file
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # fsspec closes connections once it has the bytes it asked for
+
+    server = Server(("127.0.0.1", 0), functools.partial(Quiet, directory=str(IMAGES)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        specs, problems = expand_inputs([f"{base}/{DECAM.name}", f"{base}/nothing.fits"])
+        assert [(s.path, s.dq_path) for s in specs] == [(f"{base}/{DECAM.name}", f"{base}/{DECAM_DQ.name}")]
+        assert [(p.path, p.problem) for p in problems] == [(f"{base}/nothing.fits", "file does not exist")]
+        for path, dq in ((FZ, None), (DECAM, DECAM_DQ)):
+            remote = read_exposure(f"{base}/{path.name}", dq_path=dq and f"{base}/{dq.name}")
+            local = read_exposure(path, dq_path=dq)
+            assert remote.sha256 == local.sha256 == sha256_file(path)
+            for r, loc in zip(remote.detectors, local.detectors, strict=True):
+                assert np.array_equal(r.image, loc.image, equal_nan=True) and r.header == loc.header
+                assert (r.dq is None and loc.dq is None) or np.array_equal(r.dq, loc.dq)
+    finally:
+        server.shutdown()
+        server.server_close()

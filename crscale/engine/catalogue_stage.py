@@ -33,6 +33,7 @@ from crscale.catalog.morphology import MorphologyRules
 from crscale.catalog.profiles import DetectorPhysics, detector_physics, load_profiles
 from crscale.engine.cluster import client_or_new
 from crscale.engine.outcomes import StageOutcomes, abandon
+from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables, table_file
 from crscale.io.dq import ExcludedView, convention_for
@@ -105,20 +106,22 @@ def catalogue_detector_task(
     from crscale.catalog.detector import catalogue_detector
     from crscale.catalog.rates import exposure_row
 
-    group = zarr.open_group(
-        f"{archive}/exposures/{exposure_id}/{detector}", mode="r", zarr_format=3,
-        storage_options=zarr_options(archive),
-    )
+    label = f"{archive}/exposures/{exposure_id}/{detector}"
+    group = zarr.open_group(label, mode="r", zarr_format=3, storage_options=zarr_options(archive))
     attrs = dict(group.attrs)
     arrays = set(group.array_keys())
     if "mask" not in arrays:
         raise ArchiveError(f"{exposure_id}/{detector}: no CR mask (run `crscale detect` first)")
     detect = attrs.get("detect") or {}
+
+    def read(name: str) -> Any:  # reads refuse absent or corrupt chunks, naming them
+        return integrity.checked(group, name, label) if name in arrays else None
+
     result = catalogue_detector(
-        group["image"],
-        group["mask"],
-        background=group["clean"] if "clean" in arrays else None,
-        dq=ExcludedView(group["dq"], convention_for(exposure_attrs, attrs)) if "dq" in arrays else None,
+        read("image"),
+        read("mask"),
+        background=read("clean"),
+        dq=ExcludedView(read("dq"), convention_for(exposure_attrs, attrs)) if "dq" in arrays else None,
         gain=physics.gain,
         saturation=attrs.get("saturation"),
         rules=rules,
@@ -225,6 +228,10 @@ def catalogue_archive(
             attrs = arch.exposure_attrs(eid)
             status = attrs.get("status", {})
             detect = status.get("detect", {})
+            damaged = integrity.damaged_input(status, "catalogue")
+            if damaged:
+                results[eid] = ExposureCatalogue(eid, "failed", f"exposure {eid!r}: {damaged}")
+                continue
             if detect.get("state") != "done":
                 continue  # nothing to catalogue (yet)
             done = status.get("catalogue", {})
@@ -338,6 +345,7 @@ def _run(
                 )
             except Exception as exc:
                 _fail(arch, eid, f"exposure {eid!r}: {describe(exc)}", "error", started[eid], n_det, results)
+                integrity.note_damage(arch, eid, exc)
             else:
                 source = arch.exposure_attrs(eid).get("source", {}).get("path")
                 if source:

@@ -34,6 +34,8 @@ def local_cluster_kwargs(n_workers: int | None = None) -> dict[str, Any]:
     dict
         Arguments for ``LocalCluster``.
     """
+    if n_workers is not None and n_workers < 1:
+        raise ClusterError(f"n_workers must be at least 1, not {n_workers}")
     cfg = config.get("cluster")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = int(cfg.get("threads_per_worker") or 1)
@@ -135,10 +137,23 @@ def client_or_new(
     cluster: str | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> contextlib.AbstractContextManager[Any]:
-    """``client`` as it is (left open), or :func:`dask_client` for ``scheduler`` / ``cluster``."""
+    """``client`` as it is (left open), or :func:`dask_client` for ``scheduler`` / ``cluster``.
+
+    Either way the workers get the client's ``crscale.storage`` settings
+    (:func:`crscale.engine.storage_config.share_storage_config`).
+    """
     if client is not None:
-        return contextlib.nullcontext(client)
-    return dask_client(scheduler, n_workers=n_workers, cluster=cluster, echo=echo)
+        return _sharing_storage(contextlib.nullcontext(client))
+    return _sharing_storage(dask_client(scheduler, n_workers=n_workers, cluster=cluster, echo=echo))
+
+
+@contextlib.contextmanager
+def _sharing_storage(manager: contextlib.AbstractContextManager[Any]) -> Iterator[Any]:
+    from crscale.engine.storage_config import share_storage_config
+
+    with manager as cl:
+        share_storage_config(cl)
+        yield cl
 
 
 @contextlib.contextmanager
@@ -233,7 +248,7 @@ def _jobqueue_client(system: str, echo: Callable[[str], None] | None) -> Iterato
     """A client of a dask-jobqueue cluster on ``system``; its jobs are cancelled on exit."""
     import shutil
 
-    from crscale.engine import hpc
+    from crscale.engine import hpc, hpc_watch
 
     if system not in hpc.BATCH_SYSTEMS:
         raise ClusterError(f"unknown cluster kind {system!r}; one of {', '.join(hpc.CLUSTER_KINDS)}")
@@ -251,22 +266,42 @@ def _jobqueue_client(system: str, echo: Callable[[str], None] | None) -> Iterato
     expected = hpc.expected_workers(system, jobs, gpus, cpu_jobs)
     wanted = min(max(1, hpc.setting("wait_for_workers", 1)), expected)
     jq = hpc.jobqueue_cluster(system, jobs=jobs, gpus_per_job=gpus, cpu_jobs=cpu_jobs)
-    client = Client(jq)
-    try:
-        if echo:
-            echo(
-                f"Dask {system} cluster: {hpc.describe(system, jobs, gpus, cpu_jobs)}, scheduler "
-                f"{jq.scheduler_address}, dashboard {client.dashboard_link}"
-            )
-            echo(f"waiting for {wanted} worker(s) to start (the jobs may queue)")
+    dashboard, tunnel = hpc.dashboard_url(jq)
+    watch = hpc_watch.JobWatch(
+        jq,
+        system,
+        interval=hpc.watch_interval(),
+        max_resubmits=hpc.setting("max_resubmits", 10),
+        wait_timeout=timeout,
+    )
+    # The dashboard link that Dask builds names the scheduler's address, not where the
+    # dashboard is bound (127.0.0.1 by default): give every link (job record, echo) the real one.
+    with dask.config.set({"distributed.dashboard.link": dashboard} if dashboard else {}):
+        client = Client(jq)
         try:
-            client.wait_for_workers(wanted, timeout=timeout)
-        except TimeoutError as exc:
-            raise ClusterError(
-                f"no {system} worker joined within {timeout:.0f} s (crscale.hpc.wait_timeout): check "
-                f"the queue and the jobs' logs (jobqueue.{system}.log-directory)"
-            ) from exc
-        yield client
-    finally:
-        client.close()
-        jq.close()
+            if echo:
+                echo(
+                    f"Dask {system} cluster: {hpc.describe(system, jobs, gpus, cpu_jobs)}, scheduler "
+                    f"{jq.scheduler_address}, dashboard {dashboard}"
+                )
+                if tunnel:
+                    echo(tunnel)
+                echo(f"waiting for {wanted} worker(s) to start (the jobs may queue)")
+            watch.start()
+            try:
+                try:
+                    client.wait_for_workers(wanted, timeout=timeout)
+                except TimeoutError as exc:
+                    raise ClusterError(
+                        f"no {system} worker joined within {timeout:.0f} s (crscale.hpc.wait_timeout): "
+                        f"check the queue and the jobs' logs (jobqueue.{system}.log-directory)"
+                    ) from exc
+                yield client
+            except KeyboardInterrupt:
+                if watch.error:  # the watch interrupted us: no worker can come
+                    raise ClusterError(watch.error) from None
+                raise
+        finally:
+            watch.stop()
+            client.close()
+            jq.close()

@@ -15,6 +15,7 @@ import numpy as np
 
 from crscale import config
 from crscale.engine.blocks import BLOCK_DTYPE, DetectSettings, block_chunks, detect_block, write_block
+from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.dq import DQConvention, convention_for
 from crscale.io.errors import ArchiveError
@@ -144,10 +145,11 @@ def detector_stats(archive_path: str, exposure_id: str, plans: list[DetectorPlan
     root = zarr.open_group(store=archive_path, mode="r", storage_options=zarr_options(archive_path))
     out = {}
     for p in plans:
-        group = root[f"exposures/{exposure_id}/{p.name}"]
+        base = f"exposures/{exposure_id}/{p.name}"
+        group = root[base]
         step = stats_step(p.shape)
-        sample = group["image"][::step, ::step]
-        dq = group["dq"][::step, ::step] if p.has_dq else None
+        sample = integrity.checked(group, "image", f"{archive_path}/{base}")[::step, ::step]
+        dq = integrity.checked(group, "dq", f"{archive_path}/{base}")[::step, ::step] if p.has_dq else None
         if dq is not None and p.dq_convention is not None:
             dq = p.dq_convention.excluded(dq)
         bad = bad_pixel_mask(sample, dq, p.saturation)
@@ -187,19 +189,25 @@ def exposure_graph(
     for p in plans:
         base = f"exposures/{exposure_id}/{p.name}"
         options = zarr_options(archive_path)
-        image = da.from_zarr(
-            archive_path, component=f"{base}/image", chunks=p.chunks, storage_options=options
-        )
-        arrays = [image]
-        if p.has_dq:
-            dq = da.from_zarr(archive_path, component=f"{base}/dq", chunks=p.chunks, storage_options=options)
-            if p.dq_convention is not None:
-                dq = dq.map_blocks(p.dq_convention.excluded, dtype=np.uint8)
-            arrays.append(dq)
+        # Reads refuse absent or corrupt chunks (crscale.io.integrity), naming them.
+        group = zarr.open_group(store=archive_path, path=base, mode="r", storage_options=options)
+        inputs = ("image", "dq") if p.has_dq else ("image",)
+        arrays = [
+            da.from_array(
+                integrity.checked(group, n, f"{archive_path}/{base}"),
+                chunks=p.chunks,
+                meta=np.empty((0, 0), group[n].dtype),
+            )
+            for n in inputs
+        ]
+        if p.has_dq and p.dq_convention is not None:
+            arrays[1] = arrays[1].map_blocks(p.dq_convention.excluded, dtype=np.uint8)
         label = f"exposure {exposure_id!r}, detector {p.name!r}"
         names = OUTPUTS if settings.inpaint else OUTPUTS[:2]
         targets = {
-            n: zarr.open_array(store=archive_path, path=f"{base}/{n}", mode="r+", storage_options=options)
+            n: integrity.for_writing(
+                zarr.open_array(store=archive_path, path=f"{base}/{n}", mode="r+", storage_options=options)
+            )
             for n in names
         }
         annotation = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
@@ -207,8 +215,9 @@ def exposure_graph(
             blocks = da.map_overlap(
                 detect_block,
                 *arrays,
-                # An axis of one block has no neighbour to overlap (and may be shorter than the halo).
-                depth={axis: halo if len(sizes) > 1 else 0 for axis, sizes in enumerate(p.chunks)},
+                # No halo along an axis of one block (a side shorter than the halo, e.g. 63 px):
+                # there is no neighbour to borrow from, and dask refuses a deeper halo.
+                depth={axis: halo if len(c) > 1 else 0 for axis, c in enumerate(p.chunks)},
                 boundary="none",
                 trim=True,
                 dtype=BLOCK_DTYPE,
@@ -251,10 +260,10 @@ def create_outputs(
                 dtype=dtype,
                 chunks=image.chunks,
                 shards=image.shards,
-                compressors=image.compressors,
                 fill_value=fill,
                 dimension_names=["y", "x"],
                 overwrite=True,
+                **integrity.array_options(image.compressors),
             )
 
 

@@ -46,6 +46,7 @@ from crscale.engine.detect_graph import (
 )
 from crscale.engine.outcomes import StageOutcomes, abandon
 from crscale.engine.plugin import ModelPlugin
+from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables
 from crscale.io.errors import describe
@@ -240,6 +241,10 @@ def detect_archive(
             results[eid] = ExposureDetection(eid, "failed", message)
             arch.record_exposure_failure(eid, "detect", message, "archive")
             continue
+        damaged = integrity.damaged_input(status, "detect")
+        if damaged:
+            results[eid] = ExposureDetection(eid, "failed", f"exposure {eid!r}: {damaged}")
+            continue
         if status.get("ingest", {}).get("state") != "done":
             continue
         if status.get("detect", {}).get("state") == "done" and not force:
@@ -352,6 +357,7 @@ def _run(
                 in_flight -= n_blocks
                 stats_of.pop(eid, None)
                 fail(eid, plans, f"exposure {eid!r}: {describe(exc)}", "error", started)
+                integrity.note_damage(arch, eid, exc)
                 refill()
                 continue
             finally:

@@ -18,18 +18,34 @@ see docs/hpc.md and the examples in ``cluster/``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import signal
 from typing import Any
 
 import dask.config
 
-# Imported here, not lazily: importing dask_jobqueue registers its `jobqueue:` defaults in dask's
-# config, which must happen before any `dask.config.set` scope is entered and left.
-import dask_jobqueue
-
 from crscale import config
 from crscale.engine.gpu_pinning import GPUS_PER_JOB_VAR
 from crscale.io.errors import CrscaleError
+
+
+def _import_dask_jobqueue() -> Any:
+    # dask_jobqueue.runner sets SIGINT to sys.exit() when imported: Ctrl-C, SIGTERM handling
+    # (crscale.interrupts) and JobWatch giving up would end crscale with status 0 and no
+    # message. The handler in place before the import goes back.
+    previous = signal.getsignal(signal.SIGINT)
+    import dask_jobqueue
+
+    if previous is not None and signal.getsignal(signal.SIGINT) is not previous:
+        with contextlib.suppress(ValueError):  # not the main thread: leave it
+            signal.signal(signal.SIGINT, previous)
+    return dask_jobqueue
+
+
+# Imported here, not lazily: importing dask_jobqueue registers its `jobqueue:` defaults in dask's
+# config, which must happen before any `dask.config.set` scope is entered and left.
+dask_jobqueue = _import_dask_jobqueue()
 
 #: Batch systems crscale sets up, and their dask-jobqueue cluster classes.
 BATCH_SYSTEMS: dict[str, str] = {
@@ -49,6 +65,7 @@ GPU_DIRECTIVES: dict[str, str] = {"slurm": "--gres=gpu:{n}", "pbs": "ngpus={n}",
 DEFAULT_SCRATCH = "${TMPDIR:-/tmp}"
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
 
 
 class HPCConfigError(CrscaleError):
@@ -316,3 +333,46 @@ def wait_timeout() -> float | None:
         return float(value)
     except (TypeError, ValueError):
         raise HPCConfigError(f"crscale.hpc.wait_timeout must be seconds or null, not {value!r}") from None
+
+
+def watch_interval() -> float:
+    """Seconds between looks at the worker jobs (``crscale.hpc.watch_interval``)."""
+    value = config.get("hpc.watch_interval", 15)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds > 0:
+        raise HPCConfigError(f"crscale.hpc.watch_interval must be seconds > 0, not {value!r}")
+    return seconds
+
+
+def dashboard_url(cluster: Any) -> tuple[str, str | None]:
+    """The dashboard's link where it is really bound, and how to reach it from elsewhere.
+
+    Returns
+    -------
+    url : str
+        ``http://<bound address>:<port>/status``; the host name when bound to every interface.
+    tunnel : str or None
+        The SSH tunnel to open from a laptop when the dashboard listens on localhost only;
+        None when it listens on the network.
+    """
+    import socket
+
+    server = getattr(getattr(cluster, "scheduler", None), "http_server", None)
+    address, port = getattr(server, "address", None), getattr(server, "port", None)
+    if port is None:  # no dashboard (bokeh missing, or dashboard_address None)
+        return "", None
+    host = socket.gethostname()
+    if address in (None, "", "0.0.0.0", "::"):
+        return f"http://{host}:{port}/status", None
+    shown = f"[{address}]" if ":" in address else address
+    url = f"http://{shown}:{port}/status"
+    if address.startswith("127.") or address == "::1":
+        return url, (
+            f"the dashboard listens on {address} of {host} only; from your machine: "
+            f"ssh -N -L {port}:{address}:{port} {host} (add -J <login node> if {host} is a compute "
+            f"node), then open http://localhost:{port}/status"
+        )
+    return url, None

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from crscale import config
 from crscale.engine.cluster import client_or_new
+from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.errors import ArchiveError, InputError
 from crscale.io.fits_reader import exposure_id_from_path, read_exposure, sha256_file
@@ -193,6 +194,10 @@ def ingest_one(
         result.message, result.kind = str(exc), exc.kind
     except ArchiveError as exc:
         result.message, result.kind = f"{spec.path}: {exc}", "archive"
+        if not overwrite and _ingested_meanwhile(archive_path, exposure_id, sha256):
+            # Another run on the same archive wrote this very file first: nothing failed.
+            result.status, result.kind = "skipped", ""
+            result.message = "ingested by another run on this archive meanwhile"
     except MemoryError:
         result.message, result.kind = f"{spec.path}: out of memory while reading", "memory"
     except Exception as exc:  # one bad file must never stop the run
@@ -200,6 +205,16 @@ def ingest_one(
         result.kind = "internal"
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _ingested_meanwhile(archive_path: str, exposure_id: str, sha256: str) -> bool:
+    """Whether ``exposure_id`` now holds this content with its ingest done (a concurrent run's)."""
+    try:
+        attrs = Archive(archive_path, mode="r").exposure_attrs(exposure_id)
+    except Exception:  # not there, or unreadable: a real failure
+        return False
+    done = attrs.get("status", {}).get("ingest", {}).get("state") == "done"
+    return done and attrs.get("source", {}).get("sha256") == sha256
 
 
 def _windowed(
@@ -258,11 +273,15 @@ def _plan(
     done_index: dict[str, str] = {}  # sha256 -> exposure id
     source_of: dict[str, str] = {}  # exposure id -> source path
     taken: set[str] = set()
+    damaged: dict[str, str] = {}  # sha256 -> id of an exposure whose arrays are damaged
     for eid, attrs in archive.iter_exposures():  # one pass over the archive's attrs
         taken.add(eid)
-        if attrs.get("status", {}).get("ingest", {}).get("state") == "done":
+        state = attrs.get("status", {}).get("ingest", {}).get("state")
+        if state == "done":
             done_index[attrs["source"]["sha256"]] = eid
             source_of[eid] = attrs["source"]["path"]
+        elif state == integrity.DAMAGED:  # found damaged: ingesting its source repairs it in place
+            damaged[attrs["source"]["sha256"]] = eid
     first_in_run: dict[str, tuple[str, str | None]] = {}  # sha -> (path, exposure id)
     todo: list[tuple[InputSpec, str, str, bool]] = []
     settled: list[IngestResult] = []
@@ -275,6 +294,10 @@ def _plan(
             settled.append(IngestResult(
                 spec.path, "duplicate", first_id, f"same content (SHA-256) as {first_path} "
                 "in this run; not ingested twice", "duplicate", sha))
+            continue
+        if sha in damaged and sha not in done_index:
+            first_in_run[sha] = (spec.path, damaged[sha])
+            todo.append((spec, damaged[sha], sha, True))
             continue
         existing = done_index.get(sha)
         first_in_run[sha] = (spec.path, existing)

@@ -23,7 +23,7 @@ from crscale.evaluate.methods import (
     baseline_methods,
     crscale_method,
 )
-from crscale.evaluate.runner import evaluate_methods, targets
+from crscale.evaluate.runner import evaluate_methods, frame_targets, targets
 
 
 @dataclass
@@ -219,6 +219,7 @@ def evaluate(
         },
         "default_model": default,
         "targets": targets(result.metrics, default),
+        "frame_targets": frame_targets(result.metrics, default) if default else [],
     }
     report = EvaluationReport(result.metrics, result.curves, run)
     if out is not None:
@@ -269,7 +270,12 @@ def update_card(model: str, metrics: dict, name: str, run: dict) -> Path:
         **{k: m[k] for k in keys},
         "best_f1": m["best_f1"],
         "per_image": {
-            k: {"tpr@fpr=1e-3": v["tpr@fpr=1e-3"], "n_cr_pixels": v["n_cr_pixels"]}
+            k: {
+                "tpr@fpr=1e-3": v["tpr@fpr=1e-3"],
+                "n_cr_pixels": v["n_cr_pixels"],
+                "tpr": v.get("tpr"),
+                "fp_per_mpix": v.get("fp_per_mpix"),
+            }
             for k, v in m["per_image"].items()
         },
         "threshold_table": m["threshold_table"],

@@ -13,14 +13,18 @@ each one whose package is missing.
   (:mod:`crscale.models.deepcr`; its output equals deepCR's own, tested), in float32.
 - ``Cosmic-CoNN``'s shipped models, run by the ``cosmic_conn`` package itself
   (``init_model(name).detect_cr(image)``, its own 1024 px stamps). Its weight files are read
-  with ``torch.load``; crscale only calls it on torch >= 2.6, whose ``torch.load`` defaults to
-  ``weights_only=True`` (tensors only, nothing unpickled).
+  with ``torch.load``; crscale forces ``weights_only=True`` around that call
+  (:func:`weights_only_loads`: tensors only, nothing unpickled, even where torch's default has
+  been overridden) and calls it only on torch >= 2.6.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -147,9 +151,33 @@ def _cosmic_conn_model(name: str):
         from cosmic_conn import init_model
 
         level = logging.getLogger().level
-        _COSMIC_CONN[name] = init_model(name)
+        with weights_only_loads():
+            _COSMIC_CONN[name] = init_model(name)
         logging.getLogger().setLevel(level)
     return _COSMIC_CONN[name]
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Make every ``torch.load`` inside load tensors only (``weights_only=True``), whatever it asks.
+
+    Cosmic-CoNN calls ``torch.load`` without ``weights_only``, so torch's default decides, and
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (or a changed default) would let its checkpoint
+    unpickle arbitrary objects. An explicit ``weights_only=True`` wins over both.
+    """
+    import torch
+
+    original = torch.load
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
 
 
 @dataclass

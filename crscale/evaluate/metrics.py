@@ -137,6 +137,7 @@ FIGURE_KEYS = (
     "tpr",
     "fpr",
     "precision",
+    "fp_per_mpix",
 )
 #: Thresholds of the threshold tables (threshold guidance).
 TABLE_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
@@ -167,7 +168,12 @@ def score_summary(score: np.ndarray, truth: np.ndarray, threshold: float) -> dic
     def at(thr: float) -> dict:
         tp = n_pos - np.searchsorted(pos, thr, side="left")
         fp = n_neg - np.searchsorted(neg, thr, side="left")
-        return {**_counts(tp, fp, n_pos - tp), "fpr": fp / max(n_neg, 1), "threshold": float(thr)}
+        return {
+            **_counts(tp, fp, n_pos - tp),
+            "fpr": fp / max(n_neg, 1),
+            "fp_per_mpix": 1e6 * fp / max(n_pos + n_neg, 1),
+            "threshold": float(thr),
+        }
 
     out: dict = {"threshold": float(threshold)}
     ops: dict = {}
@@ -186,7 +192,7 @@ def score_summary(score: np.ndarray, truth: np.ndarray, threshold: float) -> dic
     else:
         out["precision@tpr=0.95"], ops["precision@tpr=0.95"] = float("nan"), None
     here = at(threshold)
-    out.update({k: here[k] for k in ("f1", "iou", "fdr", "tpr", "fpr", "precision")})
+    out.update({k: here[k] for k in ("f1", "iou", "fdr", "tpr", "fpr", "precision", "fp_per_mpix")})
     if n_pos == 0:
         out["tpr"] = float("nan")
     grid = [at(x) for x in np.round(np.arange(0.01, 1.0, 0.01), 2)]
@@ -212,7 +218,14 @@ def sweep_summary(points: dict[float, tuple[int, int, int, int]], chosen: float)
     rows = []
     for p in sorted(points):
         tp, fp, fn, tn = points[p]
-        rows.append({"threshold": float(p), **_counts(tp, fp, fn), "fpr": fp / max(fp + tn, 1)})
+        rows.append(
+            {
+                "threshold": float(p),
+                **_counts(tp, fp, fn),
+                "fpr": fp / max(fp + tn, 1),
+                "fp_per_mpix": 1e6 * fp / max(tp + fp + fn + tn, 1),
+            }
+        )
     out: dict = {"threshold": float(chosen)}
     ops: dict = {}
     for key, budget in (("tpr@fpr=1e-4", 1e-4), ("tpr@fpr=1e-3", 1e-3)):
@@ -225,7 +238,7 @@ def sweep_summary(points: dict[float, tuple[int, int, int, int]], chosen: float)
     out["precision@tpr=0.95"] = best["precision"] if best else float("nan")
     ops["precision@tpr=0.95"] = best["threshold"] if best else None
     here = next(r for r in rows if r["threshold"] == float(chosen))
-    out.update({k: here[k] for k in ("f1", "iou", "fdr", "tpr", "fpr", "precision")})
+    out.update({k: here[k] for k in ("f1", "iou", "fdr", "tpr", "fpr", "precision", "fp_per_mpix")})
     bestf = max(rows, key=lambda r: r["f1"])
     out["operating_points"] = ops
     out["best_f1"] = {"threshold": bestf["threshold"], "f1": bestf["f1"]}

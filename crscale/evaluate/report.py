@@ -320,6 +320,21 @@ def _md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
     return ["| " + " | ".join(row) + " |" for row in (header, rule, *rows)]
 
 
+_OPERATING_NOTE = (
+    "Each method at its own operating point (a crscale model's threshold, astroscrappy's chosen "
+    "sigclip): the fraction of the image's CR pixels it finds, and the pixels it flags that are "
+    "not CRs, per million pixels that count. This is what a user of that setting gets on that frame."
+)
+
+
+def _operating_cell(row: dict | None) -> str:
+    """``TPR / FP per Mpix`` of one method on one image."""
+    if not row:
+        return "–"
+    fp = _num(row.get("fp_per_mpix"))
+    return f"{_fmt(row.get('tpr'))} / {'–' if fp is None else f'{fp:,.0f}'}"
+
+
 def _markdown(metrics: dict, run: dict, images: dict[str, Any], pngs: dict[str, str]) -> str:
     data, targets, skipped = run.get("data") or {}, run.get("targets") or [], run.get("skipped") or []
     n_pixels, n_cr = _num(data.get("n_pixels")), _num(data.get("n_cr_pixels"))
@@ -329,6 +344,9 @@ def _markdown(metrics: dict, run: dict, images: dict[str, Any], pngs: dict[str, 
     image_rows = [
         [n, _count(c), *(_fmt((p.get(n) or {}).get("tpr@fpr=1e-3")) for p in per_image)]
         for n, c in images.items()
+    ]
+    operating_rows = [
+        [n, *(_operating_cell(p.get(n)) for p in per_image)] for n in images
     ]
     sections = {
         "Data": [
@@ -345,6 +363,11 @@ def _markdown(metrics: dict, run: dict, images: dict[str, Any], pngs: dict[str, 
         ],
         "Targets": [f"- {'✅ met' if t.get('met') else '❌ NOT met'}: {_target_body(t)}" for t in targets],
         "TPR at 0.1 % FPR per image": _md_table(["image", "CR pixels", *metrics], image_rows),
+        "At the operating threshold, per image: TPR / false-positive pixels per Mpix": [
+            _OPERATING_NOTE,
+            "",
+            *_md_table(["image", *metrics], operating_rows),
+        ],
         "Skipped": [f"- {s.get('method') or s.get('path') or '?'}: {s.get('problem', '')}" for s in skipped],
         "Figures": [f"![{title}]({png})\n" for png, title in pngs.items()],
     }

@@ -149,6 +149,38 @@ def evaluate_methods(
     return result
 
 
+#: Per-frame goals at the operating threshold (issue 15): completeness and false pixels per Mpix.
+FRAME_GOAL_TPR = 0.95
+FRAME_GOAL_FP_PER_MPIX = 100.0
+
+
+def frame_targets(
+    metrics: dict, name: str, goal_tpr: float = FRAME_GOAL_TPR, goal_fp: float = FRAME_GOAL_FP_PER_MPIX
+) -> list[dict]:
+    """Per image, at the method's operating point: TPR >= ``goal_tpr`` and FP px/Mpix <= ``goal_fp``.
+
+    Returns
+    -------
+    list of dict
+        ``{"text", "value", "goal", "met", "image"}``, one per image; ``value`` is the FP rate.
+    """
+    out = []
+    for image, row in (metrics.get(name, {}).get("per_image") or {}).items():
+        tpr, fp = row.get("tpr"), row.get("fp_per_mpix")
+        ok = tpr is not None and fp is not None and tpr >= goal_tpr and fp <= goal_fp
+        out.append(
+            {
+                "text": f"{name} on {image}: TPR {tpr:.3f} (goal >= {goal_tpr:g}), "
+                f"{fp:,.0f} FP px/Mpix (goal <= {goal_fp:g})",
+                "value": fp,
+                "goal": None,
+                "met": bool(ok),
+                "image": image,
+            }
+        )
+    return out
+
+
 def targets(metrics: dict, default: str | None, goal_tpr: float = 0.95) -> list[dict]:
     """The issue's targets: the default model's TPR at 0.1 % FPR, and that it beats every baseline.
 

@@ -166,6 +166,8 @@ def sanitize_name(name: str) -> str:
     clean = clean.lstrip(".")
     while clean.startswith("__"):
         clean = clean[1:]
+    if clean.lower() == "zarr.json":  # a group's own metadata file: never a member's name
+        clean = clean.replace(".", "_")
     return clean
 
 

@@ -29,6 +29,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 from crscale._version import __version__
+from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.dq import DQConvention, convention_for
 from crscale.io.errors import ArchiveError, InputError
@@ -164,6 +165,12 @@ class _Plan:
     convention: DQConvention
 
 
+def _read(archive: Archive, exposure_id: str, detector: str, name: str) -> np.ndarray:
+    """A whole array of a detector; absent or corrupt chunks are refused, by name."""
+    base = f"exposures/{exposure_id}/{detector}"
+    return integrity.checked(archive.root[base], name, f"{archive.path}/{base}")[...]
+
+
 def read_plans(archive: Archive, exposure_id: str, options: WriteOptions) -> list[_Plan]:
     """Masks, conventions and HDU positions of an exposure's detectors (through the Archive API)."""
     exp = archive.exposure_attrs(exposure_id)
@@ -180,7 +187,8 @@ def read_plans(archive: Archive, exposure_id: str, options: WriteOptions) -> lis
                 f"{' with inpainting' if 'clean' in needed - names else ''} first)"
             )
         attrs = dict(group.attrs)
-        plans.append(_Plan(det, attrs, np.asarray(group["mask"][...]), convention_for(exp, attrs)))
+        mask = np.asarray(_read(archive, exposure_id, det, "mask"))
+        plans.append(_Plan(det, attrs, mask, convention_for(exp, attrs)))
     return plans
 
 
@@ -213,7 +221,7 @@ def build_products(
         n_total += n_cr
         label = _hdu_label(a)
         if options.pixels == "clean":
-            clean = np.asarray(archive.root[f"exposures/{exposure_id}/{p.name}/clean"][...], np.float32)
+            clean = np.asarray(_read(archive, exposure_id, p.name, "clean"), np.float32)
             hdu = image_hdu(idx, clean, dec[idx].header, raw[idx])
             hdu.header["CRSPIXEL"] = ("clean", KEYWORDS["CRSPIXEL"])
             hdu.header["HISTORY"] = f"crscale {__version__}: {n_cr} CR pixels inpainted"
@@ -248,7 +256,7 @@ def build_products(
             where = f"CRMASK,{hdr['EXTVER']}"
         history.append(f"crscale: {label} (HDU {idx}): {n_cr} CR pixels; flags: {where}")
         if options.prob:
-            prob = np.asarray(archive.root[f"exposures/{exposure_id}/{p.name}/prob"][...], np.float32)
+            prob = np.asarray(_read(archive, exposure_id, p.name, "prob"), np.float32)
             hdr = wcs_cards(dec[idx].header)
             hdr["EXTNAME"] = "CRPROB"
             hdr["EXTVER"] = a.get("extver") if a.get("extver") is not None else 1

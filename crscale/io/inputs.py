@@ -89,14 +89,15 @@ def _add_url(item: str, patterns: Sequence[str]) -> tuple[list[str], InputProble
                 url = head + hit
                 files.extend(_walk_url(url, patterns) if fs.isdir(hit) else [url])
             return files, None if files else InputProblem(item, "pattern matched no file")
+        # An object first: over HTTP, isdir() would download the file to look for links.
+        if fs.isfile(key):
+            return [item], None
         if fs.isdir(key):
             files = _walk_url(item, patterns)
             problem = None if files else InputProblem(
                 item, f"prefix holds no file matching {list(patterns)}", kind="no-image"
             )
             return files, problem
-        if fs.exists(key):
-            return [item], None
     except (OSError, ValueError) as exc:  # no such bucket, denied, unreachable endpoint
         return [], InputProblem(item, f"cannot list ({exc})", kind="unreadable")
     return [], InputProblem(item, "file does not exist")

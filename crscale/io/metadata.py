@@ -116,11 +116,23 @@ def _first(headers: Sequence[fits.Header], keys: Sequence[str]) -> tuple[str | N
     for hdr in headers:
         for key in keys:
             if key in hdr:
-                value = hdr[key]
+                value = card_value(hdr.cards[key])
                 if isinstance(value, str):
                     value = value.strip()
                 return key, value
     return None, None
+
+
+def card_value(card: fits.Card) -> Any:
+    """A card's value; for a card astropy cannot parse (``GAIN = NaN``, unquoted), its raw text.
+
+    Such a value then reads like the quoted ``'NaN'``: not a number, so a fallback with a
+    warning, instead of one card rejecting the whole file.
+    """
+    try:
+        return card.value
+    except fits.VerifyError:
+        return card.image[10:].split("/", 1)[0].strip().strip("'").strip()
 
 
 def as_float(value: Any) -> float | None:
@@ -386,7 +398,7 @@ def header_to_json(header: fits.Header) -> dict[str, Any]:
         key = card.keyword
         if not key or skip.match(key):
             continue
-        value = card.value
+        value = card_value(card)
         if key in ("COMMENT", "HISTORY"):
             out.setdefault(key, []).append(str(value))
             continue

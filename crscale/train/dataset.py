@@ -93,7 +93,9 @@ def load_source_images(
             rn = float(det.meta.readnoise or 5.0)
             bad = bad_pixel_mask(det.image, det.dq, det.meta.saturation)
             img = np.where(bad, 0.0, det.image.astype(np.float64) * gain).astype(np.float32)
-            if own_crs == "astroscrappy":
+            # A derived frame can say that it is too short to hold CRs of its own
+            # (crscale.train.frames): then its real structure stays in the loss and the figures.
+            if own_crs == "astroscrappy" and str(det.header.get("CRSOWNCR", "")).lower() != "none":
                 own, img = _own_crs(img, bad, rn)
             else:
                 own = np.zeros_like(bad)

@@ -159,6 +159,11 @@ def validate(model: UNet, store, precision: str = "auto") -> dict:
     table = [pixel_metrics(p, t, float(th)).to_dict() for th in thresholds]
     best = max(table, key=lambda r: r["f1"])
     m = pixel_metrics(p, t, best["threshold"]).to_dict()
+    # Per frame at the chosen threshold: what a user of that frame's kind gets (issue 15).
+    for row, pi, ti in zip(per_image.values(), probs, truths, strict=True):
+        flagged = pi >= best["threshold"]
+        row["tpr"] = float((flagged & ti).sum() / max(ti.sum(), 1))
+        row["fp_per_mpix"] = float(1e6 * (flagged & ~ti).sum() / max(ti.size, 1))
     return {
         "loss": bce,
         "tpr@fpr=1e-4": m["tpr_at_fpr_1e4"],

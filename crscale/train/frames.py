@@ -1,0 +1,213 @@
+"""Frames derived from real images: crops and binned copies, for splits and undersampled fields.
+
+An archive holds kinds of frame that the real data here hold only once (one arc, one bright flat,
+one IR array). To train on such a frame and still test on frames never trained on, the frame is
+**split by position**: one crop goes to training, another to validation, a third to the held-out
+set, and no pixel is in two of them. Binning a real frame 2×2 or 3×3 makes an undersampled (and,
+for a star field, crowded) frame from real pixels: the binned pixel is the **sum** in electrons,
+so its Poisson noise is that of the summed charge, and its read noise is ``bin × readnoise``
+(quadrature sum of ``bin²`` reads), which is what the header then says.
+
+Each derived frame is written as a plain FITS file in electrons (``GAIN = 1``), with the source's
+path, sha256, crop and binning in its header, and its bad pixels (non-finite, saturated,
+DQ-flagged in the source) as NaN, so that every reader of crscale finds them again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from crscale.detection.badpix import bad_pixel_mask
+from crscale.io.errors import InputError
+from crscale.io.fits_reader import read_exposure, sha256_file
+
+log = logging.getLogger(__name__)
+
+ROLES = ("train", "val", "heldout")
+#: Header keyword of a frame whose own CRs are not to be looked for (see :class:`FrameSpec`).
+OWN_CRS_KEY = "CRSOWNCR"
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """One derived frame.
+
+    Attributes
+    ----------
+    name : str
+        Output file stem (unique within a spec file).
+    source : str
+        The real FITS file (relative to the spec file).
+    role : {"train", "val", "heldout"}
+        Which list it belongs to.
+    kind : str
+        What it is (star field, arc, flat, IR array, ...), for the reports.
+    detector : int
+        Index of the detector (science HDU) of a multi-extension file.
+    crop : tuple of int, optional
+        ``(y0, y1, x0, x1)`` in the source's pixels, before binning.
+    bin : int
+        Binning factor (sum of ``bin × bin`` pixels, in electrons).
+    own_crs : {"", "none"}
+        ``"none"``: do not look for the frame's own CRs (header ``CRSOWNCR = 'none'``), for
+        exposures of a few seconds, which hold almost none (0.07 per Mpix per second at the ITL
+        rate), while astroscrappy flags their real structure (arc-line peaks, undersampled star
+        cores, flat-field grain): removing those would take the hard negatives out of the
+        training loss and out of the held-out figures. ``""``: the training config's setting.
+    """
+
+    name: str
+    source: str
+    role: str
+    kind: str
+    detector: int = 0
+    crop: tuple[int, int, int, int] | None = None
+    bin: int = 1
+    own_crs: str = ""
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"frame {self.name!r}: role must be one of {ROLES}, not {self.role!r}")
+        if self.own_crs not in ("", "none"):
+            raise ValueError(f"frame {self.name!r}: own_crs must be '' or 'none', not {self.own_crs!r}")
+        if self.bin < 1:
+            raise ValueError(f"frame {self.name!r}: bin must be >= 1, not {self.bin}")
+
+
+def read_specs(path: str | Path) -> tuple[list[FrameSpec], Path]:
+    """The frame specs of a YAML file (a ``frames:`` list), and the folder paths are relative to."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        specs = [
+            FrameSpec(**{**f, "crop": tuple(f["crop"]) if f.get("crop") else None}) for f in data["frames"]
+        ]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"cannot read frame specs: {exc}", kind="config") from exc
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise InputError(path, "frame names must be unique", kind="config")
+    return specs, path.resolve().parent
+
+
+def bin_sum(image: np.ndarray, bad: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum ``factor × factor`` blocks (trailing rows and columns that do not fill a block are cut).
+
+    A binned pixel is bad when any of its source pixels is.
+    """
+    if factor == 1:
+        return image, bad
+    h, w = (s // factor * factor for s in image.shape)
+    shape = (h // factor, factor, w // factor, factor)
+    img = image[:h, :w].reshape(shape).sum(axis=(1, 3))
+    b = bad[:h, :w].reshape(shape).any(axis=(1, 3))
+    return img, b
+
+
+def derive(spec: FrameSpec, base: Path) -> tuple[np.ndarray, dict]:
+    """The derived image (float32 electrons, NaN where bad) and its header cards."""
+    from crscale.io.inputs import expand_inputs
+
+    src = base / spec.source
+    found, _ = expand_inputs([str(src)])
+    exp = read_exposure(src, dq_path=found[0].dq_path if found else None)
+    if spec.detector >= len(exp.detectors):
+        raise InputError(src, f"has {len(exp.detectors)} detector(s), no #{spec.detector}", kind="invalid")
+    det = exp.detectors[spec.detector]
+    gain = float(det.meta.gain or 1.0)
+    rn = float(det.meta.readnoise or 5.0)
+    bad = bad_pixel_mask(det.image, det.dq, det.meta.saturation)
+    img = np.where(bad, 0.0, det.image.astype(np.float64) * gain)
+    y0, y1, x0, x1 = spec.crop or (0, img.shape[0], 0, img.shape[1])
+    if not (0 <= y0 < y1 <= img.shape[0] and 0 <= x0 < x1 <= img.shape[1]):
+        raise InputError(src, f"crop {spec.crop} outside the image {img.shape}", kind="invalid")
+    img, bad = bin_sum(img[y0:y1, x0:x1], bad[y0:y1, x0:x1], spec.bin)
+    out = np.where(bad, np.nan, img).astype(np.float32)
+    header = {
+        "GAIN": (1.0, "e-/ADU: derived frames are in electrons"),
+        "RDNOISE": (rn * spec.bin, "e-: source read noise x binning"),
+        "EXPTIME": (float(det.meta.exptime or 0.0), "s, of the source"),
+        "CRSKIND": (spec.kind, "kind of frame"),
+        "CRSROLE": (spec.role, "train / val / heldout"),
+        "CRSSRC": (Path(spec.source).name, "source file"),
+        "CRSSHA": (sha256_file(src)[:16], "sha256 of the source (first 16 hex)"),
+        "CRSDET": (spec.detector, "detector index in the source"),
+        "CRSCROP": (f"[{y0}:{y1},{x0}:{x1}]", "numpy slice of the source, before binning"),
+        "CRSBIN": (spec.bin, "binning (sum, electrons)"),
+    }
+    if spec.own_crs:
+        header[OWN_CRS_KEY] = (spec.own_crs, "own CRs: not looked for (short exposure)")
+    return out, header
+
+
+def write_frames(
+    spec_file: str | Path, out_dir: str | Path, *, overwrite: bool = False
+) -> dict[str, list[Path]]:
+    """Write every frame of a spec file into ``out_dir/<role>/<name>.fits``.
+
+    Frames already written are kept unless ``overwrite`` (they depend only on the spec and the
+    source files). Returns the paths by role.
+    """
+    from astropy.io import fits
+
+    specs, base = read_specs(spec_file)
+    out_dir = Path(out_dir)
+    paths: dict[str, list[Path]] = {r: [] for r in ROLES}
+    for spec in specs:
+        path = out_dir / spec.role / f"{spec.name}.fits"
+        if overwrite or not path.exists():
+            img, header = derive(spec, base)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            hdu = fits.PrimaryHDU(img)
+            for key, value in header.items():
+                hdu.header[key] = value
+            tmp = path.with_suffix(".tmp")
+            hdu.writeto(tmp, overwrite=True)
+            tmp.replace(path)
+            log.info("wrote %s %s", path, img.shape)
+        paths[spec.role].append(path)
+    return paths
+
+
+def overlaps(specs: list[FrameSpec]) -> list[tuple[str, str]]:
+    """Pairs of frames of different roles that share source pixels (a split must have none)."""
+    out = []
+    for i, a in enumerate(specs):
+        for b in specs[i + 1 :]:
+            if a.role == b.role or a.source != b.source or a.detector != b.detector:
+                continue
+            if a.crop is None or b.crop is None:
+                out.append((a.name, b.name))
+                continue
+            ay0, ay1, ax0, ax1 = a.crop
+            by0, by1, bx0, bx1 = b.crop
+            if ay0 < by1 and by0 < ay1 and ax0 < bx1 and bx0 < ax1:
+                out.append((a.name, b.name))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m crscale.train.frames SPEC OUT [--overwrite]``: write the frames of a spec file."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Write the derived real frames of a spec file.")
+    ap.add_argument("spec")
+    ap.add_argument("out")
+    ap.add_argument("--overwrite", action="store_true")
+    args = ap.parse_args(argv)
+    specs, _ = read_specs(args.spec)
+    bad = overlaps(specs)
+    if bad:
+        raise SystemExit(f"frames of different roles share pixels: {bad}")
+    paths = write_frames(args.spec, args.out, overwrite=args.overwrite)
+    for role, ps in paths.items():
+        print(f"{role}: {len(ps)} frame(s) in {Path(args.out) / role}")
+
+
+if __name__ == "__main__":
+    main()

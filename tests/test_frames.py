@@ -1,0 +1,146 @@
+"""Derived real frames (crops, binning) and the split of docs/training/archive-frames.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from astropy.io import fits
+
+from conftest import SAAO, SHARED_REAL
+from crscale.evaluate.metrics import score_summary, sweep_summary
+from crscale.evaluate.runner import frame_targets
+from crscale.io.errors import InputError
+from crscale.io.fits_reader import read_exposure
+from crscale.train.frames import FrameSpec, bin_sum, overlaps, read_specs, write_frames
+
+SPEC = Path(__file__).resolve().parents[1] / "docs" / "training" / "archive-frames.yaml"
+
+
+def _spec(tmp_path, frames):
+    path = tmp_path / "frames.yaml"
+    path.write_text(yaml.safe_dump({"frames": frames}))
+    return path
+
+
+def test_crop_and_bin_of_a_real_frame_keep_charge_and_noise_in_electrons(tmp_path):
+    spec = _spec(
+        tmp_path,
+        [
+            {
+                "name": "crop",
+                "source": str(SAAO),
+                "role": "train",
+                "kind": "star field",
+                "crop": [10, 110, 20, 220],
+            },
+            {
+                "name": "bin2",
+                "source": str(SAAO),
+                "role": "heldout",
+                "kind": "binned",
+                "bin": 2,
+                "crop": [200, 400, 0, 301],
+            },
+        ],
+    )
+    paths = write_frames(spec, tmp_path / "out")
+    src = read_exposure(SAAO).detectors[0]
+    gain, rn = float(src.meta.gain), float(src.meta.readnoise)
+    e = src.image.astype(np.float64) * gain
+    crop = fits.getdata(paths["train"][0])
+    np.testing.assert_allclose(crop, e[10:110, 20:220], rtol=1e-6)
+    with fits.open(paths["heldout"][0]) as h:
+        binned, hdr = h[0].data, h[0].header
+    # 301 columns: the last one does not fill a 2x2 block and is cut
+    assert binned.shape == (100, 150)
+    np.testing.assert_allclose(binned, e[200:400, 0:300].reshape(100, 2, 150, 2).sum(axis=(1, 3)), rtol=1e-6)
+    assert hdr["GAIN"] == 1.0 and hdr["RDNOISE"] == pytest.approx(2 * rn) and hdr["CRSBIN"] == 2
+    assert hdr["CRSCROP"] == "[200:400,0:301]" and hdr["CRSROLE"] == "heldout"
+    # what crscale reads back: electrons, with the binned read noise
+    det = read_exposure(paths["heldout"][0]).detectors[0]
+    assert det.meta.gain == 1.0 and det.meta.readnoise == pytest.approx(2 * rn)
+
+
+def test_bad_pixels_survive_binning_as_nan():
+    img = np.arange(36, dtype=float).reshape(6, 6)
+    bad = np.zeros((6, 6), bool)
+    bad[1, 4] = True
+    out, b = bin_sum(img, bad, 3)
+    assert out.shape == (2, 2) and out[0, 0] == img[:3, :3].sum()
+    assert b.tolist() == [[False, True], [False, False]]
+
+
+def test_overlapping_crops_of_different_roles_are_found():
+    a = FrameSpec("a", "x.fits", "train", "arc", crop=(0, 100, 0, 100))
+    b = FrameSpec("b", "x.fits", "heldout", "arc", crop=(0, 100, 100, 200))
+    c = FrameSpec("c", "x.fits", "val", "arc", crop=(50, 60, 90, 110))
+    d = FrameSpec("d", "x.fits", "val", "arc")
+    assert overlaps([a, b]) == []
+    assert overlaps([a, b, c]) == [("a", "c"), ("b", "c")]
+    assert ("a", "d") in overlaps([a, d])
+
+
+def test_bad_specs_are_refused_naming_the_file(tmp_path):
+    with pytest.raises(InputError, match="frames.yaml.*role"):
+        read_specs(_spec(tmp_path, [{"name": "a", "source": "x", "role": "test", "kind": "k"}]))
+    with pytest.raises(InputError, match="unique"):
+        read_specs(_spec(tmp_path, [{"name": "a", "source": "x", "role": "train", "kind": "k"}] * 2))
+    spec = _spec(
+        tmp_path, [{"name": "a", "source": str(SAAO), "role": "train", "kind": "k", "crop": [0, 9999, 0, 5]}]
+    )
+    with pytest.raises(InputError, match="outside the image"):
+        write_frames(spec, tmp_path / "out")
+
+
+def test_the_shipped_split_keeps_held_out_pixels_out_of_training():
+    specs, base = read_specs(SPEC)
+    assert overlaps(specs) == []
+    held = [s for s in specs if s.role == "heldout"]
+    assert len(held) >= 8
+    kinds = {s.kind.split(" (")[0].split(",")[0] for s in held}
+    assert len(kinds) >= 5, kinds
+    # a held-out source is either split by position or used in no other role
+    for h in held:
+        others = [s for s in specs if s.source == h.source and s.role != "heldout"]
+        assert all(h.crop and s.crop for s in others), (h.name, [s.name for s in others])
+    if SHARED_REAL.is_dir():
+        assert all((base / s.source).exists() for s in specs)
+
+
+def test_false_positives_per_mpix_at_the_operating_point():
+    truth = np.zeros(1000, bool)
+    truth[:10] = True
+    score = np.zeros(1000, np.float32)
+    score[:9] = 0.9  # 9 of 10 CR pixels found
+    score[500:503] = 0.7  # 3 false pixels above 0.6, one below
+    score[600] = 0.5
+    s = score_summary(score, truth, 0.6)
+    assert s["tpr"] == pytest.approx(0.9) and s["fp_per_mpix"] == pytest.approx(3e6 / 1000)
+    sw = sweep_summary({4.5: (9, 3, 1, 987)}, 4.5)
+    assert sw["fp_per_mpix"] == pytest.approx(3000.0)
+    metrics = {
+        "m": {
+            "per_image": {"a": {"tpr": 0.96, "fp_per_mpix": 80.0}, "b": {"tpr": 0.99, "fp_per_mpix": 300.0}}
+        }
+    }
+    t = frame_targets(metrics, "m")
+    assert [x["met"] for x in t] == [True, False] and "300 FP px/Mpix" in t[1]["text"]
+
+
+def test_a_short_exposure_keeps_its_real_structure_in_the_loss(tmp_path):
+    from crscale.train.dataset import load_source_images
+
+    frames = [
+        {"name": "looked", "source": str(SAAO), "role": "train", "kind": "k"},
+        {"name": "short", "source": str(SAAO), "role": "val", "kind": "k", "own_crs": "none"},
+    ]
+    paths = write_frames(_spec(tmp_path, frames), tmp_path / "out")
+    looked, short = load_source_images([paths["train"][0], paths["val"][0]])
+    # astroscrappy finds the SAAO frame's own CRs; the frame marked as short is used as it is
+    assert looked.own_cr.sum() > 0 and short.own_cr.sum() == 0
+    np.testing.assert_array_equal(short.image_e, np.nan_to_num(fits.getdata(paths["val"][0])))
+    with pytest.raises(InputError, match="own_crs"):
+        read_specs(_spec(tmp_path, [{**frames[0], "own_crs": "maybe"}]))

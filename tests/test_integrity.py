@@ -1,0 +1,120 @@
+"""Chunk integrity: a lost or corrupt chunk is never read as data (issue #20, item 1)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import SAAO
+from crscale.io import integrity
+from crscale.io.archive import Archive
+from crscale.io.fits_reader import read_exposure
+from crscale.io.verify import verify_archive
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _ingest(path, chunks=(128, 128), shards=None, nan_rows=0):
+    exposure = read_exposure(str(SAAO))
+    if nan_rows:  # a whole chunk row of fill values: stored all the same
+        image = exposure.detectors[0].image.astype(np.float32)
+        image[:nan_rows] = np.nan
+        exposure.detectors[0].image = image
+    Archive(path, mode="a").write_exposure(exposure, chunks=chunks, shards=shards)
+    return exposure.exposure_id, exposure.detectors[0].name
+
+
+@pytest.mark.parametrize("shards", [None, (256, 256)])
+def test_every_chunk_is_stored_checked_and_named_when_lost(tmp_path, shards):
+    path = tmp_path / "a.zarr"
+    eid, det = _ingest(path, shards=shards, nan_rows=128)
+    image = Archive(path).root[f"exposures/{eid}/{det}/image"]
+    assert integrity.is_recorded(image)
+    report = verify_archive(path)
+    assert report.ok, report.summary()  # the all-NaN chunks are there, not judged missing
+    n = len(list(integrity.all_chunks(image)))
+    assert report.results[0].chunks == n and n > 1
+
+    key = integrity.chunk_key(image, (0, 1))
+    (path / "exposures" / eid / det / "image" / key).unlink()
+    label = f"{path}/exposures/{eid}/{det}/image"
+    view = integrity.CheckedArray(Archive(path).root[f"exposures/{eid}/{det}/image"], label)
+    with pytest.raises(integrity.ChunkIntegrityError, match=f"image: chunk {key} is missing"):
+        view[100:300, 100:300]
+    assert view[400:, :5].shape == (120, 5)  # chunks that are there still read
+
+    report = verify_archive(path)
+    assert not report.ok
+    check = report.results[0]
+    assert any(f"{det}/image: chunk {key} is missing" in d for d in check.damage)
+    assert Archive(path).status(eid)["ingest"]["state"] == "damaged"
+    assert check.repair(str(path)) == [f"crscale run {SAAO} --archive {path}"]
+
+
+def test_corrupt_chunk_is_found_by_its_checksum(tmp_path):
+    path = tmp_path / "a.zarr"
+    eid, det = _ingest(path)
+    chunk = path / "exposures" / eid / det / "image" / "c" / "1" / "2"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit: blosc still decodes it, crc32c does not
+    chunk.write_bytes(bytes(data))
+    view = integrity.CheckedArray(Archive(path).root[f"exposures/{eid}/{det}/image"], "img")
+    with pytest.raises(integrity.ChunkIntegrityError, match="chunk c/1/2 is corrupt"):
+        view[:, :]
+    report = verify_archive(path, mark=False)
+    assert any("chunk c/1/2 is corrupt" in d for d in report.results[0].damage)
+    assert Archive(path).status(eid)["ingest"]["state"] == "done"  # --no-mark leaves it
+
+
+def test_older_arrays_without_a_record_are_read_and_reported_unverifiable(tmp_path):
+    path = tmp_path / "a.zarr"
+    eid, det = _ingest(path)
+    group = Archive(path, mode="a").root[f"exposures/{eid}/{det}"]
+    del group["image"].attrs[integrity.RECORD_ATTR]  # as format 1.2 wrote it
+    report = verify_archive(path)
+    assert report.ok and report.results[0].unrecorded == [f"{det}/image"]
+    assert not integrity.CheckedArray(zarr.open_array(path / "exposures" / eid / det / "image"), "x").recorded
+
+
+def test_the_issue_reproduction_exits_1_naming_the_chunk(client, tmp_path):
+    """crscale run; rm an image chunk; detect --force: exit 1 and the chunk named; verify says it."""
+    archive = tmp_path / "a.zarr"
+
+    def crscale(*args):
+        return subprocess.run([sys.executable, "-m", "crscale.cli", *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+
+    cluster = ("--scheduler", client.scheduler.address, "--no-progress")
+    res = crscale("run", SAAO, "--archive", archive, "--chunks", "256", *cluster)
+    assert res.returncode == 0, res.stdout + res.stderr
+    eid = Archive(archive).exposure_ids()[0]
+    det = Archive(archive).detectors(eid)[0]
+    n_cr = Archive(archive).status(eid)["detect"]["n_cr_pixels"]
+    folder = archive / "exposures" / eid / det
+
+    (folder / "mask" / "c" / "0" / "1").unlink()
+    res = crscale("catalogue", archive, "--force", *cluster)
+    assert res.returncode == 1 and f"{det}/mask: chunk c/0/1 is missing" in res.stdout, res.stdout
+
+    (folder / "image" / "c" / "0" / "1").unlink()
+    res = crscale("detect", archive, "-e", eid, "--force", *cluster)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"{det}/image: chunk c/0/1 is missing" in res.stdout
+    res = crscale("verify", archive, "--json")
+    assert res.returncode == 1
+    (check,) = json.loads(res.stdout)["results"]
+    assert f"{det}/image: chunk c/0/1 is missing" in check["damage"]
+    status = Archive(archive).status(eid)
+    assert status["ingest"]["state"] == "damaged" and status["catalogue"]["state"] != "done"
+
+    # The repair verify prints (re-ingest in place, then the later stages) restores the result.
+    res = crscale("run", SAAO, "--archive", archive, *cluster)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert Archive(archive).exposure_ids() == [eid]
+    assert Archive(archive).status(eid)["detect"]["n_cr_pixels"] == n_cr
+    assert crscale("verify", archive).returncode == 0
