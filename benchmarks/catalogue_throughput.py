@@ -172,6 +172,8 @@ def write_synthetic(archive: Path, n_exp: int, n_crs: int, seed: int = 0) -> dic
             "detector": ["S00"] * n_crs,
             "id": np.arange(1, n_crs + 1, dtype=np.int32),
         }
+        # format 1.3: a few rows on defects, as a real archive has (counted apart by stats)
+        cols["kind"] = np.where(rng.random(n_crs) < 0.05, "hot_pixel", "cr").tolist()
         for f in CR_SCHEMA:
             if f.name in cols:
                 continue
@@ -193,7 +195,9 @@ def write_synthetic(archive: Path, n_exp: int, n_crs: int, seed: int = 0) -> dic
         usable = h * w
         area = usable * (pix * 1e-4) ** 2
         date = start + np.timedelta64(int(rng.uniform(0, 10 * 365.25 * 86400)), "s")
-        morph = cols["morphology"]
+        is_cr = np.asarray(cols["kind"]) == "cr"
+        morph = np.where(is_cr, cols["morphology"], "")
+        n_cr = int(is_cr.sum())
         row = {
             "exposure": eid,
             "detector": "S00",
@@ -204,7 +208,8 @@ def write_synthetic(archive: Path, n_exp: int, n_crs: int, seed: int = 0) -> dic
             "exptime": exptime,
             "readout_time": 2.0,
             "effective_exptime": t_eff,
-            "n_cr": n_crs,
+            "n_cr": n_cr,
+            "n_defects": n_crs - n_cr,
             **{f"n_{c}": int(np.sum(morph == c)) for c in ("dot", "spot", "track", "worm")},
             "n_cr_pixels": int(cols["n_pixels"].sum()),
             "n_pixels_usable": usable,
@@ -213,8 +218,8 @@ def write_synthetic(archive: Path, n_exp: int, n_crs: int, seed: int = 0) -> dic
             "binning": "1,1",
             "thickness_um": None,
             "area_cm2": area,
-            "rate": n_crs / (area * t_eff),
-            "rate_err": np.sqrt(n_crs) / (area * t_eff),
+            "rate": n_cr / (area * t_eff),
+            "rate_err": np.sqrt(n_cr) / (area * t_eff),
             "gain": 1.0,
             "charge_e": float(cols["charge_e"].sum()),
             "profile": inst.lower(),

@@ -295,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_args(p)
     _add_report_args(p)
 
+    from crscale import cli_defects
+
+    cli_defects.add_parser(sub, _add_cluster_args, _add_report_args)
+
     p = sub.add_parser(
         "stats",
         help="CR-rate statistics of an archive's catalogue: a table and plots (PNG)",
@@ -597,7 +601,20 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 def _cmd_catalogue(args: argparse.Namespace) -> int:
     from crscale.engine.catalogue_stage import catalogue_archive
 
-    return _run_stage("catalogue", catalogue_archive, args)
+    return _run_stage("catalogue", catalogue_archive, args, **_catalogue_options())
+
+
+def _cmd_defects(args: argparse.Namespace) -> int:
+    from crscale import cli_defects
+
+    return cli_defects.run(args)
+
+
+def _catalogue_options() -> dict[str, Any]:
+    """The catalogue stage's completeness hook (crscale.evaluate sits above the engine)."""
+    from crscale.evaluate.completeness import refresh_completeness
+
+    return {"completeness": refresh_completeness}
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
@@ -671,6 +688,7 @@ def _cmd_job_script(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from crscale.io.errors import CrscaleError
     from crscale.monitor import dashboard
 
     if args.every <= 0 or not 0 <= args.port < 65536:
@@ -679,7 +697,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     try:
         server = dashboard(args.archive, port=args.port, address=args.address, every=args.every,
                            scheduler=not args.no_scheduler, allow_origin=args.allow_origin)
-    except OSError as exc:
+    except (CrscaleError, OSError) as exc:
         print(f"crscale: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(f"crscale dashboard of {server.archive}: {server.url} (Ctrl-C stops it)", flush=True)
@@ -709,6 +727,7 @@ def _cmd_run(args: argparse.Namespace, inputs: list) -> int:
             ingest_options={"hdus": args.hdus, "chunks": args.chunks},
             detect_options=_detect_options(args),
             progress=not args.no_progress,
+            catalogue_options=_catalogue_options(),
         ),
     )
     if status is not None:
@@ -1059,6 +1078,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     commands = {
         "detect": _cmd_detect,
         "catalogue": _cmd_catalogue,
+        "defects": _cmd_defects,
         "stats": _cmd_stats,
         "export": _cmd_export,
         "info": _cmd_info,

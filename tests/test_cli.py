@@ -31,7 +31,7 @@ def test_run_sample_with_defaults_then_info(tmp_path):
     for eid in ("mef_raw_test_frame", "banzai_test_frame", "gmos", "a8280271",
                 "emmi_image_sum3", "c4d_170316_062107_ooi_z_ls9.N2"):
         assert eid in info
-    assert "format 1.3" in info and "Failures: 0 (none)" in info
+    assert "format 1.4" in info and "Failures: 0 (none)" in info
     assert info.count("ingest:done,detect:done") == 6
     detail = crscale("info", archive, "-e", "mef_raw_test_frame", check=0).stdout
     assert "detector SCI_4" in detail and "gain 6.26" in detail

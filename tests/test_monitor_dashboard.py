@@ -206,3 +206,5 @@ def test_cli_refuses_bad_settings_and_a_port_in_use(capsys, tmp_path) -> None:
         port = s.getsockname()[1]
         assert main(["dashboard", str(tmp_path / "x.zarr"), "--port", str(port), "--no-scheduler"]) == 2
     assert f"cannot serve the dashboard on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert main(["dashboard", "s3://bucket/survey.zarr", "--no-scheduler"]) == 2  # no stat on a bucket
+    assert "local or mounted archive" in capsys.readouterr().err

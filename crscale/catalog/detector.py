@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from crscale.catalog.defects import DefectSettings, region_kinds
 from crscale.catalog.features import cr_features
 from crscale.catalog.labels import Band, label_bands
 from crscale.catalog.morphology import MorphologyRules
@@ -41,7 +42,8 @@ class DetectorCatalogue:
     n_cr_pixels : int
         Pixels in CRs.
     n_pixels_usable : int
-        Finite pixels not flagged bad (DQ, saturated): those that can record a CR.
+        Finite pixels not flagged bad (DQ, saturated) nor on a persistent defect: those that
+        can record a CR.
     background : str
         How the local background was had: ``"clean"`` (given, e.g. the archive's inpainted
         image) or ``"inpaint"`` (inpainted here from the image and mask).
@@ -52,11 +54,23 @@ class DetectorCatalogue:
     n_cr_pixels: int
     n_pixels_usable: int
     background: str
+    n_defect_pixels: int = 0
+    defect_map: str | None = None
+
+    @property
+    def n_regions(self) -> int:
+        """Number of catalogued regions, of every kind."""
+        return int(self.columns["id"].size)
+
+    @property
+    def is_cr(self) -> np.ndarray:
+        """Rows of kind ``cr``."""
+        return np.asarray(self.columns["kind"] == "cr", dtype=bool)
 
     @property
     def n_cr(self) -> int:
-        """Number of CRs."""
-        return int(self.columns["id"].size)
+        """Number of CRs (rows of kind ``cr``)."""
+        return int(np.count_nonzero(self.is_cr))
 
 
 def band_rows_for(array: Any, minimum: int = MIN_BAND_ROWS) -> int:
@@ -89,6 +103,9 @@ def catalogue_detector(
     inpaint_method: str = "harmonic",
     inpaint_dilate: int = 1,
     fallback: float | None = None,
+    defects: Any = None,
+    defect_map: str | None = None,
+    defect_settings: DefectSettings | None = None,
 ) -> DetectorCatalogue:
     """Label the CRs of one detector and measure each one.
 
@@ -117,6 +134,15 @@ def catalogue_detector(
     fallback : float, optional
         Inpainting value for pixels with no good neighbour (default: the median of the usable
         pixels of the first band).
+    defects : array-like, optional
+        The detector's defect codes (:data:`crscale.catalog.defects.DEFECT_CODES`, 0: none):
+        regions mostly on defects get the defect's kind, defect pixels leave the usable area.
+    defect_map : str, optional
+        State of that map, ``"verified"`` or ``"unverified"`` (see
+        :func:`crscale.catalog.defects.region_kinds`). None (no defect information, e.g.
+        one image in memory): no region is marked ``unverified``.
+    defect_settings : DefectSettings, optional
+        Default from the config.
 
     Returns
     -------
@@ -125,7 +151,7 @@ def catalogue_detector(
     shape = tuple(int(s) for s in image.shape)
     if len(shape) != 2:
         raise ValueError(f"catalogue_detector needs 2-D arrays, got shape {shape}")
-    for name, arr in (("mask", mask), ("background", background), ("dq", dq)):
+    for name, arr in (("mask", mask), ("background", background), ("dq", dq), ("defects", defects)):
         if arr is not None and tuple(arr.shape) != shape:
             raise ValueError(f"{name} shape {tuple(arr.shape)} does not match image shape {shape}")
     if not gain or not np.isfinite(gain) or gain <= 0:
@@ -133,7 +159,8 @@ def catalogue_detector(
     h, w = shape
     rows = int(band_rows or band_rows_for(image))
     rules = rules or MorphologyRules.from_config()
-    counts = {"cr": 0, "usable": 0}
+    defect_settings = defect_settings or DefectSettings.from_config()
+    counts = {"usable": 0, "defect": 0}
     halo = INPAINT_RADIUS[inpaint_method] + int(inpaint_dilate) if background is None else 0
     fill: list[float] = [] if fallback is None else [float(fallback)]
 
@@ -145,8 +172,10 @@ def catalogue_detector(
             msk = _read(mask, lo, hi) != 0
             bad = bad_pixel_mask(img, _read(dq, lo, hi) if dq is not None else None, saturation)
             inner = slice(y0 - lo, y0 - lo + (y1 - y0))
-            counts["usable"] += int(np.count_nonzero(~bad[inner]))
-            counts["cr"] += int(np.count_nonzero(msk[inner]))
+            codes = _read(defects, y0, y1) if defects is not None else np.zeros((y1 - y0, w), np.uint8)
+            on_defect = codes != 0
+            counts["defect"] += int(np.count_nonzero(on_defect))
+            counts["usable"] += int(np.count_nonzero(~bad[inner] & ~on_defect))
             if background is not None:
                 bkg = _read(background, y0, y1)
             elif msk[inner].any():
@@ -157,12 +186,22 @@ def catalogue_detector(
                 bkg = inpaint(img, grown, method=inpaint_method, bad=bad, fallback=fill[0])[inner]
             else:
                 bkg = np.zeros((y1 - y0, w), np.float32)
-            yield Band(y0, msk[inner], {"image": img[inner], "background": bkg})
+            yield Band(y0, msk[inner], {"image": img[inner], "background": bkg, "defect": codes})
 
-    parts = [
-        cr_features(c, (h, w), gain=float(gain), saturation=saturation, rules=rules)
-        for c in label_bands(bands(), w)
-    ]
+    parts = []
+    for c in label_bands(bands(), w):
+        cols = cr_features(c, (h, w), gain=float(gain), saturation=saturation, rules=rules)
+        cols["kind"] = region_kinds(
+            np.asarray(c.values["defect"]),
+            c.offsets,
+            cols["n_pixels"],
+            cols["morphology"],
+            cols["y_max"] - cols["y_min"] + 1,
+            cols["x_max"] - cols["x_min"] + 1,
+            status=defect_map,
+            settings=defect_settings,
+        )
+        parts.append(cols)
     if parts:
         columns = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     else:
@@ -170,12 +209,15 @@ def catalogue_detector(
     order = np.argsort(columns.pop("first"), kind="stable")
     columns = {k: v[order] for k, v in columns.items()}
     columns["id"] = np.arange(1, order.size + 1, dtype=np.int32)
+    cr = columns["kind"] == "cr"
     return DetectorCatalogue(
         columns=columns,
         shape=(h, w),
-        n_cr_pixels=counts["cr"],
+        n_cr_pixels=int(np.sum(columns["n_pixels"][cr.astype(bool)], dtype=np.int64)),
         n_pixels_usable=counts["usable"],
         background="clean" if background is not None else "inpaint",
+        n_defect_pixels=counts["defect"],
+        defect_map=defect_map,
     )
 
 

@@ -222,6 +222,13 @@ def write_plots(
             _class_fractions(ax, stats)
         else:
             _, quantity, xlabel, title = next(p for p in cr_plots if p[0] == name)
-            _histogram_lines(ax, stats.histograms[quantity], xlabel, f"{title} ({stats.n_cr} CRs)")
+            n_art = sum(stats.artefacts.values())
+            note = f"; {n_art} artefacts left out" if n_art else ""
+            _histogram_lines(ax, stats.histograms[quantity], xlabel, f"{title} ({stats.n_cr} CRs{note})")
+            if quantity == "energy_ev" and stats.energy_incomplete_below_ev:
+                # the low end the completeness measurement says is less than half complete
+                ax.axvspan(stats.histograms[quantity]["all"].edges[0], stats.energy_incomplete_below_ev,
+                           color="grey", alpha=0.2, label="incomplete (< 50 %)")
+                ax.legend(fontsize=8)
         written.append(_save(fig, out / name))
     return written

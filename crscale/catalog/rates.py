@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from crscale import config
+from crscale.catalog.defects import DEFECT_KINDS
 from crscale.catalog.detector import DetectorCatalogue
 from crscale.io.catalogue_schema import CLASSES
 
@@ -45,6 +46,7 @@ def exposure_row(
     detector_attrs: dict[str, Any],
     model: str | None = None,
     threshold: float | None = None,
+    completeness: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """The exposure-table row of one detector.
 
@@ -61,6 +63,8 @@ def exposure_row(
         instrument ...).
     model, threshold : optional
         What made the mask.
+    completeness : tuple (C, sigma_C), optional
+        The detector's measured completeness (:func:`corrected_rate`).
 
     Returns
     -------
@@ -78,7 +82,9 @@ def exposure_row(
     area = result.n_pixels_usable * physics.pixel_area_cm2
     n_cr = result.n_cr
     exposure = t_eff * area if t_eff is not None else 0.0
-    classes = Counter(result.columns["morphology"].tolist())
+    is_cr = result.is_cr
+    kinds = Counter(result.columns["kind"].tolist())
+    classes = Counter(result.columns["morphology"][is_cr].tolist())
     guessed = list(physics.guessed)
     if t_eff is None:  # no usable (finite, non-negative) exposure time: no rate
         guessed.append("exptime")
@@ -104,10 +110,47 @@ def exposure_row(
         "rate": n_cr / exposure if exposure > 0 else None,
         "rate_err": float(np.sqrt(n_cr)) / exposure if exposure > 0 else None,
         "gain": float(physics.gain),
-        "charge_e": float(np.sum(result.columns["charge_e"])),
+        "charge_e": float(np.sum(result.columns["charge_e"][is_cr])),
         "profile": physics.profile,
         "guessed": ",".join(guessed),
         "background": result.background,
         "model": model,
         "threshold": threshold,
+        "n_defects": int(sum(kinds.get(k, 0) for k in DEFECT_KINDS)),
+        "n_unverified": int(kinds.get("unverified", 0)),
+        "n_defect_pixels": int(result.n_defect_pixels),
+        "defect_map": result.defect_map,
+        **corrected_rate(n_cr, exposure, completeness),
     }
+
+
+def corrected_rate(n_cr: int, exposure_cm2_s: float, completeness: Any = None) -> dict[str, float | None]:
+    """Completeness-corrected rate and its error.
+
+    Parameters
+    ----------
+    n_cr : int
+        CRs counted.
+    exposure_cm2_s : float
+        Area x effective exposure time.
+    completeness : tuple (C, sigma_C), optional
+        Probability that a CR is catalogued as kind ``cr``, and its error.
+
+    Returns
+    -------
+    dict
+        ``completeness``, ``completeness_err``, ``rate_corrected`` = rate / C and
+        ``rate_corrected_err`` = sqrt((sqrt(n) / C)² + (n sigma_C / C²)²) / exposure (the
+        Poisson error and the completeness error combined), all None when unknown.
+    """
+    none: dict[str, float | None] = dict.fromkeys(
+        ("completeness", "completeness_err", "rate_corrected", "rate_corrected_err")
+    )
+    if completeness is None or exposure_cm2_s <= 0:
+        return none
+    c, sc = (float(v) for v in completeness)
+    if not np.isfinite(c) or c <= 0:
+        return none
+    rate = n_cr / exposure_cm2_s / c
+    err = float(np.hypot(np.sqrt(n_cr) / c, n_cr * sc / c**2)) / exposure_cm2_s
+    return {"completeness": c, "completeness_err": sc, "rate_corrected": rate, "rate_corrected_err": err}

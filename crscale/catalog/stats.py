@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crscale.catalog.defects import KINDS
 from crscale.io.catalogue_schema import CLASSES
 from crscale.io.catalogue_store import rates_dataset, read_table_dask
 from crscale.io.storage import is_url
@@ -49,7 +50,10 @@ UNKNOWN = "unknown"
 _EXPOSURE_COLUMNS = [
     "exposure", "instrument", "area_cm2", "effective_exptime",
     "n_cr", "n_dot", "n_spot", "n_track", "n_worm", "guessed",
+    "n_defects", "n_unverified", "rate_corrected", "rate_corrected_err",
 ]
+#: Kinds other than ``cr`` counted apart in the CR table (artefacts; not in the histograms).
+_ARTEFACTS = tuple(k for k in KINDS if k != "cr")
 _GROUPS = ("all", *CLASSES)
 # Slots of a per-quantity count vector: missing (NaN), <= 0, (0, lo), the bins, > hi.
 _N_EXTRA = 3
@@ -182,6 +186,11 @@ class InstrumentStats:
     n_no_rate: int  #: rows without effective exposure time or area: left out of the rates
     n_guessed_rows: int  #: rows whose profile values are partly guessed
     guessed_fields: list[str] = field(default_factory=list)
+    n_defects: int = 0  #: regions on persistent defects (not in n_cr)
+    n_unverified: int = 0  #: regions a defect could explain, on detectors with too few exposures
+    rate_corrected: float = math.nan  #: pooled completeness-corrected rate of the rows that have one
+    rate_corrected_err: float = math.nan  #: its error (Poisson and completeness)
+    n_uncorrected: int = 0  #: rated rows without a completeness (left out of rate_corrected)
 
     @property
     def guessed(self) -> bool:
@@ -217,6 +226,8 @@ class CatalogueStats:
     histograms: dict[str, dict[str, Histogram]]  #: quantity -> "all" / class -> histogram
     rate_histograms: dict[str, Histogram]  #: "all" / instrument -> per-row rate histogram
     exposures: list[str] | None = None  #: the exposures asked for (None: all)
+    artefacts: dict[str, int] = field(default_factory=dict)  #: rows of each non-cr kind in the CR table
+    energy_incomplete_below_ev: float | None = None  #: the spectrum is incomplete below (completeness < 50 %)
 
     @property
     def medians(self) -> dict[str, dict[str, float]]:
@@ -238,6 +249,8 @@ class CatalogueStats:
             "class_counts": dict(self.class_counts),
             "class_fractions": _json_value(self.class_fractions),
             "n_unclassified": self.n_unclassified,
+            "artefacts": dict(self.artefacts),
+            "energy_incomplete_below_ev": self.energy_incomplete_below_ev,
             "medians": _json_value(self.medians),
             "total": self.total.to_dict(),
             "instruments": {k: v.to_dict() for k, v in self.instruments.items()},
@@ -247,8 +260,8 @@ class CatalogueStats:
 
     def format_table(self) -> str:
         """Plain-text table: one line per instrument and a total line, with footnotes."""
-        head = ["instrument", "exposures", "detectors", "CRs", "rate (CR cm⁻² s⁻¹)",
-                *(f"{c} %" for c in CLASSES)]
+        head = ["instrument", "exposures", "detectors", "CRs", "defects", "unverified",
+                "rate (CR cm⁻² s⁻¹)", "corrected rate", *(f"{c} %" for c in CLASSES)]
         rows = [_table_row(s) for s in self.instruments.values()]
         rows.append(_table_row(self.total, name="total"))
         widths = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(len(head))]
@@ -271,6 +284,16 @@ class CatalogueStats:
         if self.total.n_no_rate:
             out.append(f"{self.total.n_no_rate} exposure x detector row(s) without effective exposure "
                        "time or area are left out of the rates (their CRs are counted)")
+        if self.total.n_defects or self.total.n_unverified:
+            out.append(f"CRs and rates count kind cr only: {self.total.n_defects} region(s) on persistent "
+                       f"defects and {self.total.n_unverified} unverified (too few exposures of their "
+                       "detector to tell a defect from a CR) are left out")
+        if self.total.n_uncorrected:
+            out.append(f"{self.total.n_uncorrected} row(s) without a completeness measurement are left out "
+                       "of the corrected rates")
+        if self.energy_incomplete_below_ev:
+            out.append(f"energy spectrum incomplete (completeness < 50 %) below "
+                       f"{self.energy_incomplete_below_ev:.3g} eV")
         if self.n_cr != self.total.n_cr:
             out.append(f"note: the CR table holds {self.n_cr} rows, the exposure table counts "
                        f"{self.total.n_cr} CRs")
@@ -279,9 +302,12 @@ class CatalogueStats:
 
 def _table_row(s: InstrumentStats, name: str | None = None) -> list[str]:
     rate = "n/a" if not math.isfinite(s.rate) else f"{s.rate:#.3g} ± {s.rate_err:#.3g}"
+    corrected = ("n/a" if not math.isfinite(s.rate_corrected)
+                 else f"{s.rate_corrected:#.3g} ± {s.rate_corrected_err:#.3g}")
     fractions = [("-" if math.isnan(f) else f"{100 * f:.1f}") for f in s.class_fractions.values()]
     label = (name or s.instrument) + ("*" if s.guessed else "")
-    return [label, str(s.n_exposures), str(s.n_detectors), str(s.n_cr), rate, *fractions]
+    return [label, str(s.n_exposures), str(s.n_detectors), str(s.n_cr), str(s.n_defects),
+            str(s.n_unverified), rate, corrected, *fractions]
 
 
 def _json_float(x: float) -> float | None:
@@ -326,7 +352,7 @@ def _slots(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def _column_names(edges: Mapping[str, np.ndarray]) -> list[str]:
-    names = ["n_rows", *(f"class|{c}" for c in CLASSES), "class|other"]
+    names = ["n_rows", *(f"class|{c}" for c in CLASSES), "class|other", *(f"kind|{k}" for k in _ARTEFACTS)]
     for q, e in edges.items():
         for g in _GROUPS:
             names += [f"{q}|{g}|{i}" for i in range(e.size + _N_EXTRA)]
@@ -334,14 +360,24 @@ def _column_names(edges: Mapping[str, np.ndarray]) -> list[str]:
 
 
 def _cr_partition_counts(pdf: pd.DataFrame, edges: Mapping[str, np.ndarray]) -> pd.DataFrame:
-    """One exposure's CRs reduced to one row of counts (histogram slots of every group)."""
+    """One exposure's CRs reduced to one row of counts (histogram slots of every group).
+
+    Rows of a kind other than ``cr`` (defects, unverified) are only counted, by kind; rows
+    without a kind (catalogues older than format 1.3) are CRs.
+    """
+    if "kind" in pdf:
+        kind = pdf["kind"].astype(object).where(pdf["kind"].notna(), "cr").to_numpy()
+    else:
+        kind = np.full(len(pdf), "cr", dtype=object)
+    artefacts = np.array([int(np.count_nonzero(kind == k)) for k in _ARTEFACTS], dtype=np.int64)
+    pdf = pdf[kind == "cr"]
     morph = pdf["morphology"].astype(object).to_numpy()
     # Class code per CR: 0..3 the classes, 4 anything else; one bincount then fills all groups.
     code = np.full(len(pdf), len(CLASSES), dtype=np.intp)
     for k, c in enumerate(CLASSES):
         code[morph == c] = k
     per_class = np.bincount(code, minlength=len(CLASSES) + 1)
-    parts = [np.array([len(pdf)], dtype=np.int64), per_class.astype(np.int64)]
+    parts = [np.array([len(pdf)], dtype=np.int64), per_class.astype(np.int64), artefacts]
     for q, e in edges.items():
         nslot = e.size + _N_EXTRA
         values = pdf[q].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -357,7 +393,7 @@ def _cr_counts(archive: str | os.PathLike, exposures: Sequence[str] | None,
                edges: Mapping[str, np.ndarray]) -> Any:
     """Lazy sum over the CR table's partitions of :func:`_cr_partition_counts`."""
     cr_edges = {q: edges[q] for q in CR_QUANTITIES}
-    ddf = read_table_dask(archive, "crs", exposures=exposures, columns=[*CR_QUANTITIES, "morphology"])
+    ddf = read_table_dask(archive, "crs", exposures=exposures, columns=[*CR_QUANTITIES, "morphology", "kind"])
     func = partial(_cr_partition_counts, edges=cr_edges)
     # Everything comes from this single map_partitions: several branches off the reader (e.g.
     # one dask.array.histogram per column and class) would each fuse their own read of every
@@ -374,6 +410,8 @@ def _unpack_cr_counts(sums: pd.Series, edges: Mapping[str, np.ndarray]) -> dict[
     pos += len(CLASSES)
     unclassified = int(v[pos])
     pos += 1
+    artefacts = {k: int(n) for k, n in zip(_ARTEFACTS, v[pos:pos + len(_ARTEFACTS)], strict=True)}
+    pos += len(_ARTEFACTS)
     histograms: dict[str, dict[str, Histogram]] = {}
     for q, unit in CR_QUANTITIES.items():
         e = edges[q]
@@ -383,7 +421,7 @@ def _unpack_cr_counts(sums: pd.Series, edges: Mapping[str, np.ndarray]) -> dict[
             histograms[q][g] = Histogram.from_slots(q, unit, e, v[pos:pos + nslot])
             pos += nslot
     return {"n_cr": int(v[0]), "class_counts": class_counts, "n_unclassified": unclassified,
-            "histograms": histograms}
+            "histograms": histograms, "artefacts": artefacts}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,6 +442,10 @@ def _prepare_rows(df: pd.DataFrame) -> pd.DataFrame:
     df["rated"] = rated
     df["at"] = at.where(rated, 0.0)
     df["row_rate"] = (df["n_cr"].astype("float64") / at).where(rated)
+    for col in ("n_defects", "n_unverified"):
+        df[col] = df[col].fillna(0).astype("int64") if col in df else 0
+    for col in ("rate_corrected", "rate_corrected_err"):
+        df[col] = df[col].astype("float64") if col in df else np.nan
     guessed = df["guessed"].astype(object).where(df["guessed"].notna(), "")
     df["guessed"] = guessed.map(lambda s: str(s).strip())
     return df
@@ -418,6 +460,8 @@ def _instrument_stats(name: str, rows: pd.DataFrame) -> InstrumentStats:
         p16, p50, p84 = (float(x) for x in np.percentile(rates, [16, 50, 84]))
     else:
         p16 = p50 = p84 = math.nan
+    corr = rated[np.isfinite(rated["rate_corrected"])]
+    at_c = float(corr["at"].sum())
     guessed_rows = rows["guessed"] != ""
     fields = sorted({f.strip() for s in rows.loc[guessed_rows, "guessed"] for f in s.split(",") if f.strip()})
     return InstrumentStats(
@@ -436,6 +480,13 @@ def _instrument_stats(name: str, rows: pd.DataFrame) -> InstrumentStats:
         n_no_rate=int((~rows["rated"]).sum()),
         n_guessed_rows=int(guessed_rows.sum()),
         guessed_fields=fields,
+        n_defects=int(rows["n_defects"].sum()),
+        n_unverified=int(rows["n_unverified"].sum()),
+        # pooled as the raw rate: Σ (n_i / C_i) / Σ (area x time)
+        rate_corrected=float((corr["rate_corrected"] * corr["at"]).sum()) / at_c if at_c > 0 else math.nan,
+        rate_corrected_err=float(np.sqrt(((corr["rate_corrected_err"] * corr["at"]) ** 2).sum())) / at_c
+        if at_c > 0 else math.nan,
+        n_uncorrected=int(len(rated) - len(corr)),
     )
 
 
@@ -512,7 +563,24 @@ def summarise(
         histograms=cr["histograms"],
         rate_histograms=rate_histograms,
         exposures=exposures,
+        artefacts=cr["artefacts"],
+        energy_incomplete_below_ev=_energy_limit(archive),
     )
+
+
+def _energy_limit(archive: str | os.PathLike) -> float | None:
+    """The highest ``energy_50_ev`` of the archive's completeness measurements (None: none)."""
+    import json
+
+    limits = []
+    for meta in sorted((Path(archive) / "defects").glob("*/zarr.json")):
+        try:
+            comp = (json.loads(meta.read_text()).get("attributes") or {}).get("completeness") or {}
+        except (OSError, ValueError):
+            continue
+        if comp.get("energy_50_ev"):
+            limits.append(float(comp["energy_50_ev"]))
+    return max(limits) if limits else None
 
 
 def exposure_rates(archive: str | os.PathLike, *, exposures: Sequence[str] | None = None) -> pd.DataFrame:

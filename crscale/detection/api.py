@@ -12,6 +12,7 @@ from crscale.detection.badpix import bad_pixel_mask, fill_bad
 from crscale.detection.normalise import ImageStats, compute_stats, normalise, with_noise_floor
 from crscale.detection.predictor import Predictor, predictor_from
 from crscale.detection.tiling import alignment, predict_tiled, required_halo
+from crscale.detection.torch_block import use_torch_path
 
 
 @dataclass
@@ -100,6 +101,7 @@ def detect(
     stats: ImageStats | None = None,
     origin: tuple[int, int] = (0, 0),
     progress: bool = False,
+    backend: str = "auto",
 ) -> DetectResult:
     """Detect cosmic rays in one image with a U-Net, and inpaint them.
 
@@ -150,7 +152,11 @@ def detect(
         Position of ``image[0, 0]`` in its detector when ``image`` is a block of it, so tiles
         sit on the detector's grid.
     progress : bool
-        Show a progress bar over tiles.
+        Show a progress bar over tiles (numpy path only).
+    backend : {"auto", "numpy", "torch"}
+        ``"torch"``: every per-pixel step on the predictor's device
+        (:mod:`crscale.detection.torch_block`); ``"numpy"``: the numpy/scipy reference around
+        the network; ``"auto"``: torch on CUDA devices, numpy on CPUs (where it is faster).
 
     Returns
     -------
@@ -189,11 +195,15 @@ def detect(
 
     pred = predictor_from(model, device, precision, compile)
     card = pred.card
-    bad = bad_pixel_mask(data, dq, saturation)
+    torch_path = use_torch_path(backend, pred.device) and not progress
+    bad = None if (torch_path and stats is not None) else bad_pixel_mask(data, dq, saturation)
     if stats is None:
         if bad.all():
             raise ValueError("the image has no finite, unflagged pixel")
         stats = with_noise_floor(compute_stats(data, bad, gain=gain), readnoise, gain)
+    if torch_path:
+        return _detect_on_device(data, dq, saturation, pred, stats, threshold, inpaint, inpaint_method,
+                                 inpaint_dilate, tile, batch_size, origin, ccd)
     x = fill_bad(normalise(np.where(bad, 0, data) if bad.any() else data, stats, card.normalisation), bad)
 
     halo = required_halo(pred.config)
@@ -233,7 +243,31 @@ def detect(
             clean = _clean_ccd(ccd, clean, mask, pred.name, thr)
     return DetectResult(
         prob=prob, mask=mask, clean=clean, bad=bad, threshold=thr, stats=stats, model=pred.name,
-        info={"tile": tile, "halo": halo, "device": str(pred.device), "precision": str(pred.dtype)},
+        info={"tile": tile, "halo": halo, "device": str(pred.device), "precision": str(pred.dtype),
+              "backend": "numpy"},
+    )
+
+
+def _detect_on_device(data, dq, saturation, pred, stats, threshold, inpaint, inpaint_method, inpaint_dilate,
+                      tile, batch_size, origin, ccd) -> DetectResult:
+    """The torch path of :func:`detect`: every per-pixel step on the predictor's device."""
+    from crscale.detection.inpaint import DEFAULT_INPAINT
+    from crscale.detection.torch_block import detect_torch
+
+    thr = float(pred.card.recommended_threshold if threshold is None else threshold)
+    tile = tile or pred.default_tile()
+    out = detect_torch(
+        data, pred=pred, stats=stats, threshold=thr, dq=dq, saturation=saturation, tile=tile,
+        batch_size=batch_size, origin=origin, inpaint=inpaint,
+        inpaint_method=inpaint_method or DEFAULT_INPAINT, inpaint_dilate=inpaint_dilate,
+    )
+    clean = out.clean
+    if clean is not None and ccd is not None:
+        clean = _clean_ccd(ccd, np.ascontiguousarray(clean), out.mask, pred.name, thr)
+    return DetectResult(
+        prob=out.prob, mask=out.mask, clean=clean, bad=out.bad, threshold=thr, stats=stats, model=pred.name,
+        info={"tile": tile, "halo": required_halo(pred.config), "device": str(pred.device),
+              "precision": str(pred.dtype), "backend": "torch"},
     )
 
 

@@ -46,6 +46,9 @@ class DetectSettings:
         Tiling inside a block (None: the predictor's default).
     model_name : str
         The name in the model's card (what the archive records).
+    backend : {"auto", "numpy", "torch"}
+        Where the per-pixel work around the network runs (see :func:`crscale.detect`):
+        ``auto`` keeps all of it on the device of a GPU worker and uses numpy on CPU workers.
     """
 
     model: str
@@ -59,6 +62,7 @@ class DetectSettings:
     tile: int | None = None
     batch_size: int | None = None
     model_name: str = ""
+    backend: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -165,10 +169,22 @@ def detect_block(
         Naming the block (``label`` = exposure/detector) and the problem.
     """
     from crscale.detection import detect, get_predictor
+    from crscale.detection.torch_block import detect_torch, use_torch_path
 
     origin = block_origin(block_id or (0, 0), detector_chunks, halo)
+    iy, ix = block_id or (0, 0)
     try:
         predictor = get_predictor(settings.model, settings.device, settings.precision, settings.compile)
+        if use_torch_path(settings.backend, predictor.device):
+            # The device builds the block in BLOCK_DTYPE's layout: one copy back, no host repacking.
+            packed = detect_torch(
+                image, pred=predictor, stats=stats, threshold=settings.threshold, dq=dq,
+                saturation=saturation, tile=settings.tile, batch_size=settings.batch_size, origin=origin,
+                inpaint=settings.inpaint, inpaint_method=settings.inpaint_method,
+                inpaint_dilate=settings.inpaint_dilate, layout=BLOCK_DTYPE,
+            ).packed
+            _report_block(label, detector_chunks[0][iy] * detector_chunks[1][ix])
+            return packed
         res = detect(
             image,
             model=predictor,
@@ -183,6 +199,7 @@ def detect_block(
             batch_size=settings.batch_size,
             stats=stats,
             origin=origin,
+            backend="numpy",
         )
     except Exception as exc:
         raise RuntimeError(
@@ -193,7 +210,6 @@ def detect_block(
     out["prob"] = res.prob
     out["mask"] = res.mask
     out["clean"] = res.clean if res.clean is not None else np.nan
-    iy, ix = block_id or (0, 0)
     _report_block(label, detector_chunks[0][iy] * detector_chunks[1][ix])
     return out
 

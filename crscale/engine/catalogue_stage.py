@@ -32,6 +32,7 @@ from typing import Any
 from crscale.catalog.morphology import MorphologyRules
 from crscale.catalog.profiles import DetectorPhysics, detector_physics, load_profiles
 from crscale.engine.cluster import client_or_new
+from crscale.engine.defects_stage import defect_info, key_of, refresh_defects
 from crscale.engine.outcomes import StageOutcomes, abandon
 from crscale.io import integrity
 from crscale.io.archive import Archive
@@ -65,6 +66,8 @@ class CatalogueReport(StageOutcomes):
     results: list[ExposureCatalogue]
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    defects: Any = None  #: the DefectReport of the defect update run first, if any
+    redone_for_defects: list[str] = field(default_factory=list)  #: recatalogued: their defect map changed
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -74,6 +77,8 @@ class CatalogueReport(StageOutcomes):
             "counts": self.counts(),
             "settings": self.settings,
             "results": [asdict(r) for r in self.results],
+            "defects": self.defects.to_dict() if self.defects is not None else None,
+            "redone_for_defects": self.redone_for_defects,
         }
 
     def summary(self) -> str:
@@ -89,6 +94,14 @@ class CatalogueReport(StageOutcomes):
         ]
         for r in self.by_status("failed"):
             lines.append(f"  FAILED: {r.message}")
+        if self.defects is not None and any(r.status != "current" for r in self.defects.results):
+            lines.append(self.defects.summary())
+        if self.redone_for_defects:
+            lines.append(
+                f"  re-catalogued {len(self.redone_for_defects)} exposure(s) whose defect map or "
+                f"completeness changed: {', '.join(self.redone_for_defects[:10])}"
+                + (" ..." if len(self.redone_for_defects) > 10 else "")
+            )
         return "\n".join(lines)
 
 
@@ -99,8 +112,13 @@ def catalogue_detector_task(
     physics: DetectorPhysics,
     rules: MorphologyRules,
     exposure_attrs: dict[str, Any],
+    defects: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Worker task: the CR columns and the exposure-table row of one detector."""
+    """Worker task: the CR columns and the exposure-table row of one detector.
+
+    ``defects`` (None: no defect information) names the detector's defect map: ``key``,
+    ``status`` and ``completeness`` (see :mod:`crscale.engine.defects_stage`).
+    """
     import zarr
 
     from crscale.catalog.detector import catalogue_detector
@@ -117,6 +135,10 @@ def catalogue_detector_task(
     def read(name: str) -> Any:  # reads refuse absent or corrupt chunks, naming them
         return integrity.checked(group, name, label) if name in arrays else None
 
+    codes = None
+    if defects and defects.get("key"):
+        codes = zarr.open_group(f"{archive}/defects/{defects['key']}", mode="r", zarr_format=3,
+                                storage_options=zarr_options(archive))["codes"]
     result = catalogue_detector(
         read("image"),
         read("mask"),
@@ -126,6 +148,8 @@ def catalogue_detector_task(
         saturation=attrs.get("saturation"),
         rules=rules,
         fallback=(detect.get("stats") or {}).get("sky"),
+        defects=codes,
+        defect_map=(defects or {}).get("status"),
     )
     row = exposure_row(
         exposure_id,
@@ -136,6 +160,7 @@ def catalogue_detector_task(
         detector_attrs=attrs,
         model=detect.get("model"),
         threshold=detect.get("threshold"),
+        completeness=(defects or {}).get("completeness"),
     )
     columns = {"exposure": exposure_id, "detector": detector, **result.columns}
     return columns, row
@@ -159,7 +184,7 @@ def write_exposure_task(archive: str, exposure_id: str, *parts: tuple[dict[str, 
     crs = as_table(columns, "crs")
     rows = as_table([row for _cols, row in parts], "exposures")
     write_exposure_tables(archive, exposure_id, crs, rows)
-    return int(crs.num_rows)
+    return int(sum(row["n_cr"] for _cols, row in parts))
 
 
 def catalogue_archive(
@@ -173,6 +198,7 @@ def catalogue_archive(
     force: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] | None = print,
+    completeness: Callable[..., Any] | None = None,
 ) -> CatalogueReport:
     """Run the catalogue stage over an archive (or some of its exposures) on a Dask cluster.
 
@@ -197,6 +223,10 @@ def catalogue_archive(
         A progress bar on stderr.
     echo : callable, optional
         Where messages go; ``None`` for silence.
+    completeness : callable, optional
+        ``completeness(archive, get_client, maps) -> maps``, run after the defect maps are
+        updated: fills in each detector's completeness (the CLI passes
+        :func:`crscale.evaluate.completeness.refresh_completeness`).
 
     Returns
     -------
@@ -220,8 +250,45 @@ def catalogue_archive(
     ids = arch.select_exposures(exposures)
 
     results: dict[str, ExposureCatalogue] = {}
-    plans: dict[str, tuple[dict[str, Any], list[tuple[str, DetectorPhysics]], str]] = {}
+    plans: dict[str, tuple[dict[str, Any], list[tuple[str, DetectorPhysics, Any]], str]] = {}
+    redone: list[str] = []
+    with contextlib.ExitStack() as stack:
+        opened: list[Any] = []
 
+        def get_client() -> Any:
+            if not opened:
+                opened.append(
+                    stack.enter_context(client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster,
+                                                      echo=echo))
+                )
+                arch.note_format()
+            return opened[0]
+
+        defect_report, maps = refresh_defects(arch, get_client)
+        if completeness is not None:
+            maps = completeness(arch, get_client, maps)
+        _plan(arch, ids, profiles, maps, force, results, plans, redone)
+        if plans:
+            _run(get_client(), arch, plans, rules, results, progress)
+    report = CatalogueReport(
+        path, [results[e] for e in ids if e in results], time.perf_counter() - t0, settings,
+        defect_report, [e for e in redone if e in plans],
+    )
+    return report
+
+
+def _plan(
+    arch: Archive,
+    ids: list[str],
+    profiles: Any,
+    maps: dict[str, dict[str, Any]] | None,
+    force: bool,
+    results: dict[str, ExposureCatalogue],
+    plans: dict[str, tuple[dict[str, Any], list[tuple[str, DetectorPhysics, Any]], str]],
+    redone: list[str],
+) -> None:
+    """What each exposure needs: skipped when its catalogue is current, else planned."""
+    path = str(arch.path)
     for eid in ids:
         started = time.perf_counter()
         try:
@@ -235,18 +302,23 @@ def catalogue_archive(
             if detect.get("state") != "done":
                 continue  # nothing to catalogue (yet)
             done = status.get("catalogue", {})
-            current = (
+            detectors = []
+            for d in arch.detectors(eid):
+                dattrs = dict(arch.root[f"exposures/{eid}/{d}"].attrs)
+                phys = detector_physics(attrs, dattrs, profiles)
+                detectors.append((d, phys, defect_info(maps, key_of(attrs, d, dattrs, phys))))
+            tokens = {d: (info or {}).get("token") for d, _p, info in detectors}
+            same_detection = (
                 done.get("state") == "done"
                 and done.get("detect_time") == detect.get("time")
                 and table_file(path, "exposures", eid).is_file()
             )
+            current = same_detection and (maps is None or done.get("defects") == tokens)
             if current and not force:
                 results[eid] = ExposureCatalogue(eid, "skipped", "catalogue up to date")
                 continue
-            detectors = [
-                (d, detector_physics(attrs, dict(arch.root[f"exposures/{eid}/{d}"].attrs), profiles))
-                for d in arch.detectors(eid)
-            ]
+            if same_detection and not force:
+                redone.append(eid)
         except Exception as exc:  # this exposure's metadata only: record it, go on
             message = f"exposure {eid!r}: cannot read its metadata in {path} ({describe(exc)})"
             _fail(arch, eid, message, "archive", started, 0, results)
@@ -254,20 +326,11 @@ def catalogue_archive(
         exp_attrs = {k: attrs.get(k) for k in ("instrument", "telescope", "date_obs", "mjd_obs", "exptime")}
         plans[eid] = (exp_attrs, detectors, detect.get("time"))
 
-    if plans:
-        with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
-            arch.note_format()
-            _run(cl, arch, plans, rules, results, progress)
-    report = CatalogueReport(
-        path, [results[e] for e in ids if e in results], time.perf_counter() - t0, settings
-    )
-    return report
-
 
 def _run(
     cl: Any,
     arch: Archive,
-    plans: dict[str, tuple[dict[str, Any], list[tuple[str, DetectorPhysics]], str]],
+    plans: dict[str, tuple[dict[str, Any], list[tuple[str, DetectorPhysics, Any]], str]],
     rules: MorphologyRules,
     results: dict[str, ExposureCatalogue],
     progress: bool,
@@ -314,10 +377,11 @@ def _run(
                 phys,
                 rules,
                 exp_attrs,
+                info,
                 pure=False,
                 key=f"crscale-catalogue-{eid}-{det}-{stamp}",
             )
-            for det, phys in detectors
+            for det, phys, info in detectors
         ]
         fut = cl.submit(
             write_exposure_task, path, eid, *parts, pure=False, key=f"crscale-catalogue-write-{eid}-{stamp}"
@@ -341,6 +405,7 @@ def _run(
                     detect_time=plans[eid][2],
                     n_cr=n_cr,
                     n_detectors=n_det,
+                    defects={d: (info or {}).get("token") for d, _p, info in plans[eid][1]},
                     seconds=round(time.perf_counter() - started[eid], 3),
                 )
             except Exception as exc:

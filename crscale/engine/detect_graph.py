@@ -73,6 +73,10 @@ def detect_settings(
     if not 0.0 <= thr <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], not {thr}")
     method = inpaint_method or cfg.get("inpaint_method") or "harmonic"
+    from crscale.detection.torch_block import BACKENDS
+
+    if (cfg.get("backend") or "auto") not in BACKENDS:
+        raise ValueError(f"crscale.detect.backend must be one of {BACKENDS}, not {cfg.get('backend')!r}")
     if method not in INPAINT_METHODS:
         raise ValueError(f"unknown inpainting method {method!r}; choose one of {INPAINT_METHODS}")
     settings = DetectSettings(
@@ -86,8 +90,23 @@ def detect_settings(
         inpaint_dilate=int(cfg.get("inpaint_dilate", 1)),
         tile=tile,
         model_name=card.name,
+        backend=str(cfg.get("backend") or "auto"),
     )
     return settings, net.config
+
+
+def gpu_task_share() -> float:
+    """The share of a worker's ``GPU=1`` resource that one CNN task asks for.
+
+    ``1 / crscale.detect.gpu_tasks_per_worker``: with 2 (the default), two blocks are on a GPU
+    worker's device at once, so that one block's host copies overlap the other's device work
+    (reads and writes are separate tasks on the worker's other threads). Powers of two keep the
+    shares exact in floating point.
+    """
+    k = int(config.get("detect.gpu_tasks_per_worker", 2) or 1)
+    if k < 1:
+        raise ValueError(f"crscale.detect.gpu_tasks_per_worker must be at least 1, not {k}")
+    return 1.0 / k
 
 
 def plan_exposure(archive: Archive, exposure_id: str, target: Sequence[int], halo: int) -> list[DetectorPlan]:
@@ -210,7 +229,7 @@ def exposure_graph(
             )
             for n in names
         }
-        annotation = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
+        annotation = dask.annotate(resources={"GPU": gpu_task_share()}) if gpu else contextlib.nullcontext()
         with annotation:
             blocks = da.map_overlap(
                 detect_block,

@@ -54,6 +54,7 @@ def run_pipeline(
     detect_options: dict[str, Any] | None = None,
     progress: bool = True,
     echo: Callable[[str], None] | None = print,
+    catalogue_options: dict[str, Any] | None = None,
 ) -> RunReport:
     """Ingest the inputs, detect the CRs of their exposures, then catalogue them, on one cluster.
 
@@ -73,6 +74,8 @@ def run_pipeline(
         Extra keyword arguments of :func:`ingest` and :func:`detect_archive`.
     progress : bool
         Progress bars.
+    catalogue_options : dict, optional
+        Extra keyword arguments of :func:`catalogue_archive` (e.g. ``completeness``).
     echo : callable, optional
         Where messages go.
 
@@ -110,7 +113,7 @@ def run_pipeline(
             )
         later = (
             ("detect", detect_archive, detect_options or {}),
-            ("catalogue", catalogue_archive, {}),
+            ("catalogue", catalogue_archive, catalogue_options or {}),
         )
         for name, stage, options in later:
             if name not in stages:

@@ -72,8 +72,13 @@ class ModelPlugin(WorkerPlugin):
         import torch
 
         from crscale.detection import get_predictor
+        from crscale.detection.torch_block import set_worker_threads
 
         torch.set_num_threads(torch_threads(worker.state.nthreads))
+        # The CNN tasks running at once share the device: each block's batch is sized for its share.
+        from crscale import config
+
+        set_worker_threads(min(worker.state.nthreads, int(config.get("detect.gpu_tasks_per_worker", 2) or 1)))
         info: dict[str, Any] = {
             "model": self.model,
             "loaded": False,

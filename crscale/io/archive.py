@@ -42,8 +42,9 @@ from crscale.io import integrity, storage
 from crscale.io.errors import ArchiveError
 from crscale.io.fits_reader import DetectorData, Exposure
 
-FORMAT_VERSION = "1.3"  # 1.1: detect arrays and attributes; 1.2: the catalogue (Parquet, status.catalogue)
+FORMAT_VERSION = "1.4"  # 1.1: detect arrays and attributes; 1.2: the catalogue (Parquet, status.catalogue)
 # 1.3: chunk integrity records (every chunk stored, crc32c; crscale.io.integrity)
+# 1.4: per-detector defect maps defects/, the catalogue kind and completeness columns
 STAGES = ("ingest", "detect", "catalogue")
 _STAGING = "staging"
 _TRASH = "trash"

@@ -42,6 +42,8 @@ CR_SCHEMA = pa.schema(
         _f("edge_distance", pa.int32(), "pix", "pixels between the CR and the nearest detector edge"),
         _f("saturated", pa.bool_(), "", "a pixel reaches the saturation level: charge is a lower limit"),
         _f("morphology", pa.string(), "", "dot, spot, track or worm"),
+        _f("kind", pa.string(), "", "cr, a defect (hot_pixel, hot_column, hot_row, persistent, bad_pixel) "
+           "or unverified (format 1.3; null in older catalogues)", nullable=True),
     ]
 )
 
@@ -77,5 +79,19 @@ EXPOSURE_SCHEMA = pa.schema(
         _f("background", pa.string(), "", "local background: clean (the archive's) or inpaint"),
         _f("model", pa.string(), "", "model that made the mask", nullable=True),
         _f("threshold", pa.float64(), "", "probability threshold of the mask", nullable=True),
+        # format 1.3: artefacts and completeness (null in older catalogues)
+        _f("n_defects", pa.int64(), "", "regions on persistent defects (not counted in n_cr)",
+           nullable=True),
+        _f("n_unverified", pa.int64(), "", "regions a defect could explain on a detector with too few "
+           "exposures to tell (not counted in n_cr)", nullable=True),
+        _f("n_defect_pixels", pa.int64(), "pix", "defect pixels (not in n_pixels_usable)", nullable=True),
+        _f("defect_map", pa.string(), "", "state of the detector's defect map: verified or unverified",
+           nullable=True),
+        _f("completeness", pa.float64(), "", "probability that a CR of the detector is catalogued as kind cr",
+           nullable=True),
+        _f("completeness_err", pa.float64(), "", "binomial error of completeness", nullable=True),
+        _f("rate_corrected", pa.float64(), "cm-2 s-1", "rate / completeness", nullable=True),
+        _f("rate_corrected_err", pa.float64(), "cm-2 s-1", "Poisson and completeness errors combined",
+           nullable=True),
     ]
 )

@@ -38,7 +38,7 @@ TABLES: dict[str, pa.Schema] = {"crs": CR_SCHEMA, "exposures": EXPOSURE_SCHEMA}
 _WRITE_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
     "compression_level": 3,
-    "use_dictionary": ["exposure", "detector", "morphology", "instrument", "telescope", "profile"],
+    "use_dictionary": ["exposure", "detector", "morphology", "instrument", "telescope", "profile", "kind"],
     "write_statistics": True,
     "row_group_size": 1 << 20,
 }

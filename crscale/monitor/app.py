@@ -214,7 +214,10 @@ class DashboardDocument:
         self.rate_fig.legend.click_policy = "hide"
         self.rate_fig.xaxis.axis_label = "observation date"
         self.rate_fig.yaxis.axis_label = "CR cm⁻² s⁻¹"
+        # Fixed ranges, moved to the data as it comes: an empty data range draws no axes at all.
         self.rate_fig.y_range = Range1d(0, 1)
+        now_ms = datetime.now(UTC).timestamp() * 1e3
+        self.rate_fig.x_range = Range1d(now_ms - 365.25 * 86400e3, now_ms)
         self.class_src = ColumnDataSource({"cls": list(CLASSES), "n": [0] * len(CLASSES)})
         self.class_fig = figure(title="CRs per morphology class", x_range=list(CLASSES), height=240,
                                 width=420, tools="save")
@@ -265,3 +268,7 @@ class DashboardDocument:
         self._rates_key = (view.rates_generation, len(rows))
         finite = [r.rate + r.rate_err for r in rows if math.isfinite(r.rate + r.rate_err)]
         self.rate_fig.y_range.end = max(finite) * 1.1 if finite and max(finite) > 0 else 1.0
+        times = [t for t in self.rates_src.data["time"] if math.isfinite(t)]
+        if times:
+            pad = max((max(times) - min(times)) * 0.05, 86400e3)
+            self.rate_fig.x_range.update(start=min(times) - pad, end=max(times) + pad)

@@ -18,7 +18,9 @@ import numpy as np
 
 from crscale.engine.jobs import read_job
 from crscale.engine.monitor import FINAL_STATES, job_state
+from crscale.io import storage
 from crscale.io.archive import STAGES
+from crscale.io.errors import ArchiveError
 from crscale.monitor.advice import advice
 from crscale.monitor.catalogue_reader import CatalogueFollower
 from crscale.monitor.scheduler_probe import SchedulerProbe, WorkerUse
@@ -53,7 +55,7 @@ class View:
     """Everything the dashboard shows at one tick."""
 
     tick: int
-    read_at: float  #: epoch seconds when this was read
+    read_at: float  #: epoch seconds when the reading of this view began
     cost_s: float  #: seconds this tick's reading took
     archive: str
     job: dict[str, Any] | None
@@ -113,6 +115,12 @@ class DashboardState:
 
     def __init__(self, archive: str | os.PathLike, *, window_s: float = 120.0, scheduler: bool = True,
                  settled_every: int = 10, budget_s: float = 1.0) -> None:
+        if storage.is_url(archive):
+            raise ArchiveError(
+                f"{archive}: the dashboard follows a local or mounted archive (it stats files and "
+                "lists folders each tick); run it on a machine where the bucket is mounted as a "
+                "folder, and give it that folder"
+            )
         self.path = Path(archive).absolute()
         self.window_s = window_s
         self.tracker = ArchiveTracker(self.path, settled_every=settled_every, budget_s=budget_s)
@@ -160,6 +168,8 @@ class DashboardState:
     def tick(self) -> View:
         """Read what changed and return the new :class:`View`."""
         t0 = time.monotonic()
+        # The view is "as of" the start of its reading: every file it shows was read after this.
+        now = time.time()
         self._tick += 1
         job = read_job(self.path)
         state = job_state(job)
@@ -168,13 +178,12 @@ class DashboardState:
         if changes.failures_changed or self._tick == 1:
             self._failures = _failure_rows(self.tracker.failures)
         failures, n_failures, inputs_failed, duplicates = self._failures
-        now = time.time()
         stages = self._progress(job, state, inputs_failed, now)
         if changes.changed or changes.removed or self._throughput is None or state == "running":
             self._throughput = self._throughput_series(job, now)
         workers: list[WorkerUse] = []
         tasks: dict[str, int] = {}
-        error = None
+        error = "the scheduler is not asked (scheduler=False)"
         if self.probe is not None:
             workers, tasks = self.probe.poll((job or {}).get("scheduler"), state == "running")
             error = self.probe.error
