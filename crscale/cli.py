@@ -186,6 +186,51 @@ def _detect_options(args: argparse.Namespace) -> dict:
     }
 
 
+def _add_write_fits_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "write-fits",
+        help="write detected exposures back as FITS, CRs flagged in each pipeline's convention",
+        description="Write one FITS file per detected exposure into OUTDIR, named like its source "
+        "file (.fits.fz stays tile-compressed): the source's HDUs, order, EXTNAME/EXTVER and every "
+        "header card, plus crscale keywords and HISTORY. CRs are flagged in the pipeline's own plane "
+        "(HST DQ |= 8192, DECam CP ood code 5 where 0, LCO BANZAI BPM |= 8) or in a uint8 CRMASK "
+        "extension per image HDU. Up-to-date files are skipped (--force rewrites them); a failed "
+        "exposure is recorded and the rest go on. See docs/pipeline-products.md.",
+    )
+    _add_archive_args(p)
+    p.add_argument("outdir", help="output folder (created); nothing is written outside it")
+    p.add_argument(
+        "--pixels",
+        choices=("original", "clean"),
+        default="original",
+        help="science pixels: as in the source (default) or the archive's inpainted clean image",
+    )
+    p.add_argument(
+        "--flags",
+        choices=("native", "crmask"),
+        default="native",
+        help="native: in the pipeline's DQ plane where its convention has one (default); "
+        "crmask: always a CRMASK extension",
+    )
+    p.add_argument("--prob", action="store_true", help="add a float32 CRPROB extension per image HDU")
+    p.add_argument("--force", action="store_true", help="rewrite files that are up to date")
+    _add_cluster_args(p)
+    _add_report_args(p)
+
+
+def _cmd_write_fits(args: argparse.Namespace) -> int:
+    from crscale.engine.write_fits_stage import write_fits_archive
+
+    return _run_stage(
+        "write-fits",
+        lambda archive, **kw: write_fits_archive(archive, args.outdir, **kw),
+        args,
+        pixels=args.pixels,
+        flags=args.flags,
+        prob=args.prob,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``crscale`` command."""
     parser = argparse.ArgumentParser(
@@ -292,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
+    _add_write_fits_parser(sub)
+
     p = sub.add_parser(
         "info",
         help="summarise an archive",
@@ -375,7 +422,14 @@ def build_parser() -> argparse.ArgumentParser:
         "per image, threshold scan) and report.md to --out. See docs/evaluation.md.",
     )
     p.add_argument("images", nargs="+", metavar="IMAGES", help="FITS images or directories")
-    p.add_argument("--masks", nargs="+", metavar="MASKS", help="CR mask FITS files or directories")
+    p.add_argument(
+        "--masks",
+        nargs="+",
+        metavar="MASKS",
+        help="CR mask FITS files or directories; or 'pipeline': the CR flags the images' own "
+        "pipeline left in their DQ planes (DECam CP code 5, HST DQ 4096/8192, BANZAI BPM 8) are the "
+        "truth, which measures agreement with the pipeline",
+    )
     p.add_argument("--out", "-o", required=True, help="report folder (created; files replaced)")
     p.add_argument(
         "--model",
@@ -791,6 +845,7 @@ def format_exposure(archive, exposure_id: str) -> str:  # noqa: ANN001 - Archive
         )
         if a.get("dq_source"):
             lines.append(f"    dq from    {a['dq_source']}")
+        lines.extend(_flag_agreement_lines(archive, exposure_id, det, attrs, a))
         if a.get("guessed"):
             lines.append(f"    guessed    {', '.join(a['guessed'])}")
         det_info = a.get("detect")
@@ -803,6 +858,30 @@ def format_exposure(archive, exposure_id: str) -> str:  # noqa: ANN001 - Archive
                 f"sky {st.get('sky_e', float('nan')):.1f} e-, noise {st.get('noise_e', float('nan')):.2f} e-"
             )
     return "\n".join(lines)
+
+
+def _flag_agreement_lines(archive, eid: str, det: str, exp: dict, attrs: dict) -> list[str]:  # noqa: ANN001
+    """The DQ convention of a detector and, once detected, crscale's agreement with prior CR flags."""
+    from crscale.io.dq import convention_for, cr_flag_agreement
+
+    group = archive.root[f"exposures/{eid}/{det}"]
+    if "dq" not in group.array_keys():
+        return []
+    conv = convention_for(exp, attrs)
+    lines = [f"    dq means   {conv.name} ({conv.kind}): {conv.description}"]
+    if not conv.cosmic_ray or "mask" not in group.array_keys():
+        return lines
+    g = cr_flag_agreement(group["dq"][...], group["mask"][...], conv)
+
+    def share(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f} %"
+
+    lines.append(
+        f"    prior CRs  pipeline flagged {g['pipeline']:,} px, crscale {g['crscale']:,} px, both "
+        f"{g['both']:,}: crscale found {share(g['recall'])} of the pipeline's, "
+        f"{share(g['precision'])} of crscale's were flagged by it"
+    )
+    return lines
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -1007,6 +1086,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "train": _cmd_train,
         "models": _cmd_models,
         "evaluate": _cmd_evaluate,
+        "write-fits": _cmd_write_fits,
         "dashboard": _cmd_dashboard,
     }
     if args.command in commands:

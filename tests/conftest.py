@@ -22,6 +22,7 @@ EMMI = IMAGES / "emmi_image_sum3.fits"  # int16 with non-trivial BSCALE/BZERO
 DECAM = IMAGES / "c4d_170316_062107_ooi_z_ls9.N2.fits"  # DECam CP, per-amp gains
 DECAM_DQ = IMAGES / "c4d_170316_062107_ood_z_ls9.N2.fits"  # its DQ companion
 ITL_CRS = SAMPLE / "crs" / "cosmic_rays_itl_2017.fits.gz"  # a BINTABLE only: no image
+HST = Path(__file__).parent / "data" / "hst" / "o4sp040b0_raw.fits"  # real STIS raw: SCI/ERR/null DQ
 # ../shared/data/real beside the repository, when present (CI and developers have it).
 SHARED_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 

@@ -23,6 +23,7 @@ from crscale.engine.detect_stage import detect_archive
 from crscale.engine.ingest import ingest
 from crscale.io import integrity
 from crscale.io.archive import FORMAT_VERSION, Archive
+from crscale.io.dq import convention_for
 from crscale.io.inputs import InputSpec
 
 pytestmark = pytest.mark.timeout(600)
@@ -118,7 +119,9 @@ def test_engine_equals_whole_image_detect_on_real_images(reference):
             group = arch.root[f"exposures/{eid}/{det}"]
             attrs = dict(group.attrs)
             image = group["image"][:]
-            dq = group["dq"][:] if "dq" in group else None
+            # The pipeline's DQ means what its convention says (a prior CR flag is not bad).
+            conv = convention_for(arch.exposure_attrs(eid), attrs)
+            dq = conv.excluded(group["dq"][:]) if "dq" in group else None
             whole = crscale.detect(image, gain=attrs["gain"], readnoise=attrs["readnoise"], dq=dq,
                                    saturation=attrs["saturation"], precision="float32")
             prob, mask, clean = group["prob"][:], group["mask"][:].astype(bool), group["clean"][:]

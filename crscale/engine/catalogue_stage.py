@@ -37,6 +37,7 @@ from crscale.engine.outcomes import StageOutcomes, abandon
 from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables, table_file
+from crscale.io.dq import ExcludedView, convention_for
 from crscale.io.errors import ArchiveError, describe
 from crscale.io.storage import zarr_options
 
@@ -142,7 +143,7 @@ def catalogue_detector_task(
         read("image"),
         read("mask"),
         background=read("clean"),
-        dq=read("dq"),
+        dq=ExcludedView(read("dq"), convention_for(exposure_attrs, attrs)) if "dq" in arrays else None,
         gain=physics.gain,
         saturation=attrs.get("saturation"),
         rules=rules,

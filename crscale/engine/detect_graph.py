@@ -17,6 +17,7 @@ from crscale import config
 from crscale.engine.blocks import BLOCK_DTYPE, DetectSettings, block_chunks, detect_block, write_block
 from crscale.io import integrity
 from crscale.io.archive import Archive
+from crscale.io.dq import DQConvention, convention_for
 from crscale.io.errors import ArchiveError
 from crscale.io.storage import zarr_options
 
@@ -36,6 +37,8 @@ class DetectorPlan:
     gain: float
     readnoise: float | None
     saturation: float | None
+    #: What the detector's DQ values mean (a prior CR flag is not a bad pixel).
+    dq_convention: DQConvention | None = None
 
     @property
     def n_blocks(self) -> int:
@@ -115,6 +118,7 @@ def plan_exposure(archive: Archive, exposure_id: str, target: Sequence[int], hal
         When a detector has no readable ``image`` array.
     """
     plans = []
+    exposure_attrs = archive.exposure_attrs(exposure_id)
     for det in archive.detectors(exposure_id):
         path = f"exposures/{exposure_id}/{det}"
         try:
@@ -137,6 +141,7 @@ def plan_exposure(archive: Archive, exposure_id: str, target: Sequence[int], hal
                 gain=float(gain),
                 readnoise=attrs.get("readnoise"),
                 saturation=attrs.get("saturation"),
+                dq_convention=convention_for(exposure_attrs, dict(attrs)),
             )
         )
     if not plans:
@@ -164,6 +169,8 @@ def detector_stats(archive_path: str, exposure_id: str, plans: list[DetectorPlan
         step = stats_step(p.shape)
         sample = integrity.checked(group, "image", f"{archive_path}/{base}")[::step, ::step]
         dq = integrity.checked(group, "dq", f"{archive_path}/{base}")[::step, ::step] if p.has_dq else None
+        if dq is not None and p.dq_convention is not None:
+            dq = p.dq_convention.excluded(dq)
         bad = bad_pixel_mask(sample, dq, p.saturation)
         if bad.all():
             raise ValueError(
@@ -212,6 +219,8 @@ def exposure_graph(
             )
             for n in inputs
         ]
+        if p.has_dq and p.dq_convention is not None:
+            arrays[1] = arrays[1].map_blocks(p.dq_convention.excluded, dtype=np.uint8)
         label = f"exposure {exposure_id!r}, detector {p.name!r}"
         names = OUTPUTS if settings.inpaint else OUTPUTS[:2]
         targets = {

@@ -451,6 +451,7 @@ def _finish_exposure(
         threshold=settings.threshold,
         precision=settings.precision,
         inpaint_method=settings.inpaint_method if settings.inpaint else None,
+        inpaint_dilate=settings.inpaint_dilate,
         n_cr_pixels=int(sum(counts)),
         seconds=round(time.perf_counter() - started, 3),
     )

@@ -6,7 +6,14 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crscale.evaluate.dataset import EVAL_CR_RATE, image_files, injected_set, load_labelled, pair_files
+from crscale.evaluate.dataset import (
+    EVAL_CR_RATE,
+    image_files,
+    injected_set,
+    load_labelled,
+    load_pipeline_flagged,
+    pair_files,
+)
 from crscale.evaluate.methods import (
     BASELINES,
     COSMIC_CONN_MODELS,
@@ -35,6 +42,10 @@ class EvaluationReport:
     curves: dict
     run: dict
     files: list = field(default_factory=list)
+
+
+#: ``masks`` value that takes each image's pipeline CR flags (its DQ plane) as the truth.
+PIPELINE_MASKS = "pipeline"
 
 
 def evaluate(
@@ -77,7 +88,9 @@ def evaluate(
         (:func:`~crscale.evaluate.dataset.pair_files`). Without masks, an injection set is built
         from the images (:func:`~crscale.evaluate.dataset.injected_set`: real CR footprints of
         the bundled ITL darks and/or ``darks``, at ``cr_rate`` per pixel, ``repeats`` draws per
-        image, placed with ``seed``).
+        image, placed with ``seed``). ``["pipeline"]``: the CR flags that each image's pipeline
+        left in its DQ plane are the truth, which measures agreement with the pipeline
+        (:func:`~crscale.evaluate.dataset.load_pipeline_flagged`).
     out : str or Path, optional
         Report folder (``metrics.json``, ``curves.json``, ``run.json``, PNG plots, ``report.md``).
     models : tuple of str
@@ -123,7 +136,10 @@ def evaluate(
         # Before the long part: a report folder that cannot be made should fail now, not at the end.
         Path(out).mkdir(parents=True, exist_ok=True)
     skipped: list[dict] = []
-    if masks:
+    if masks and [str(m) for m in masks] == [PIPELINE_MASKS]:
+        data = load_pipeline_flagged(images, skipped=skipped)
+        mode = "pipeline"
+    elif masks:
         data = load_labelled(pair_files(images, masks), skipped=skipped, dq_paths=image_files(images)[1])
         mode = "masks"
     else:

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from crscale.detection.badpix import bad_pixel_mask
+from crscale.io.dq import DQConvention, match_convention
 from crscale.io.errors import InputError
-from crscale.io.fits_reader import read_exposure
+from crscale.io.fits_reader import DetectorData, read_exposure
 from crscale.train.config import FITS_SUFFIXES
 
 #: Default mean number of injected CRs per pixel (0.35 % of the pixels for the ITL footprints).
@@ -219,7 +220,7 @@ def load_labelled(
                     )
                 gain = float(det.meta.gain or 1.0)
                 rn = float(det.meta.readnoise or 5.0)
-                bad = bad_pixel_mask(det.image, det.dq, det.meta.saturation)
+                bad = _bad_pixels(det)
                 img = _fill(det.image.astype(np.float64) * gain, bad)
                 name = exp.exposure_id if len(exp.detectors) == 1 else f"{exp.exposure_id}/{det.name}"
                 if not np.isfinite(plane).all():
@@ -228,6 +229,48 @@ def load_labelled(
                 out.append(
                     EvalImage(name, str(img_path), img, truth, ~bad, bad, rn, gain, "mask", str(mask_path))
                 )
+        except InputError as exc:
+            if skipped is None:
+                raise
+            skipped.append({"path": exc.path, "problem": exc.problem})
+    return out
+
+
+def _convention(det: DetectorData) -> DQConvention:
+    return match_convention(det.meta.instrument, det.meta.telescope, det.meta.detector)
+
+
+def _bad_pixels(det: DetectorData) -> np.ndarray:
+    """Bad and saturated pixels, the DQ plane read in its pipeline's convention (a CR flag is not bad)."""
+    dq = None if det.dq is None else _convention(det).excluded(det.dq)
+    return bad_pixel_mask(det.image, dq, det.meta.saturation)
+
+
+def load_pipeline_flagged(images: list[str | Path], skipped: list[dict] | None = None) -> list[EvalImage]:
+    """Images whose pipeline flagged CRs in their DQ planes, those flags taken as the truth.
+
+    Measures how a method agrees with the pipeline's own CR flags (``crscale evaluate IMAGES
+    --masks pipeline``): DECam CP code 5, HST DQ bits 4096/8192, BANZAI BPM bit 8 (see
+    :mod:`crscale.io.dq`). A detector whose convention has no CR flag, or that has no DQ plane,
+    is skipped (or raises without ``skipped``).
+    """
+    files, dq_paths = image_files(images)
+    out: list[EvalImage] = []
+    for path in files:
+        try:
+            exp = read_exposure(path, dq_path=dq_paths.get(str(path)))
+            for det in exp.detectors:
+                conv = _convention(det)
+                if det.dq is None or not conv.cosmic_ray:
+                    raise InputError(path, f"detector {det.name}: no DQ plane with pipeline CR flags "
+                                     f"(DQ convention {conv.name!r})", kind="no-mask")
+                gain = float(det.meta.gain or 1.0)
+                bad = _bad_pixels(det)
+                img = _fill(det.image.astype(np.float64) * gain, bad)
+                name = exp.exposure_id if len(exp.detectors) == 1 else f"{exp.exposure_id}/{det.name}"
+                out.append(EvalImage(name, str(path), img, conv.cr_mask(det.dq), ~bad, bad,
+                                     float(det.meta.readnoise or 5.0), gain, "pipeline",
+                                     f"{det.dq_source} ({conv.name} CR flags)"))
         except InputError as exc:
             if skipped is None:
                 raise
