@@ -24,6 +24,7 @@ from crscale.cli import main
 from crscale.engine.catalogue_stage import catalogue_archive
 from crscale.engine.detect_stage import detect_archive
 from crscale.engine.ingest import ingest
+from crscale.evaluate.completeness import refresh_completeness
 from crscale.io import storage
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import read_table
@@ -117,7 +118,9 @@ def runs(s3, tmp_path_factory):
     report = ingest([str(s3["raw"])], local, client=client, progress=False, echo=None)
     assert [r.status for r in report.results].count("done") == 2
     assert detect_archive(local, client=client, progress=False, echo=None).ok
-    assert catalogue_archive(local, client=client, progress=False, echo=None).ok
+    # With the completeness hook that `crscale run` passes, so both catalogues are made alike.
+    assert catalogue_archive(local, client=client, progress=False, echo=None,
+                             completeness=refresh_completeness).ok
     return {"proc": proc, "remote": REMOTE_ARCHIVE, "local": local, "address": address}
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from crscale.catalog.defects import KINDS
+from crscale.io import storage
 from crscale.io.catalogue_schema import CLASSES
 from crscale.io.catalogue_store import rates_dataset, read_table_dask
 from crscale.io.storage import is_url
@@ -573,11 +574,14 @@ def _energy_limit(archive: str | os.PathLike) -> float | None:
     import json
 
     limits = []
-    for meta in sorted((Path(archive) / "defects").glob("*/zarr.json")):
+    folder = storage.location(archive) / "defects"
+    # One level at a time: an object store's RemotePath.glob matches names, not nested patterns.
+    for group in sorted(folder.iterdir(), key=str) if folder.is_dir() else []:
         try:
-            comp = (json.loads(meta.read_text()).get("attributes") or {}).get("completeness") or {}
+            meta = json.loads((group / "zarr.json").read_text())
         except (OSError, ValueError):
             continue
+        comp = (meta.get("attributes") or {}).get("completeness") or {}
         if comp.get("energy_50_ev"):
             limits.append(float(comp["energy_50_ev"]))
     return max(limits) if limits else None
