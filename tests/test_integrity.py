@@ -118,3 +118,12 @@ def test_the_issue_reproduction_exits_1_naming_the_chunk(client, tmp_path):
     assert Archive(archive).exposure_ids() == [eid]
     assert Archive(archive).status(eid)["detect"]["n_cr_pixels"] == n_cr
     assert crscale("verify", archive).returncode == 0
+
+
+def test_verify_of_a_missing_archive_is_an_error_and_creates_nothing(tmp_path, capsys):
+    from crscale.cli import main
+
+    missing = tmp_path / "no-such.zarr"
+    assert main(["verify", str(missing)]) == 2
+    assert "no crscale archive here" in capsys.readouterr().err
+    assert not missing.exists()

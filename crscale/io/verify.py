@@ -204,7 +204,10 @@ def verify_archive(
     ArchiveError
         The archive cannot be opened, or an exposure asked for is not in it.
     """
-    arch = Archive(archive, mode="a" if mark else "r")
+    # Opened read-only first: a scrub must refuse a missing archive, never create an empty one.
+    arch = Archive(archive, mode="r")
+    if mark:
+        arch = Archive(archive, mode="a")
     results = []
     for eid in arch.select_exposures(exposures):
         check = _check_exposure(arch, eid)
