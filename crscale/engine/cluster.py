@@ -11,11 +11,7 @@ import dask.config
 from distributed import Client, LocalCluster
 
 from crscale import config, interrupts
-from crscale.io.errors import CrscaleError
-
-
-class ClusterError(CrscaleError):
-    """No Dask cluster could be reached or started."""
+from crscale.errors import ClusterError
 
 
 def local_cluster_kwargs(n_workers: int | None = None) -> dict[str, Any]:

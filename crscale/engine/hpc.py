@@ -27,7 +27,7 @@ import dask.config
 
 from crscale import config
 from crscale.engine.gpu_pinning import GPUS_PER_JOB_VAR
-from crscale.io.errors import CrscaleError
+from crscale.errors import HPCConfigError
 
 
 def _import_dask_jobqueue() -> Any:
@@ -65,11 +65,6 @@ GPU_DIRECTIVES: dict[str, str] = {"slurm": "--gres=gpu:{n}", "pbs": "ngpus={n}",
 DEFAULT_SCRATCH = "${TMPDIR:-/tmp}"
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-
-class HPCConfigError(CrscaleError):
-    """The site's batch-system configuration is missing something crscale needs."""
 
 
 def _site(system: str, key: str) -> Any:

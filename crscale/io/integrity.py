@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from crscale.io.errors import ArchiveError
+from crscale.errors import ChunkIntegrityError
 
 #: Array attribute of an array whose every chunk was stored and checksummed.
 RECORD_ATTR = "crscale_integrity"
@@ -40,40 +40,6 @@ DETECT_ARRAYS = ("prob", "mask", "clean")
 #: The stages in order (as crscale.io.archive.STAGES), and the state of damaged ones.
 _STAGES = ("ingest", "detect", "catalogue")
 DAMAGED = "damaged"
-
-
-class ChunkIntegrityError(ArchiveError):
-    """A chunk of an archive array is missing or does not decode.
-
-    Parameters
-    ----------
-    array : str
-        The array (``<archive>/exposures/<id>/<detector>/<name>``).
-    chunk : str
-        The chunk's key inside the array (``c/0/1``).
-    problem : str
-        ``"missing"`` or ``"corrupt"``.
-    detail : str
-        More about it (the decoder's message, how many more chunks are missing).
-    """
-
-    def __init__(self, array: str, chunk: str, problem: str, detail: str = "") -> None:
-        self.array, self.chunk, self.problem, self.detail = array, chunk, problem, detail
-        what = (
-            "is missing (the array records every chunk as stored: it was written and is gone; "
-            "reading it would give fill values, not data)"
-            if problem == "missing"
-            else "is corrupt (it does not decode)"
-        )
-        super().__init__(f"{array}: chunk {chunk} {what}" + (f"; {detail}" if detail else ""))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.array, self.chunk, self.problem, self.detail))
-
-    @property
-    def array_name(self) -> str:
-        """The array's own name (``image``, ``mask`` ...)."""
-        return self.array.rstrip("/").rsplit("/", 1)[-1]
 
 
 def with_checksum(compressors: Sequence[Any] | None) -> list[Any]:
