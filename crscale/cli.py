@@ -8,9 +8,11 @@ interrupted (re-run to finish).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1025,6 +1027,48 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _ConsoleHandler(logging.Handler):
+    """Library messages for the terminal: INFO on stdout (they are the command's output), the rest on stderr.
+
+    The streams are looked up at each message, so a caller that swaps ``sys.stdout`` (pytest's
+    capture, a notebook) gets them too.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except BrokenPipeError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def console_logging(level: int = logging.INFO) -> Iterator[None]:
+    """Show the ``crscale`` loggers' messages at ``level`` and above on the console while the command runs.
+
+    Parameters
+    ----------
+    level : int
+        The lowest level shown.
+    """
+    logger = logging.getLogger("crscale")
+    handler = _ConsoleHandler(level)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``crscale`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1034,7 +1078,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # SIGTERM (a batch job's walltime), SIGHUP and Ctrl-C: the same clean stop, exit 130.
     try:
-        with handle_signals():
+        with handle_signals(), console_logging():
             return _main(args)
     except KeyboardInterrupt:
         print(_INTERRUPTED, file=sys.stderr)
