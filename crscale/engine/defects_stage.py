@@ -17,18 +17,20 @@ detect time changed) or left the archive: a mask cannot be subtracted once it ch
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from crscale import config
 from crscale.catalog.defects import UNVERIFIED, DefectSettings, add_user_map, find_defects
 from crscale.catalog.profiles import detector_physics, load_profiles
+from crscale.engine._stage import StageReport
 from crscale.io.archive import Archive
 from crscale.io.defect_store import (
     DEFECTS_GROUP,
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 EXPOSURES_PER_TASK = 32
 
 
-@dataclass
+@dataclass(kw_only=True)
 class KeyPlan:
     """What one detector key needs."""
 
@@ -60,7 +62,7 @@ class KeyPlan:
     rebuild: bool = False
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DefectResult:
     """Outcome for one key."""
 
@@ -75,18 +77,13 @@ class DefectResult:
     message: str = ""
 
 
-@dataclass
-class DefectReport:
-    """All keys of a defect update."""
+@dataclass(kw_only=True)
+class DefectReport(StageReport):
+    """All keys of a defect update, and the settings of the test."""
 
-    archive: str
+    STATUSES: ClassVar[tuple[str, ...]] = ("verified", "unverified", "current", "failed")
+
     results: list[DefectResult]
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True when no key failed."""
-        return not any(r.status == "failed" for r in self.results)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -137,7 +134,8 @@ def plan_defects(arch: Archive, entries: Sequence[Entry]) -> dict[str, KeyPlan]:
         plan = plans.get(key)
         if plan is None:
             plan = plans[key] = KeyPlan(
-                key, meta.get("instrument"), det, tuple(meta["binning"]), tuple(meta["shape"])
+                key=key, instrument=meta.get("instrument"), detector=det,
+                binning=tuple(meta["binning"]), shape=tuple(meta["shape"]),
             )
         plan.members[eid] = str(detect_time)
     for key, plan in plans.items():
@@ -238,8 +236,9 @@ def finish_key_task(
         },
     )
     return DefectResult(
-        plan.key, dmap.status, len(counted), len(plan.todo), plan.rebuild,
-        digest != old.get("digest"), dmap.counts_by_kind(), digest,
+        key=plan.key, status=dmap.status, n_exposures=len(counted), n_added=len(plan.todo),
+        rebuilt=plan.rebuild, changed=digest != old.get("digest"), n_by_kind=dmap.counts_by_kind(),
+        digest=digest,
     )
 
 
@@ -267,7 +266,7 @@ def run_defects(
         except Exception as exc:
             message = f"detector {key!r}: {describe(exc)}"
             log.error("defects: %s", message)
-            results.append(DefectResult(key, "failed", message=message))
+            results.append(DefectResult(key=key, status="failed", message=message))
         finally:
             fut.release()
     return results
@@ -306,14 +305,22 @@ def refresh_defects(
     """
     if not config.get("defects.enabled", True):
         return None, None
+    report = _update(arch, get_client, settings or DefectSettings.from_config(), None)
+    return report, current_maps(arch)
+
+
+def _update(
+    arch: Archive, get_client: Any, settings: DefectSettings, exposures: Sequence[str] | None
+) -> DefectReport:
+    """Plan every key, run those with work (``get_client()`` only then), report them all."""
     t0 = time.perf_counter()
-    settings = settings or DefectSettings.from_config()
-    plans = plan_defects(arch, scan_archive(arch))
-    results = [DefectResult(k, "current", len(p.members)) for k, p in plans.items() if not p.todo]
+    plans = plan_defects(arch, scan_archive(arch, exposures))
+    results = [DefectResult(key=k, status="current", n_exposures=len(p.members))
+               for k, p in plans.items() if not p.todo]
     if any(p.todo for p in plans.values()):
         results += run_defects(get_client(), str(arch.path), plans, settings)
-    report = DefectReport(str(arch.path), sorted(results, key=lambda r: r.key), time.perf_counter() - t0)
-    return report, current_maps(arch)
+    return DefectReport(archive=str(arch.path), results=sorted(results, key=lambda r: r.key),
+                        settings=settings.to_dict(), seconds=time.perf_counter() - t0)
 
 
 def defect_info(maps: dict[str, dict[str, Any]] | None, key: str) -> dict[str, Any] | None:
@@ -365,17 +372,16 @@ def update_defects(
     """
     from crscale.engine.cluster import client_or_new
 
-    t0 = time.perf_counter()
-    Archive(archive, mode="r")
-    arch = Archive(archive, mode="a")
-    settings = settings or DefectSettings.from_config()
-    plans = plan_defects(arch, scan_archive(arch, exposures))
-    results = [DefectResult(k, "current", len(p.members)) for k, p in plans.items() if not p.todo]
-    if any(p.todo for p in plans.values()):
-        with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
+    arch = Archive(archive, mode="a", create=False)
+    with contextlib.ExitStack() as stack:
+
+        def get_client() -> Any:
+            cl = stack.enter_context(client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster,
+                                                   echo=echo))
             arch.note_format()
-            results += run_defects(cl, str(arch.path), plans, settings)
-    return DefectReport(str(arch.path), sorted(results, key=lambda r: r.key), time.perf_counter() - t0)
+            return cl
+
+        return _update(arch, get_client, settings or DefectSettings.from_config(), exposures)
 
 
 def set_user_map(

@@ -9,32 +9,28 @@ exceptions, so one bad file never stops the run; the client records them in the 
 
 from __future__ import annotations
 
-import itertools
 import os
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from distributed import Client, as_completed
-from tqdm.auto import tqdm
+from distributed import Client
 
 from crscale import config
+from crscale.engine._stage import Call, StageReport, windowed
 from crscale.engine.cluster import client_or_new
+from crscale.errors import ArchiveError, InputError
 from crscale.io import integrity
 from crscale.io.archive import Archive
-from crscale.io.errors import ArchiveError, InputError
 from crscale.io.fits_reader import exposure_id_from_path, read_exposure, sha256_file
 from crscale.io.inputs import InputSpec, expand_inputs
 
-#: Futures kept in flight per worker thread; bounds scheduler memory on huge inputs.
-IN_FLIGHT_PER_THREAD = 4
 #: Staging left this long is from a dead run (one exposure is written in seconds).
 STALE_STAGING_SECONDS = 3600.0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class IngestResult:
     """What happened to one input file.
 
@@ -73,31 +69,18 @@ class IngestResult:
     seconds: float = 0.0
 
 
-@dataclass
-class IngestReport:
-    """All results of an ingest run, in input order."""
+@dataclass(kw_only=True)
+class IngestReport(StageReport):
+    """All results of an ingest run, in input order, and the settings used."""
 
-    archive: str
+    STATUSES: ClassVar[tuple[str, ...]] = ("done", "skipped", "duplicate", "failed")
+
     results: list[IngestResult]
-    seconds: float = 0.0
-
-    def by_status(self, status: str) -> list[IngestResult]:
-        """Results with the given status."""
-        return [r for r in self.results if r.status == status]
-
-    @property
-    def ok(self) -> bool:
-        """True when no input failed."""
-        return not self.by_status("failed")
-
-    def counts(self) -> dict[str, int]:
-        """Number of results per status."""
-        return {s: len(self.by_status(s)) for s in ("done", "skipped", "duplicate", "failed")}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
         return {"archive": self.archive, "seconds": self.seconds, "counts": self.counts(),
-                "results": [asdict(r) for r in self.results]}
+                "settings": self.settings, "results": [asdict(r) for r in self.results]}
 
     def summary(self) -> str:
         """A few lines for the terminal."""
@@ -217,50 +200,14 @@ def _ingested_meanwhile(archive_path: str, exposure_id: str, sha256: str) -> boo
     return done and attrs.get("source", {}).get("sha256") == sha256
 
 
-def _windowed(
-    client: Client,
-    func: Callable[..., Any],
-    calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-    *,
-    desc: str,
-    progress: bool,
-    window: int,
-) -> Iterable[tuple[tuple[Any, ...], Any, BaseException | None]]:
-    """Run ``func`` over ``calls`` with at most ``window`` tasks in flight.
+@dataclass(kw_only=True)
+class Planned:
+    """A file to ingest: where it goes, and whether it replaces what is there."""
 
-    Yields ``(args, result, None)``, or ``(args, None, error)`` when the task itself was
-    lost (a worker killed more often than the scheduler allows, a cancelled future), so
-    that the caller records that file as failed and the run goes on.
-    """
-    bar = tqdm(total=len(calls), desc=desc, unit="file", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
-    pending = iter(calls)
-    ac = as_completed()
-    args_of = {}
-
-    def submit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        future = client.submit(func, *args, pure=False, **kwargs)
-        args_of[future.key] = args
-        ac.add(future)
-
-    for args, kwargs in itertools.islice(pending, window):
-        submit(args, kwargs)
-    try:
-        for future in ac:
-            args = args_of.pop(future.key)
-            try:
-                value, error = future.result(), None
-            except Exception as exc:  # the task was lost, not a bad file: record, go on
-                value, error = None, exc
-            finally:
-                future.release()
-                bar.update(1)
-            yield args, value, error
-            nxt = next(pending, None)
-            if nxt is not None:
-                submit(*nxt)
-    finally:
-        bar.close()
+    spec: InputSpec
+    exposure_id: str
+    sha256: str
+    overwrite: bool
 
 
 def _plan(
@@ -268,22 +215,14 @@ def _plan(
     hashes: dict[str, str],
     archive: Archive,
     force: bool,
-) -> tuple[list[tuple[InputSpec, str, str, bool]], list[IngestResult]]:
-    """Decide what to do with each hashed file: (spec, id, sha, overwrite) or a result."""
-    done_index: dict[str, str] = {}  # sha256 -> exposure id
-    source_of: dict[str, str] = {}  # exposure id -> source path
-    taken: set[str] = set()
-    damaged: dict[str, str] = {}  # sha256 -> id of an exposure whose arrays are damaged
-    for eid, attrs in archive.iter_exposures():  # one pass over the archive's attrs
-        taken.add(eid)
-        state = attrs.get("status", {}).get("ingest", {}).get("state")
-        if state == "done":
-            done_index[attrs["source"]["sha256"]] = eid
-            source_of[eid] = attrs["source"]["path"]
-        elif state == integrity.DAMAGED:  # found damaged: ingesting its source repairs it in place
-            damaged[attrs["source"]["sha256"]] = eid
+) -> tuple[list[Planned], list[IngestResult]]:
+    """Decide what to do with each hashed file: ingest it (planned) or settle it (a result)."""
+    # Done exposures first; a damaged one (found by verify or a read) is repaired in place by
+    # ingesting its source again.
+    index = archive.index_by_sha256(states=("done", integrity.DAMAGED))
+    taken = set(archive.exposure_ids())
     first_in_run: dict[str, tuple[str, str | None]] = {}  # sha -> (path, exposure id)
-    todo: list[tuple[InputSpec, str, str, bool]] = []
+    todo: list[Planned] = []
     settled: list[IngestResult] = []
     for spec in specs:
         sha = hashes.get(spec.path)
@@ -292,34 +231,32 @@ def _plan(
         if sha in first_in_run:
             first_path, first_id = first_in_run[sha]
             settled.append(IngestResult(
-                spec.path, "duplicate", first_id, f"same content (SHA-256) as {first_path} "
-                "in this run; not ingested twice", "duplicate", sha))
+                path=spec.path, status="duplicate", exposure_id=first_id, kind="duplicate", sha256=sha,
+                message=f"same content (SHA-256) as {first_path} in this run; not ingested twice"))
             continue
-        if sha in damaged and sha not in done_index:
-            first_in_run[sha] = (spec.path, damaged[sha])
-            todo.append((spec, damaged[sha], sha, True))
-            continue
-        existing = done_index.get(sha)
-        first_in_run[sha] = (spec.path, existing)
-        if existing is not None and not force:
-            if os.path.realpath(source_of[existing]) == os.path.realpath(spec.path):
-                settled.append(IngestResult(spec.path, "skipped", existing,
-                                            "already ingested", "", sha))
+        existing = index.get(sha)
+        if existing is not None:
+            attrs = archive.exposure_attrs(existing)
+            first_in_run[sha] = (spec.path, existing)
+            if attrs.get("status", {}).get("ingest", {}).get("state") != "done" or force:
+                todo.append(Planned(spec=spec, exposure_id=existing, sha256=sha, overwrite=True))
+                continue
+            source = attrs["source"]["path"]
+            if os.path.realpath(source) == os.path.realpath(spec.path):
+                settled.append(IngestResult(path=spec.path, status="skipped", exposure_id=existing,
+                                            message="already ingested", sha256=sha))
             else:
                 settled.append(IngestResult(
-                    spec.path, "duplicate", existing,
-                    f"same content (SHA-256) as {source_of[existing]}, already ingested as "
-                    f"{existing!r}; not ingested twice", "duplicate", sha))
-            continue
-        if existing is not None:
-            todo.append((spec, existing, sha, True))
+                    path=spec.path, status="duplicate", exposure_id=existing, kind="duplicate", sha256=sha,
+                    message=f"same content (SHA-256) as {source}, already ingested as "
+                    f"{existing!r}; not ingested twice"))
             continue
         eid = exposure_id_from_path(spec.path)
         if eid in taken:
             eid = f"{eid}_{sha[:8]}"
         taken.add(eid)
         first_in_run[sha] = (spec.path, eid)
-        todo.append((spec, eid, sha, False))
+        todo.append(Planned(spec=spec, exposure_id=eid, sha256=sha, overwrite=False))
     return todo, settled
 
 
@@ -379,53 +316,58 @@ def ingest(
     specs, problems = expand_inputs(inputs)
     results: dict[str, IngestResult] = {}
     for p in problems:
-        results[p.path] = IngestResult(p.path, "failed", message=f"{p.path}: {p.problem}",
+        results[p.path] = IngestResult(path=p.path, status="failed", message=f"{p.path}: {p.problem}",
                                        kind=p.kind)
     settings = ingest_settings(chunks=chunks, hdus=hdus)
 
     with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
-        threads = sum(cl.nthreads().values()) or 1
-        window = max(8, IN_FLIGHT_PER_THREAD * threads)
-        hashes: dict[str, str] = {}
-        if specs:
-            for (path,), value, lost in _windowed(
-                cl, hash_file, [((s.path,), {}) for s in specs], desc="hashing",
-                progress=progress, window=window,
-            ):
-                if lost is not None:
-                    value = (path, None, f"{path}: task lost ({type(lost).__name__}: {lost})")
-                _, sha, err = value
-                if sha is None:
-                    kind = "lost" if lost is not None else "unreadable"
-                    results[path] = IngestResult(path, "failed", message=err, kind=kind)
-                else:
-                    hashes[path] = sha
+        hashes = _hash_all(cl, specs, results, progress)
         todo, settled = _plan(specs, hashes, arch, force)
         for r in settled:
             results[r.path] = r
         calls = [
-            ((spec, str(arch.path), eid, sha, settings), {"overwrite": overwrite})
-            for spec, eid, sha, overwrite in todo
+            Call(args=(p.spec, str(arch.path), p.exposure_id, p.sha256, settings),
+                 kwargs={"overwrite": p.overwrite}, subject=p)
+            for p in todo
         ]
-        if calls:
-            for args, r, lost in _windowed(cl, ingest_one, calls, desc="ingest",
-                                           progress=progress, window=window):
-                if lost is not None:
-                    spec, _, eid, sha = args[:4]
-                    r = IngestResult(spec.path, "failed", eid,
-                                     f"{spec.path}: task lost ({type(lost).__name__}: {lost})",
-                                     "lost", sha)
-                results[r.path] = r
-        elif specs:
+        for done in windowed(cl, ingest_one, calls, desc="ingest", progress=progress):
+            r = done.value
+            if done.error is not None:
+                p = done.item.subject
+                r = IngestResult(path=p.spec.path, status="failed", exposure_id=p.exposure_id,
+                                 message=f"{p.spec.path}: task lost ({type(done.error).__name__}: "
+                                 f"{done.error})", kind="lost", sha256=p.sha256)
+            results[r.path] = r
+        if specs and not calls:
             say("ingest: nothing new to ingest")
 
     ordered = [results[p.path] for p in problems] + [
         results[s.path] for s in specs if s.path in results
     ]
-    report = IngestReport(archive=str(arch.path), results=ordered,
+    report = IngestReport(archive=str(arch.path), results=ordered, settings=settings,
                           seconds=time.perf_counter() - t0)
     _record(arch, report, say)
     return report
+
+
+def _hash_all(cl: Client, specs: list[InputSpec], results: dict[str, IngestResult],
+              progress: bool) -> dict[str, str]:
+    """SHA-256 of every input, on the workers; unreadable files go into ``results``."""
+    hashes: dict[str, str] = {}
+    calls = [Call(args=(s.path,)) for s in specs]
+    for done in windowed(cl, hash_file, calls, desc="hashing", progress=progress):
+        path = done.item.args[0]
+        if done.error is not None:
+            results[path] = IngestResult(
+                path=path, status="failed", kind="lost",
+                message=f"{path}: task lost ({type(done.error).__name__}: {done.error})")
+            continue
+        _, sha, err = done.value
+        if sha is None:
+            results[path] = IngestResult(path=path, status="failed", message=err, kind="unreadable")
+        else:
+            hashes[path] = sha
+    return hashes
 
 
 def _record(arch: Archive, report: IngestReport, say: Callable[[str], None]) -> None:

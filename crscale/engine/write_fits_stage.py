@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from crscale import config
+from crscale.engine._stage import Call, StageReport, clear_exposure_failure, windowed
 from crscale.engine.cluster import client_or_new
-from crscale.engine.ingest import IN_FLIGHT_PER_THREAD, _windowed
-from crscale.engine.outcomes import StageOutcomes
 from crscale.io.archive import Archive
 from crscale.io.errors import ArchiveError, InputError, describe
 from crscale.io.fits_writer import FitsOutcome, Provenance, WriteOptions, safe_name, write_exposure
@@ -31,14 +30,12 @@ from crscale.io.fits_writer import FitsOutcome, Provenance, WriteOptions, safe_n
 STAGE = "write-fits"
 
 
-@dataclass
-class WriteFitsReport(StageOutcomes):
-    """All outcomes of a write-fits run, in exposure order."""
+@dataclass(kw_only=True)
+class WriteFitsReport(StageReport):
+    """All outcomes of a write-fits run, in exposure order, and the options used."""
 
-    archive: str
-    outdir: str
     results: list[FitsOutcome]
-    seconds: float = 0.0
+    outdir: str
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -197,8 +194,7 @@ def write_fits_archive(
     """
     t0 = time.perf_counter()
     options = WriteOptions(pixels=pixels, flags=flags, prob=prob)
-    Archive(archive, mode="r")  # never create an empty archive
-    arch = Archive(archive, mode="a")
+    arch = Archive(archive, mode="a", create=False)
     out = Path(outdir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     names = output_names(arch)
@@ -214,18 +210,19 @@ def write_fits_archive(
         if detect.get("state") != "done":
             results[eid] = FitsOutcome(eid, "skipped", message="not detected yet (run `crscale detect`)")
             continue
-        calls.append(((str(arch.path), eid, str(out), options, provenance_of(detect), names[eid], force), {}))
+        args = (str(arch.path), eid, str(out), options, provenance_of(detect), names[eid], force)
+        calls.append(Call(args=args, subject=eid))
     if calls:
         with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
-            window = max(4, IN_FLIGHT_PER_THREAD * (sum(cl.nthreads().values()) or 1))
-            for args, outcome, lost in _windowed(cl, write_fits_task, calls, desc=STAGE,
-                                                 progress=progress, window=window):
-                eid = args[1]
-                if lost is not None:
+            for done in windowed(cl, write_fits_task, calls, desc=STAGE, progress=progress):
+                eid = done.item.subject
+                outcome = done.value
+                if done.error is not None:
                     outcome = FitsOutcome(eid, "failed", kind="lost",
-                                          message=f"exposure {eid!r}: task lost ({describe(lost)})")
+                                          message=f"exposure {eid!r}: task lost ({describe(done.error)})")
                 results[eid] = outcome
-    report = WriteFitsReport(str(arch.path), str(out), list(results.values()), time.perf_counter() - t0)
+    report = WriteFitsReport(archive=str(arch.path), outdir=str(out), results=list(results.values()),
+                             settings=asdict(options), seconds=time.perf_counter() - t0)
     _record(arch, report)
     return report
 
@@ -233,10 +230,10 @@ def write_fits_archive(
 def _record(arch: Archive, report: WriteFitsReport) -> None:
     """Failures into ``failures/`` (stage write-fits); forget old ones of exposures now written."""
     for r in report.results:
-        with contextlib.suppress(Exception):
-            source = arch.exposure_attrs(r.exposure_id).get("source", {}).get("path", r.exposure_id)
-            if r.status == "failed":
+        if r.status == "failed":
+            with contextlib.suppress(Exception):
+                source = arch.exposure_attrs(r.exposure_id).get("source", {}).get("path", r.exposure_id)
                 arch.record_failure(source, r.message, stage=STAGE, kind=r.kind or "error",
                                     exposure_id=r.exposure_id)
-            elif r.status == "done":
-                arch.clear_failure(source, stage=STAGE)
+        elif r.status == "done":
+            clear_exposure_failure(arch, r.exposure_id, STAGE)

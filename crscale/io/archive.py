@@ -131,6 +131,9 @@ class Archive:
         see :mod:`crscale.io.storage`).
     mode : {"r", "a"}
         ``"r"`` opens an existing archive read-only; ``"a"`` opens or creates it.
+    create : bool
+        With ``mode="a"``: create the archive when it is missing. False for the stages that
+        need an existing one (a typo in the path is then an error, never a new empty archive).
 
     Raises
     ------
@@ -138,13 +141,13 @@ class Archive:
         The path is not a crscale archive, or has a newer format than this crscale reads.
     """
 
-    def __init__(self, path: str | Path, mode: str = "r") -> None:
+    def __init__(self, path: str | Path, mode: str = "r", *, create: bool = True) -> None:
         self.path = storage.location(path)
         self.mode = mode
         if mode not in ("r", "a"):
             raise ValueError("mode must be 'r' or 'a'")
         exists = (self.path / "zarr.json").exists()
-        if mode == "r" and not exists:
+        if not exists and (mode == "r" or not create):
             raise ArchiveError(f"{self.path}: no crscale archive here (no zarr.json)")
         if exists:
             try:
@@ -250,12 +253,23 @@ class Archive:
                 attrs = {"unreadable": f"{self.path}/exposures/{eid}: unreadable metadata ({exc})"}
             yield eid, attrs
 
-    def index_by_sha256(self) -> dict[str, str]:
-        """Map source SHA-256 to exposure id, for exposures whose ingest is done."""
-        out = {}
+    def index_by_sha256(self, states: Sequence[str] = ("done",)) -> dict[str, str]:
+        """Map source SHA-256 to exposure id, for exposures whose ingest state is in ``states``.
+
+        One pass over the exposures' metadata. When exposures of several states hold the same
+        content, the one whose state comes first in ``states`` is indexed (the last in id order
+        among those of that state).
+        """
+        rank = {state: i for i, state in enumerate(states)}
+        out: dict[str, str] = {}
+        best: dict[str, int] = {}
         for eid, attrs in self.iter_exposures():
-            if attrs.get("status", {}).get("ingest", {}).get("state") == "done":
-                out[attrs["source"]["sha256"]] = eid
+            state = attrs.get("status", {}).get("ingest", {}).get("state")
+            if state not in rank:
+                continue
+            sha = attrs["source"]["sha256"]
+            if rank[state] <= best.get(sha, len(rank)):  # within a rank the last wins
+                out[sha], best[sha] = eid, rank[state]
         return out
 
     def open_detector(self, exposure_id: str, detector: str) -> Any:
