@@ -23,11 +23,13 @@ of two detections.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from crscale._logging import reporter
 from crscale.catalog.morphology import MorphologyRules
 from crscale.catalog.profiles import DetectorPhysics, detector_physics, load_profiles
 from crscale.engine._stage import StageReport, StatusBook, Window, progress_bar, window_size
@@ -39,6 +41,8 @@ from crscale.io.catalogue_store import remove_exposure_tables, table_file
 from crscale.io.dq import ExcludedView, convention_for
 from crscale.io.errors import ArchiveError, describe
 from crscale.io.storage import zarr_options
+
+logger = logging.getLogger(__name__)
 
 STAGE = "catalogue"
 #: The exposure attributes every exposure-table row carries.
@@ -193,7 +197,7 @@ def catalogue_archive(
     exposures: Sequence[str] | None = None,
     force: bool = False,
     progress: bool = True,
-    echo: Callable[[str], None] | None = print,
+    echo: Callable[[str], None] | None = None,
     completeness: Callable[..., Any] | None = None,
 ) -> CatalogueReport:
     """Run the catalogue stage over an archive (or some of its exposures) on a Dask cluster.
@@ -218,7 +222,7 @@ def catalogue_archive(
     progress : bool
         A progress bar on stderr.
     echo : callable, optional
-        Where messages go; ``None`` for silence.
+        Where messages go; default: this module's logger (INFO).
     completeness : callable, optional
         ``completeness(archive, get_client, maps) -> maps``, run after the defect maps are
         updated: fills in each detector's completeness (the CLI passes
@@ -237,6 +241,7 @@ def catalogue_archive(
         Bad instrument profiles or morphology settings in the config.
     """
     t0 = time.perf_counter()
+    say = reporter(logger, echo)
     arch = Archive(archive, mode="a", create=False)
     path = str(arch.path)
     profiles = load_profiles()
@@ -254,7 +259,7 @@ def catalogue_archive(
             if not opened:
                 opened.append(
                     stack.enter_context(client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster,
-                                                      echo=echo))
+                                                      echo=say))
                 )
                 arch.note_format()
             return opened[0]

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from crscale import config
+from crscale._logging import reporter
 from crscale.catalog.defects import UNVERIFIED, DefectSettings, add_user_map, find_defects
 from crscale.catalog.profiles import detector_physics, load_profiles
 from crscale.engine._stage import StageReport
@@ -364,7 +365,7 @@ def update_defects(
     settings : DefectSettings, optional
         Default from the config (``crscale.defects``).
     echo : callable, optional
-        Where the cluster's messages go.
+        Where the cluster's messages go; default: this module's logger (INFO).
 
     Returns
     -------
@@ -377,7 +378,7 @@ def update_defects(
 
         def get_client() -> Any:
             cl = stack.enter_context(client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster,
-                                                   echo=echo))
+                                                   echo=reporter(log, echo)))
             arch.note_format()
             return cl
 

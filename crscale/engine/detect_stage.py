@@ -26,12 +26,14 @@ go on.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from crscale import config
+from crscale._logging import reporter
 from crscale.engine._stage import StageReport, StatusBook, Window, progress_bar, window_size
 from crscale.engine.blocks import PROGRESS_TOPIC, DetectSettings, engine_halo
 from crscale.engine.cluster import client_or_new, cluster_has_gpus
@@ -49,6 +51,8 @@ from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables
 from crscale.io.errors import describe
+
+logger = logging.getLogger(__name__)
 
 STAGE = "detect"
 
@@ -166,7 +170,7 @@ def detect_archive(
     block: Sequence[int] | None = None,
     tile: int | None = None,
     progress: bool = True,
-    echo: Callable[[str], None] | None = print,
+    echo: Callable[[str], None] | None = None,
 ) -> DetectReport:
     """Run the detection stage over an archive (or some of its exposures) on a Dask cluster.
 
@@ -196,7 +200,7 @@ def detect_archive(
     progress : bool
         Progress bars on stderr.
     echo : callable, optional
-        Where messages go; ``None`` for silence.
+        Where messages go; default: this module's logger (INFO).
 
     Returns
     -------
@@ -209,6 +213,7 @@ def detect_archive(
         The archive cannot be opened, or an exposure asked for is not in it.
     """
     t0 = time.perf_counter()
+    say = reporter(logger, echo)
     arch = Archive(archive, mode="a", create=False)
     settings, model_config = detect_settings(
         model=model,
@@ -230,7 +235,7 @@ def detect_archive(
     todo = _select(book, ids, force, results)
     report_settings = {**settings.to_dict(), "halo": halo, "prob_dtype": prob_dtype}
     if todo:
-        with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
+        with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl:
             arch.note_format()  # about to write 1.1 arrays
             gpu = cluster_has_gpus(cl)
             target = list(block or cfg.get("gpu_block" if gpu else "block"))

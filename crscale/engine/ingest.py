@@ -9,6 +9,7 @@ exceptions, so one bad file never stops the run; the client records them in the 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 from distributed import Client
 
 from crscale import config
+from crscale._logging import reporter
 from crscale.engine._stage import Call, StageReport, windowed
 from crscale.engine.cluster import client_or_new
 from crscale.errors import ArchiveError, InputError
@@ -25,6 +27,8 @@ from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.fits_reader import exposure_id_from_path, read_exposure, sha256_file
 from crscale.io.inputs import InputSpec, expand_inputs
+
+logger = logging.getLogger(__name__)
 
 #: Staging left this long is from a dead run (one exposure is written in seconds).
 STALE_STAGING_SECONDS = 3600.0
@@ -272,7 +276,7 @@ def ingest(
     hdus: Sequence[str | int] | None = None,
     chunks: Sequence[int] | None = None,
     progress: bool = True,
-    echo: Callable[[str], None] | None = print,
+    echo: Callable[[str], None] | None = None,
 ) -> IngestReport:
     """Ingest FITS files into a crscale archive, in parallel with dask.
 
@@ -302,7 +306,7 @@ def ingest(
     progress : bool
         Show progress bars on stderr.
     echo : callable, optional
-        Where messages go; ``None`` for silence.
+        Where messages go; default: this module's logger (INFO).
 
     Returns
     -------
@@ -310,7 +314,7 @@ def ingest(
         One result per input; ``report.ok`` is False when any input failed.
     """
     t0 = time.perf_counter()
-    say = echo or (lambda _msg: None)
+    say = reporter(logger, echo)
     arch = Archive(archive, mode="a")
     arch.clean_staging(older_than=STALE_STAGING_SECONDS)
     specs, problems = expand_inputs(inputs)
@@ -320,7 +324,7 @@ def ingest(
                                        kind=p.kind)
     settings = ingest_settings(chunks=chunks, hdus=hdus)
 
-    with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
+    with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl:
         hashes = _hash_all(cl, specs, results, progress)
         todo, settled = _plan(specs, hashes, arch, force)
         for r in settled:

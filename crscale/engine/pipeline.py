@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from crscale._logging import reporter
 from crscale.engine.catalogue_stage import CatalogueReport, catalogue_archive
 from crscale.engine.cluster import client_or_new
 from crscale.engine.detect_stage import DetectReport, detect_archive
 from crscale.engine.ingest import IngestReport, ingest
 from crscale.engine.jobs import job_record
+
+logger = logging.getLogger(__name__)
 
 #: Stages of ``crscale run`` in order.
 PIPELINE_STAGES = ("ingest", "detect", "catalogue")
@@ -53,7 +57,7 @@ def run_pipeline(
     ingest_options: dict[str, Any] | None = None,
     detect_options: dict[str, Any] | None = None,
     progress: bool = True,
-    echo: Callable[[str], None] | None = print,
+    echo: Callable[[str], None] | None = None,
     catalogue_options: dict[str, Any] | None = None,
 ) -> RunReport:
     """Ingest the inputs, detect the CRs of their exposures, then catalogue them, on one cluster.
@@ -77,7 +81,7 @@ def run_pipeline(
     catalogue_options : dict, optional
         Extra keyword arguments of :func:`catalogue_archive` (e.g. ``completeness``).
     echo : callable, optional
-        Where messages go.
+        Where messages go; default: this module's logger (INFO).
 
     Returns
     -------
@@ -90,10 +94,10 @@ def run_pipeline(
     unknown = [s for s in stages if s not in PIPELINE_STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; available: {', '.join(PIPELINE_STAGES)}")
-    say = echo or (lambda _msg: None)
+    say = reporter(logger, echo)
     report = RunReport(stages=list(stages))
     with (
-        client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl,
+        client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl,
         job_record(archive, cl, stages),
     ):
         exposure_ids: list[str] | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -21,11 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from crscale import config
+from crscale._logging import reporter
 from crscale.engine._stage import Call, StageReport, clear_exposure_failure, windowed
 from crscale.engine.cluster import client_or_new
 from crscale.io.archive import Archive
 from crscale.io.errors import ArchiveError, InputError, describe
 from crscale.io.fits_writer import FitsOutcome, Provenance, WriteOptions, safe_name, write_exposure
+
+logger = logging.getLogger(__name__)
 
 STAGE = "write-fits"
 
@@ -152,7 +156,7 @@ def write_fits_archive(
     n_workers: int | None = None,
     cluster: str | None = None,
     progress: bool = True,
-    echo: Callable[[str], None] | None = print,
+    echo: Callable[[str], None] | None = None,
 ) -> WriteFitsReport:
     """Write FITS products of an archive's detected exposures into ``outdir``, on Dask.
 
@@ -178,7 +182,7 @@ def write_fits_archive(
     progress : bool
         A progress bar on stderr.
     echo : callable, optional
-        Where messages go; ``None`` for silence.
+        Where messages go; default: this module's logger (INFO).
 
     Returns
     -------
@@ -193,6 +197,7 @@ def write_fits_archive(
         Bad ``pixels`` or ``flags``.
     """
     t0 = time.perf_counter()
+    say = reporter(logger, echo)
     options = WriteOptions(pixels=pixels, flags=flags, prob=prob)
     arch = Archive(archive, mode="a", create=False)
     out = Path(outdir).absolute()
@@ -213,7 +218,7 @@ def write_fits_archive(
         args = (str(arch.path), eid, str(out), options, provenance_of(detect), names[eid], force)
         calls.append(Call(args=args, subject=eid))
     if calls:
-        with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
+        with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl:
             for done in windowed(cl, write_fits_task, calls, desc=STAGE, progress=progress):
                 eid = done.item.subject
                 outcome = done.value
