@@ -105,7 +105,7 @@ class CatalogueReport(StageReport):
         return "\n".join(lines)
 
 
-def catalogue_detector_task(
+def _catalogue_detector_task(
     archive: str,
     exposure_id: str,
     detector: str,
@@ -371,7 +371,7 @@ def _submit(cl: Any, book: StatusBook, plan: ExposurePlan, rules: MorphologyRule
     stamp = time.time_ns()
     parts = [
         cl.submit(
-            catalogue_detector_task,
+            _catalogue_detector_task,
             path,
             eid,
             d.name,

@@ -34,10 +34,7 @@ from typing import Any
 
 from crscale import config
 from crscale._logging import reporter
-from crscale.engine._stage import StageReport, StatusBook, Window, progress_bar, window_size
-from crscale.engine.blocks import PROGRESS_TOPIC, DetectSettings, engine_halo
-from crscale.engine.cluster import client_or_new, cluster_has_gpus
-from crscale.engine.detect_graph import (
+from crscale.engine._detect_graph import (
     DetectorPlan,
     create_outputs,
     detect_settings,
@@ -46,6 +43,9 @@ from crscale.engine.detect_graph import (
     plan_exposure,
     remove_outputs,
 )
+from crscale.engine._stage import StageReport, StatusBook, Window, progress_bar, window_size
+from crscale.engine.blocks import PROGRESS_TOPIC, DetectSettings, engine_halo
+from crscale.engine.cluster import client_or_new, cluster_has_gpus
 from crscale.engine.plugin import ModelPlugin
 from crscale.io import integrity
 from crscale.io.archive import Archive

@@ -125,7 +125,7 @@ def ingest_settings(
     }
 
 
-def hash_file(path: str) -> tuple[str, str | None, str]:
+def _hash_file(path: str) -> tuple[str, str | None, str]:
     """Worker task: ``(path, sha256 or None, error message)``."""
     try:
         return path, sha256_file(path), ""
@@ -359,7 +359,7 @@ def _hash_all(cl: Client, specs: list[InputSpec], results: dict[str, IngestResul
     """SHA-256 of every input, on the workers; unreadable files go into ``results``."""
     hashes: dict[str, str] = {}
     calls = [Call(args=(s.path,)) for s in specs]
-    for done in windowed(cl, hash_file, calls, desc="hashing", progress=progress):
+    for done in windowed(cl, _hash_file, calls, desc="hashing", progress=progress):
         path = done.item.args[0]
         if done.error is not None:
             results[path] = IngestResult(

@@ -117,7 +117,7 @@ def provenance_of(detect_status: dict[str, Any]) -> Provenance:
     )
 
 
-def write_fits_task(
+def _write_fits_task(
     archive: str,
     exposure_id: str,
     outdir: str,
@@ -219,7 +219,7 @@ def write_fits_archive(
         calls.append(Call(args=args, subject=eid))
     if calls:
         with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl:
-            for done in windowed(cl, write_fits_task, calls, desc=STAGE, progress=progress):
+            for done in windowed(cl, _write_fits_task, calls, desc=STAGE, progress=progress):
                 eid = done.item.subject
                 outcome = done.value
                 if done.error is not None:
