@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -228,6 +229,36 @@ def test_write_fits_from_the_bucket_archive_equals_a_local_run(runs, tmp_path):
     again = _cli("write-fits", runs["remote"], str(tmp_path / "remote"), "--prob", "--scheduler", address,
                  "--no-progress")
     assert again.returncode == 0 and "0 exposure(s) written, 2 skipped" in again.stdout, again.stdout
+
+
+def test_verify_and_defects_on_the_bucket_archive(runs):
+    verify = _cli("verify", runs["remote"])
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    remote, local = (json.loads(_cli("verify", a, "--json", "--no-mark").stdout)["results"]
+                     for a in (runs["remote"], str(runs["local"])))
+    assert [r["ok"] for r in remote] == [True, True]
+    # Every array and chunk checked, as many as on disk (the sources' paths differ).
+    assert [(r["exposure_id"], r["arrays"], r["chunks"]) for r in remote] == [
+        (r["exposure_id"], r["arrays"], r["chunks"]) for r in local]
+    defects = _cli("defects", runs["remote"], "--scheduler", runs["address"], "--no-progress")
+    assert defects.returncode == 0, defects.stdout + defects.stderr
+    local = _cli("defects", str(runs["local"]), "--scheduler", runs["address"], "--no-progress")
+    def shown(out: str, archive: str) -> str:
+        return re.sub(r"\d+\.\d s\b", "T s", out.replace(archive, "A"))
+
+    assert shown(defects.stdout, runs["remote"]) == shown(local.stdout, str(runs["local"]))
+    assert ", 2 current, 0 failed" in defects.stdout  # `crscale run` made the maps, in the bucket
+    from crscale.io import defect_store
+
+    r_arch, l_arch = Archive(runs["remote"]), Archive(runs["local"])
+    keys = defect_store.defect_keys(l_arch)
+    assert len(keys) == 2 and defect_store.defect_keys(r_arch) == keys
+    for key in keys:
+        r_attrs, l_attrs = (defect_store.read_defect_attrs(a, key) for a in (r_arch, l_arch))
+        assert r_attrs["status"] == l_attrs["status"] == "unverified"  # one exposure: too few, and said
+        for name in ("counts", "codes"):
+            assert np.array_equal(defect_store.read_array(r_arch, key, name),
+                                  defect_store.read_array(l_arch, key, name)), (key, name)
 
 
 def test_url_inputs_globs_prefixes_and_missing(s3):
