@@ -21,6 +21,7 @@ from crscale.io.catalogue_store import read_table
 
 
 def main() -> None:
+    """Read the exposure table, print the three rates per detector and plot them."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("archive")
     parser.add_argument("png")
