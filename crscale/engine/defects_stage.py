@@ -304,7 +304,7 @@ def refresh_defects(
     maps : dict or None
         :func:`current_maps` after the update (None when switched off).
     """
-    if not config.get("defects.enabled", True):
+    if not config.get("defects.enabled"):
         return None, None
     report = _update(arch, get_client, settings or DefectSettings.from_config(), None)
     return report, current_maps(arch)

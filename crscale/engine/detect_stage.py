@@ -227,7 +227,7 @@ def detect_archive(
     )
     halo = engine_halo(model_config, settings)
     cfg = config.get("detect")
-    prob_dtype = str(cfg.get("prob_dtype", "float32"))
+    prob_dtype = str(config.get("detect.prob_dtype"))
 
     book = StatusBook(arch=arch, stage=STAGE)
     ids = arch.select_exposures(exposures)
@@ -248,8 +248,8 @@ def detect_archive(
             bar = _Progress(len(todo), progress)
             cl.subscribe_topic(PROGRESS_TOPIC, bar.on_event)
             try:
-                _run(cl, book, todo, job, window_size(cl, cfg.get("blocks_in_flight_per_thread", 3)),
-                     results, bar)
+                limit = window_size(cl, config.get("detect.blocks_in_flight_per_thread"))
+                _run(cl, book, todo, job, limit, results, bar)
             finally:
                 with contextlib.suppress(Exception):
                     cl.unsubscribe_topic(PROGRESS_TOPIC)
