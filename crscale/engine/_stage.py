@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from crscale.io.archive import Archive
@@ -208,6 +208,28 @@ class StatusBook:
 
 
 @dataclass(kw_only=True)
+class ExposureOutcome:
+    """What a stage did with one exposure; each stage's record adds its own counts.
+
+    Attributes
+    ----------
+    exposure_id : str
+    status : {"done", "skipped", "failed"}
+    message : str
+        The problem (failed) or a note.
+    n_detectors : int
+    seconds : float
+        Wall time from submission to the status being written.
+    """
+
+    exposure_id: str
+    status: str
+    message: str = ""
+    n_detectors: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(kw_only=True)
 class StageReport:
     """What every stage's report holds: the outcomes in archive order, the settings, the time.
 
@@ -233,3 +255,18 @@ class StageReport:
     def counts(self) -> dict[str, int]:
         """Outcomes per status."""
         return {s: len(self.by_status(s)) for s in self.STATUSES}
+
+    def _more(self) -> dict[str, Any]:
+        """What a stage's report adds to :meth:`to_dict` (JSON-safe)."""
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (what ``--report`` writes)."""
+        return {
+            "archive": self.archive,
+            "seconds": self.seconds,
+            "counts": self.counts(),
+            "settings": self.settings,
+            **self._more(),
+            "results": [asdict(r) for r in self.results],
+        }

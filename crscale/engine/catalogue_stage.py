@@ -26,21 +26,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from crscale._logging import reporter
 from crscale.catalog.morphology import MorphologyRules
 from crscale.catalog.profiles import DetectorPhysics, detector_physics, load_profiles
-from crscale.engine._stage import StageReport, StatusBook, Window, progress_bar, window_size
+from crscale.engine._catalogue_tasks import catalogue_detector_task, write_exposure_task
+from crscale.engine._stage import ExposureOutcome, StageReport, StatusBook, Window, progress_bar, window_size
 from crscale.engine.cluster import client_or_new
 from crscale.engine.defects_stage import defect_info, key_of, refresh_defects
 from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables, table_file
-from crscale.io.dq import ExcludedView, convention_for
-from crscale.io.errors import ArchiveError, describe
-from crscale.io.storage import zarr_options
+from crscale.io.errors import describe
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +49,10 @@ ROW_ATTRS = ("instrument", "telescope", "date_obs", "mjd_obs", "exptime")
 
 
 @dataclass(kw_only=True)
-class ExposureCatalogue:
-    """Outcome for one exposure."""
+class ExposureCatalogue(ExposureOutcome):
+    """Outcome of the catalogue stage for one exposure (see :class:`ExposureOutcome`)."""
 
-    exposure_id: str
-    status: str  # done | skipped | failed
-    message: str = ""
-    n_detectors: int = 0
     n_cr: int = 0
-    seconds: float = 0.0
 
 
 @dataclass(kw_only=True)
@@ -69,14 +63,8 @@ class CatalogueReport(StageReport):
     defects: Any = None  #: the DefectReport of the defect update run first, if any
     redone_for_defects: list[str] = field(default_factory=list)  #: recatalogued: their defect map changed
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
+    def _more(self) -> dict[str, Any]:
         return {
-            "archive": self.archive,
-            "seconds": self.seconds,
-            "counts": self.counts(),
-            "settings": self.settings,
-            "results": [asdict(r) for r in self.results],
             "defects": self.defects.to_dict() if self.defects is not None else None,
             "redone_for_defects": self.redone_for_defects,
         }
@@ -103,88 +91,6 @@ class CatalogueReport(StageReport):
                 + (" ..." if len(self.redone_for_defects) > 10 else "")
             )
         return "\n".join(lines)
-
-
-def _catalogue_detector_task(
-    archive: str,
-    exposure_id: str,
-    detector: str,
-    physics: DetectorPhysics,
-    rules: MorphologyRules,
-    exposure_attrs: dict[str, Any],
-    defects: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Worker task: the CR columns and the exposure-table row of one detector.
-
-    ``defects`` (None: no defect information) names the detector's defect map: ``key``,
-    ``status`` and ``completeness`` (see :mod:`crscale.engine.defects_stage`).
-    """
-    import zarr
-
-    from crscale.catalog.detector import catalogue_detector
-    from crscale.catalog.rates import exposure_row
-
-    label = f"{archive}/exposures/{exposure_id}/{detector}"
-    group = zarr.open_group(label, mode="r", zarr_format=3, storage_options=zarr_options(archive))
-    attrs = dict(group.attrs)
-    arrays = set(group.array_keys())
-    if "mask" not in arrays:
-        raise ArchiveError(f"{exposure_id}/{detector}: no CR mask (run `crscale detect` first)")
-    detect = attrs.get("detect") or {}
-
-    def read(name: str) -> Any:  # reads refuse absent or corrupt chunks, naming them
-        return integrity.checked(group, name, label) if name in arrays else None
-
-    codes = None
-    if defects and defects.get("key"):
-        codes = zarr.open_group(f"{archive}/defects/{defects['key']}", mode="r", zarr_format=3,
-                                storage_options=zarr_options(archive))["codes"]
-    result = catalogue_detector(
-        read("image"),
-        read("mask"),
-        background=read("clean"),
-        dq=ExcludedView(read("dq"), convention_for(exposure_attrs, attrs)) if "dq" in arrays else None,
-        gain=physics.gain,
-        saturation=attrs.get("saturation"),
-        rules=rules,
-        fallback=(detect.get("stats") or {}).get("sky"),
-        defects=codes,
-        defect_map=(defects or {}).get("status"),
-    )
-    row = exposure_row(
-        exposure_id,
-        detector,
-        result,
-        physics,
-        exposure_attrs=exposure_attrs,
-        detector_attrs=attrs,
-        model=detect.get("model"),
-        threshold=detect.get("threshold"),
-        completeness=(defects or {}).get("completeness"),
-    )
-    columns = {"exposure": exposure_id, "detector": detector, **result.columns}
-    return columns, row
-
-
-def write_exposure_task(archive: str, exposure_id: str, *parts: tuple[dict[str, Any], dict[str, Any]]) -> int:
-    """Worker task: write one exposure's Parquet files from its detectors' results; returns n_cr."""
-    import numpy as np
-
-    from crscale.io.catalogue_schema import CR_SCHEMA
-    from crscale.io.catalogue_store import as_table, write_exposure_tables
-
-    columns: dict[str, Any] = {}
-    for f in CR_SCHEMA:
-        pieces = []
-        for cols, _row in parts:
-            n = cols["id"].size
-            value = cols[f.name]
-            pieces.append(np.full(n, value, dtype=object) if isinstance(value, str) else np.asarray(value))
-        columns[f.name] = np.concatenate(pieces) if pieces else np.zeros(0)
-    crs = as_table(columns, "crs")
-    rows = as_table([row for _cols, row in parts], "exposures")
-    write_exposure_tables(archive, exposure_id, crs, rows)
-    return int(sum(row["n_cr"] for _cols, row in parts))
 
 
 def catalogue_archive(
@@ -371,7 +277,7 @@ def _submit(cl: Any, book: StatusBook, plan: ExposurePlan, rules: MorphologyRule
     stamp = time.time_ns()
     parts = [
         cl.submit(
-            _catalogue_detector_task,
+            catalogue_detector_task,
             path,
             eid,
             d.name,
@@ -475,3 +381,6 @@ def _fail(
     book.failed(eid, message, kind)
     results[eid] = ExposureCatalogue(exposure_id=eid, status="failed", message=message, n_detectors=n_det,
                                      seconds=time.perf_counter() - started)
+
+
+__all__ = ["CatalogueReport", "ExposureCatalogue", "catalogue_archive", "write_exposure_task"]

@@ -22,7 +22,7 @@ import fnmatch
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,6 +31,7 @@ from crscale import config
 from crscale._logging import reporter
 from crscale.catalog.defects import UNVERIFIED, DefectSettings, add_user_map, find_defects
 from crscale.catalog.profiles import detector_physics, load_profiles
+from crscale.engine._defect_reduction import DefectResult, KeyPlan, run_defects
 from crscale.engine._stage import StageReport
 from crscale.io.archive import Archive
 from crscale.io.defect_store import (
@@ -41,42 +42,9 @@ from crscale.io.defect_store import (
     read_defect_attrs,
     write_defect_map,
 )
-from crscale.io.errors import ArchiveError, InputError, describe
+from crscale.io.errors import InputError, describe
 
 log = logging.getLogger(__name__)
-
-#: Masks one count task reads (one after the other, into one array).
-EXPOSURES_PER_TASK = 32
-
-
-@dataclass(kw_only=True)
-class KeyPlan:
-    """What one detector key needs."""
-
-    key: str
-    instrument: str | None
-    detector: str
-    binning: tuple[int, int]
-    shape: tuple[int, int]
-    members: dict[str, str] = field(default_factory=dict)  #: exposure -> detect time (all with a mask)
-    todo: list[str] = field(default_factory=list)  #: exposures to count now
-    rebuild: bool = False
-
-
-@dataclass(kw_only=True)
-class DefectResult:
-    """Outcome for one key."""
-
-    key: str
-    status: str  # verified | unverified | failed | current
-    n_exposures: int = 0
-    n_added: int = 0
-    rebuilt: bool = False
-    changed: bool = False
-    n_by_kind: dict[str, int] = field(default_factory=dict)
-    digest: str | None = None
-    message: str = ""
-
 
 @dataclass(kw_only=True)
 class DefectReport(StageReport):
@@ -170,107 +138,6 @@ def scan_archive(arch: Archive, exposures: Sequence[str] | None = None) -> list[
         except Exception as exc:  # one exposure's metadata: the others go on
             log.warning("defects: exposure %r skipped: %s", eid, describe(exc))
     return out
-
-
-def count_masks_task(archive: str, items: Sequence[tuple[str, str]], shape: tuple[int, int]) -> np.ndarray:
-    """Worker task: in how many of these masks each pixel is set (uint32)."""
-    import zarr
-
-    from crscale.io.storage import zarr_options
-
-    total = np.zeros(shape, np.uint32)
-    for eid, det in items:
-        mask = zarr.open_array(f"{archive}/exposures/{eid}/{det}/mask", mode="r", zarr_format=3,
-                               storage_options=zarr_options(archive))
-        if tuple(mask.shape) != tuple(shape):
-            raise ArchiveError(f"{eid}/{det}: mask shape {tuple(mask.shape)} is not the detector's {shape}")
-        step = int(mask.chunks[0])
-        for y0 in range(0, shape[0], step):  # whole chunk rows: one band in memory
-            total[y0 : y0 + step] += np.asarray(mask[y0 : y0 + step]) != 0
-    return total
-
-
-def add_counts_task(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Worker task: the sum of two count arrays."""
-    a += b
-    return a
-
-
-def finish_key_task(
-    archive: str,
-    plan: KeyPlan,
-    counts: np.ndarray | None,
-    settings: DefectSettings,
-) -> DefectResult:
-    """Worker task: add to the stored counts, find the defects, write the key's map."""
-    arch = Archive(archive, mode="a")
-    old = read_defect_attrs(arch, plan.key) or {}
-    stored = None if plan.rebuild else read_array(arch, plan.key, "counts")
-    counted = {} if plan.rebuild or stored is None else dict(old.get("contributions") or {})
-    total = np.zeros(plan.shape, np.uint32) if stored is None else stored.astype(np.uint32)
-    if counts is not None:
-        total += counts
-    counted.update({e: plan.members[e] for e in plan.todo})
-    dmap = find_defects(total, len(counted), settings)
-    user = read_array(arch, plan.key, "user")
-    codes = add_user_map(dmap.codes, user)
-    dmap.codes = codes
-    digest = dmap.digest()
-    write_defect_map(
-        arch,
-        plan.key,
-        {"counts": total, "codes": codes},
-        {
-            "instrument": plan.instrument,
-            "detector": plan.detector,
-            "binning": list(plan.binning),
-            "shape": list(plan.shape),
-            "n_exposures": len(counted),
-            "contributions": counted,
-            "status": dmap.status,
-            "p_cr": dmap.p_cr,
-            "k_min": dmap.k_min,
-            "k_line": dmap.k_line,
-            "settings": settings.to_dict(),
-            "n_by_kind": dmap.counts_by_kind(),
-            "digest": digest,
-        },
-    )
-    return DefectResult(
-        key=plan.key, status=dmap.status, n_exposures=len(counted), n_added=len(plan.todo),
-        rebuilt=plan.rebuild, changed=digest != old.get("digest"), n_by_kind=dmap.counts_by_kind(),
-        digest=digest,
-    )
-
-
-def run_defects(
-    cl: Any, archive: str, plans: dict[str, KeyPlan], settings: DefectSettings
-) -> list[DefectResult]:
-    """Submit the count trees and finish tasks of the keys with work; gather them."""
-    futures = {}
-    for key, plan in plans.items():
-        if not plan.todo:
-            continue
-        items = [(e, plan.detector) for e in plan.todo]
-        level = [
-            cl.submit(count_masks_task, archive, items[i : i + EXPOSURES_PER_TASK], plan.shape, pure=False)
-            for i in range(0, len(items), EXPOSURES_PER_TASK)
-        ]
-        while len(level) > 1:
-            pairs = [level[i : i + 2] for i in range(0, len(level), 2)]
-            level = [cl.submit(add_counts_task, *p, pure=False) if len(p) == 2 else p[0] for p in pairs]
-        futures[key] = cl.submit(finish_key_task, archive, plan, level[0], settings, pure=False)
-    results = []
-    for key, fut in futures.items():
-        try:
-            results.append(fut.result())
-        except Exception as exc:
-            message = f"detector {key!r}: {describe(exc)}"
-            log.error("defects: %s", message)
-            results.append(DefectResult(key=key, status="failed", message=message))
-        finally:
-            fut.release()
-    return results
 
 
 def current_maps(arch: Archive) -> dict[str, dict[str, Any]]:
@@ -444,4 +311,4 @@ def set_user_map(
 
 
 __all__ = ["UNVERIFIED", "DefectReport", "DefectResult", "KeyPlan", "current_maps", "plan_defects",
-           "run_defects", "scan_archive", "set_user_map", "update_defects"]
+           "scan_archive", "set_user_map", "update_defects"]

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from crscale import config
@@ -43,7 +43,8 @@ from crscale.engine._detect_graph import (
     plan_exposure,
     remove_outputs,
 )
-from crscale.engine._stage import StageReport, StatusBook, Window, progress_bar, window_size
+from crscale.engine._detect_report import DetectReport, ExposureDetection, Progress
+from crscale.engine._stage import StatusBook, Window, window_size
 from crscale.engine.blocks import PROGRESS_TOPIC, DetectSettings, engine_halo
 from crscale.engine.cluster import client_or_new, cluster_has_gpus
 from crscale.engine.plugin import ModelPlugin
@@ -55,100 +56,6 @@ from crscale.io.errors import describe
 logger = logging.getLogger(__name__)
 
 STAGE = "detect"
-
-
-@dataclass(kw_only=True)
-class ExposureDetection:
-    """Outcome of the detection stage for one exposure.
-
-    Attributes
-    ----------
-    exposure_id : str
-    status : {"done", "skipped", "failed"}
-    message : str
-        The problem (failed) or a note.
-    n_detectors, n_pixels, n_cr_pixels, n_blocks : int
-    seconds : float
-        Wall time from submission to the status being written.
-    """
-
-    exposure_id: str
-    status: str
-    message: str = ""
-    n_detectors: int = 0
-    n_pixels: int = 0
-    n_cr_pixels: int = 0
-    n_blocks: int = 0
-    seconds: float = 0.0
-
-
-@dataclass(kw_only=True)
-class DetectReport(StageReport):
-    """All outcomes of a detection run, in archive order, and the settings used."""
-
-    results: list[ExposureDetection]
-
-    @property
-    def pixels_done(self) -> int:
-        """Pixels processed in this run."""
-        return sum(r.n_pixels for r in self.by_status("done"))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return {
-            "archive": self.archive,
-            "seconds": self.seconds,
-            "counts": self.counts(),
-            "settings": self.settings,
-            "pixels_done": self.pixels_done,
-            "results": [asdict(r) for r in self.results],
-        }
-
-    def summary(self) -> str:
-        """A few lines for the terminal."""
-        c = self.counts()
-        done = self.by_status("done")
-        mpix = self.pixels_done / 1e6
-        rate = mpix / self.seconds if self.seconds > 0 else 0.0
-        n_cr = sum(r.n_cr_pixels for r in done)
-        lines = [
-            f"detect: {c['done']} exposure(s) done, {c['skipped']} already done (skipped), "
-            f"{c['failed']} failed; {mpix:.1f} Mpix in {self.seconds:.1f} s = {rate:.2f} Mpix/s; "
-            f"{n_cr:,} CR pixels (model {self.settings.get('model_name') or self.settings.get('model')}, "
-            f"threshold {self.settings.get('threshold')})"
-        ]
-        for r in self.by_status("failed"):
-            lines.append(f"  FAILED: {r.message}")
-        return "\n".join(lines)
-
-
-class _Progress:
-    """Two bars, exposures and blocks; blocks advance on the workers' events."""
-
-    def __init__(self, n_exposures: int, enabled: bool) -> None:
-        self.exposures = progress_bar(n_exposures, "exposures", "exp", enabled, position=0)
-        self.blocks = progress_bar(0, "blocks", "block", enabled, position=1)
-        self.pixels = 0
-        self.t0 = time.perf_counter()
-
-    def add_blocks(self, n: int) -> None:
-        self.blocks.total += n
-        self.blocks.refresh()
-
-    def on_event(self, event: Any) -> None:
-        msg = event[1] if isinstance(event, tuple) else event
-        if self.blocks.n < self.blocks.total:  # a recomputed block (worker lost) counts once
-            self.blocks.update(1)
-        self.pixels += int(msg.get("pixels", 0)) if isinstance(msg, dict) else 0
-        rate = self.pixels / max(time.perf_counter() - self.t0, 1e-9) / 1e6
-        self.blocks.set_postfix_str(f"{rate:.2f} Mpix/s", refresh=False)
-
-    def exposure_done(self) -> None:
-        self.exposures.update(1)
-
-    def close(self) -> None:
-        self.blocks.close()
-        self.exposures.close()
 
 
 def detect_archive(
@@ -245,7 +152,7 @@ def detect_archive(
                 settings.model, settings.device, settings.precision, settings.compile, gpu_only=gpu
             )
             cl.register_plugin(plugin, name=plugin.name)
-            bar = _Progress(len(todo), progress)
+            bar = Progress(len(todo), progress)
             cl.subscribe_topic(PROGRESS_TOPIC, bar.on_event)
             try:
                 limit = window_size(cl, config.get("detect.blocks_in_flight_per_thread"))
@@ -338,7 +245,7 @@ def _run(
     job: DetectJob,
     limit: int,
     results: dict[str, ExposureDetection],
-    bar: _Progress,
+    bar: Progress,
 ) -> None:
     """Feed exposures through statistics → blocks → finish, keeping about ``limit`` blocks in flight."""
     arch = book.arch
@@ -441,3 +348,6 @@ def _finish_exposure(book: StatusBook, work: InFlight, counts: list[int], job: D
         n_cr_pixels=int(sum(counts)),
         seconds=round(time.perf_counter() - work.started, 3),
     )
+
+
+__all__ = ["DetectReport", "ExposureDetection", "detect_archive"]

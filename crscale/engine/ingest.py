@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from distributed import Client
@@ -80,11 +80,6 @@ class IngestReport(StageReport):
     STATUSES: ClassVar[tuple[str, ...]] = ("done", "skipped", "duplicate", "failed")
 
     results: list[IngestResult]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return {"archive": self.archive, "seconds": self.seconds, "counts": self.counts(),
-                "settings": self.settings, "results": [asdict(r) for r in self.results]}
 
     def summary(self) -> str:
         """A few lines for the terminal."""

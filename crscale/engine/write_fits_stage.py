@@ -41,10 +41,8 @@ class WriteFitsReport(StageReport):
     results: list[FitsOutcome]
     outdir: str
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return {"archive": self.archive, "outdir": self.outdir, "seconds": self.seconds,
-                "counts": self.counts(), "results": [asdict(r) for r in self.results]}
+    def _more(self) -> dict[str, Any]:
+        return {"outdir": self.outdir}
 
     def summary(self) -> str:
         """A few lines for the terminal."""
