@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from crscale.io.archive import Archive
+from crscale.io.lease import Leases, describe_holder
 
 #: Tasks kept in flight per worker thread (blocks, for the detection stage: see
 #: ``crscale.detect.blocks_in_flight_per_thread``): the scheduler always has work, and an
@@ -125,12 +126,15 @@ def windowed(
     progress: bool,
     window: int | None = None,
     unit: str = "file",
+    claim: Callable[[Call], Any] | None = None,
 ) -> Iterable[Completed[Call]]:
     """Run ``func`` over ``calls`` with at most ``window`` tasks in flight.
 
     Yields a :class:`Completed` per call, as they finish: its ``value``, or its ``error`` when
     the task itself was lost (a worker killed more often than the scheduler allows, a
     cancelled future), so that the caller records that input as failed and the run goes on.
+    ``claim(call)``, called just before a call is submitted, may return a value to yield for
+    it instead of running it (an input another run is working on); it may change the call.
     """
     if not calls:
         return
@@ -143,15 +147,27 @@ def windowed(
             call = next(pending, None)
             if call is None:
                 return
+            settled = claim(call) if claim is not None else None
+            if settled is not None:
+                bar.update(1)
+                ready.append(Completed(item=call, value=settled))
+                continue
             win.add(client.submit(func, *call.args, pure=False, **call.kwargs), call, load=1)
 
+    ready: list[Completed[Call]] = []  # settled by claim(), never submitted
     try:
         fill()
+        while ready:  # everything claimed elsewhere: nothing in flight to wait for
+            yield ready.pop(0)
+            fill()
         for done in win.completed():
             win.release(1)
             bar.update(1)
             yield done
             fill()
+            while ready:
+                yield ready.pop(0)
+                fill()
     finally:
         bar.close()
 
@@ -166,15 +182,31 @@ def clear_exposure_failure(arch: Archive, exposure_id: str, stage: str) -> None:
 
 @dataclass(kw_only=True)
 class StatusBook:
-    """The status transitions of one stage's exposures, and the failures they record.
+    """The status transitions of one stage's exposures, the failures they record, their leases.
 
     ``running`` holds the exposures this run marked ``running`` and has not finished, so that
-    an interrupt leaves none of them ``running`` (:meth:`abandon`).
+    an interrupt leaves none of them ``running`` (:meth:`abandon`). With ``leases``, an
+    exposure is worked on only once its lease is taken (:meth:`claim`; see
+    :mod:`crscale.io.lease`), and the lease is given back when the exposure is done or failed,
+    or the run ends (:meth:`close`).
     """
 
     arch: Archive
     stage: str
+    leases: Leases | None = None
     running: set[str] = field(default_factory=set)
+
+    def claim(self, exposure_id: str) -> str | None:
+        """Take the exposure's lease: None when this run may work on it, else why it may not."""
+        if self.leases is None or self.leases.acquire(exposure_id, stage=self.stage) is not None:
+            return None
+        holder = self.leases.holder(exposure_id)
+        return "being processed by another run" + (f" ({describe_holder(holder)})" if holder else "")
+
+    def release(self, exposure_id: str) -> None:
+        """Give the exposure's lease back (this run is no longer working on it)."""
+        if self.leases is not None:
+            self.leases.release(exposure_id)
 
     def start(self, exposure_id: str) -> None:
         """Mark the exposure ``running`` (its outputs are about to be overwritten)."""
@@ -186,11 +218,13 @@ class StatusBook:
         self.arch.set_status(exposure_id, self.stage, "done", **info)
         self.running.discard(exposure_id)
         clear_exposure_failure(self.arch, exposure_id, self.stage)
+        self.release(exposure_id)
 
     def failed(self, exposure_id: str, message: str, kind: str) -> None:
         """Mark the exposure ``failed`` and record why in ``failures/`` (never raises)."""
         self.running.discard(exposure_id)
         self.arch.record_exposure_failure(exposure_id, self.stage, message, kind)
+        self.release(exposure_id)
 
     def abandon(self, client: Any, futures: Any, exc: BaseException) -> None:
         """Cancel the tasks in flight and mark the ``running`` exposures ``interrupted``.
@@ -205,6 +239,13 @@ class StatusBook:
         for eid in sorted(self.running):
             with contextlib.suppress(Exception):
                 self.arch.set_status(eid, self.stage, "interrupted", message=reason)
+        self.close()
+
+    def close(self) -> None:
+        """Give back every lease this run still holds (the stage is over)."""
+        if self.leases is not None:
+            with contextlib.suppress(Exception):
+                self.leases.release_all()
 
 
 @dataclass(kw_only=True)

@@ -40,6 +40,7 @@ from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables, table_file
 from crscale.io.errors import describe
+from crscale.io.lease import Leases
 
 logger = logging.getLogger(__name__)
 
@@ -173,17 +174,20 @@ def catalogue_archive(
         defect_report, maps = refresh_defects(arch, get_client)
         if completeness is not None:
             maps = completeness(arch, get_client, maps)
-        book = StatusBook(arch=arch, stage=STAGE)
+        book = StatusBook(arch=arch, stage=STAGE, leases=Leases(arch.path))
         _plan(book, ids, profiles, maps, force, results, plans, redone)
         if plans:
-            _run(get_client(), book, plans, rules, results, progress)
+            try:
+                _run(get_client(), book, plans, rules, results, progress, force)
+            finally:
+                book.close()
     return CatalogueReport(
         archive=path,
         results=[results[e] for e in ids if e in results],
         settings=settings,
         seconds=time.perf_counter() - t0,
         defects=defect_report,
-        redone_for_defects=[e for e in redone if e in plans],
+        redone_for_defects=[e for e in redone if e in plans and results[e].status != "skipped"],
     )
 
 
@@ -302,6 +306,7 @@ def _run(
     rules: MorphologyRules,
     results: dict[str, ExposureCatalogue],
     progress: bool,
+    force: bool,
 ) -> None:
     """Submit exposures in a window of a few per worker thread; finish each as it completes."""
     window: Window[ExposurePlan] = Window(window_size(cl))
@@ -314,6 +319,13 @@ def _run(
             if plan is None:
                 return
             plan.started = time.perf_counter()
+            busy = book.claim(plan.exposure_id) or (None if force else _done_meanwhile(book.arch, plan))
+            if busy:  # another run on this archive is at it, or has done it since we looked
+                book.release(plan.exposure_id)
+                results[plan.exposure_id] = ExposureCatalogue(exposure_id=plan.exposure_id, status="skipped",
+                                                              message=busy)
+                bar.update(1)
+                continue
             try:
                 future = _submit(cl, book, plan, rules)
             except Exception as exc:
@@ -336,6 +348,16 @@ def _run(
         raise
     finally:
         bar.close()
+
+
+def _done_meanwhile(arch: Archive, plan: ExposurePlan) -> str | None:
+    """Why not to catalogue after all: another run catalogued this detection since we looked."""
+    with contextlib.suppress(Exception):
+        done = arch.status(plan.exposure_id).get(STAGE, {})
+        if done.get("state") == "done" and done.get("detect_time") == plan.detect_time \
+                and done.get("defects") == plan.tokens():
+            return "catalogued by another run on this archive meanwhile"
+    return None
 
 
 def _finish(

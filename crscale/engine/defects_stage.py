@@ -43,6 +43,7 @@ from crscale.io.defect_store import (
     write_defect_map,
 )
 from crscale.io.errors import InputError, describe
+from crscale.io.lease import Leases
 
 log = logging.getLogger(__name__)
 
@@ -180,14 +181,35 @@ def refresh_defects(
 def _update(
     arch: Archive, get_client: Any, settings: DefectSettings, exposures: Sequence[str] | None
 ) -> DefectReport:
-    """Plan every key, run those with work (``get_client()`` only then), report them all."""
+    """Plan every key, run those with work (``get_client()`` only then), report them all.
+
+    Each key is updated under its lease (crscale.io.lease, scope ``defects``): a key another
+    run is updating is waited for, then planned again, so that two runs never write one map at
+    once and neither reads a map the other is rewriting.
+    """
     t0 = time.perf_counter()
-    plans = plan_defects(arch, scan_archive(arch, exposures))
-    results = [DefectResult(key=k, status="current", n_exposures=len(p.members))
-               for k, p in plans.items() if not p.todo]
-    if any(p.todo for p in plans.values()):
-        results += run_defects(get_client(), str(arch.path), plans, settings)
-    return DefectReport(archive=str(arch.path), results=sorted(results, key=lambda r: r.key),
+    leases = Leases(arch.path, "defects")
+    results: dict[str, DefectResult] = {}
+    try:
+        while True:
+            plans = plan_defects(arch, scan_archive(arch, exposures))
+            for k, p in plans.items():
+                if not p.todo:
+                    results.setdefault(k, DefectResult(key=k, status="current", n_exposures=len(p.members)))
+            work = {k: p for k, p in plans.items() if p.todo}
+            mine = {k: p for k, p in work.items() if leases.acquire(k, stage="defects") is not None}
+            if mine:
+                results.update((r.key, r) for r in run_defects(get_client(), str(arch.path), mine, settings))
+                for k in mine:
+                    leases.release(k)
+            busy = [k for k in work if k not in mine]
+            for k in busy or leases.held_by_others():  # a map being rewritten is not read meanwhile
+                leases.wait_while_held(k)
+            if not busy:
+                break
+    finally:
+        leases.release_all()
+    return DefectReport(archive=str(arch.path), results=sorted(results.values(), key=lambda r: r.key),
                         settings=settings.to_dict(), seconds=time.perf_counter() - t0)
 
 
@@ -242,12 +264,14 @@ def update_defects(
 
     arch = Archive(archive, mode="a", create=False)
     with contextlib.ExitStack() as stack:
+        opened: list[Any] = []
 
         def get_client() -> Any:
-            cl = stack.enter_context(client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster,
-                                                   echo=reporter(log, echo)))
-            arch.note_format()
-            return cl
+            if not opened:
+                opened.append(stack.enter_context(client_or_new(
+                    client, scheduler, n_workers=n_workers, cluster=cluster, echo=reporter(log, echo))))
+                arch.note_format()
+            return opened[0]
 
         return _update(arch, get_client, settings or DefectSettings.from_config(), exposures)
 

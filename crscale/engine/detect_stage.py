@@ -52,6 +52,7 @@ from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables
 from crscale.io.errors import describe
+from crscale.io.lease import Leases
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def detect_archive(
     cfg = config.get("detect")
     prob_dtype = str(config.get("detect.prob_dtype"))
 
-    book = StatusBook(arch=arch, stage=STAGE)
+    book = StatusBook(arch=arch, stage=STAGE, leases=Leases(arch.path))
     ids = arch.select_exposures(exposures)
     results: dict[str, ExposureDetection] = {}
     todo = _select(book, ids, force, results)
@@ -146,7 +147,8 @@ def detect_archive(
             arch.note_format()  # about to write 1.1 arrays
             gpu = cluster_has_gpus(cl)
             target = list(block or cfg.get("gpu_block" if gpu else "block"))
-            job = DetectJob(settings=settings, halo=halo, block=target, gpu=gpu, prob_dtype=prob_dtype)
+            job = DetectJob(settings=settings, halo=halo, block=target, gpu=gpu, prob_dtype=prob_dtype,
+                            force=force)
             report_settings.update(gpu=gpu, block=job.block)
             plugin = ModelPlugin(
                 settings.model, settings.device, settings.precision, settings.compile, gpu_only=gpu
@@ -158,6 +160,7 @@ def detect_archive(
                 limit = window_size(cl, config.get("detect.blocks_in_flight_per_thread"))
                 _run(cl, book, todo, job, limit, results, bar)
             finally:
+                book.close()
                 with contextlib.suppress(Exception):
                     cl.unsubscribe_topic(PROGRESS_TOPIC)
                 bar.close()
@@ -207,6 +210,7 @@ class DetectJob:
     block: list[int]  #: target block shape (y, x)
     gpu: bool
     prob_dtype: str
+    force: bool = False  #: redo exposures whose detection is done
 
 
 @dataclass(kw_only=True)
@@ -265,6 +269,12 @@ def _run(
             eid = next(pending, None)
             if eid is None:
                 return
+            busy = book.claim(eid) or _done_meanwhile(arch, eid, job.force)
+            if busy:  # another run on this archive is at it, or has done it since we looked
+                book.release(eid)
+                results[eid] = ExposureDetection(exposure_id=eid, status="skipped", message=busy)
+                bar.exposure_done()
+                continue
             work = InFlight(exposure_id=eid, plans=[], started=time.perf_counter())
             try:
                 work.plans = plan_exposure(arch, eid, job.block, job.halo)
@@ -322,6 +332,16 @@ def _run(
         # Interrupted (a signal, Ctrl-C) or failing here: nothing may stay `running`.
         book.abandon(cl, window.futures, exc)
         raise
+
+
+def _done_meanwhile(arch: Archive, eid: str, force: bool) -> str | None:
+    """Why not to detect ``eid`` after all: another run finished it since the run looked."""
+    if force:
+        return None
+    with contextlib.suppress(Exception):
+        if arch.status(eid).get(STAGE, {}).get("state") == "done":
+            return "detected by another run on this archive meanwhile"
+    return None
 
 
 def _finish_exposure(book: StatusBook, work: InFlight, counts: list[int], job: DetectJob) -> None:

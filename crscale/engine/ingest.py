@@ -9,97 +9,32 @@ exceptions, so one bad file never stops the run; the client records them in the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 from distributed import Client
 
 from crscale import config
 from crscale._logging import reporter
-from crscale.engine._stage import Call, StageReport, windowed
+from crscale.engine._ingest_report import IngestReport, IngestResult
+from crscale.engine._stage import Call, windowed
 from crscale.engine.cluster import client_or_new
 from crscale.errors import ArchiveError, InputError
 from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.fits_reader import exposure_id_from_path, read_exposure, sha256_file
 from crscale.io.inputs import InputSpec, expand_inputs
+from crscale.io.lease import Leases, describe_holder
 
 logger = logging.getLogger(__name__)
 
 #: Staging left this long is from a dead run (one exposure is written in seconds).
 STALE_STAGING_SECONDS = 3600.0
-
-
-@dataclass(kw_only=True)
-class IngestResult:
-    """What happened to one input file.
-
-    Attributes
-    ----------
-    path : str
-        The input file.
-    status : {"done", "skipped", "duplicate", "failed"}
-        Outcome.
-    exposure_id : str or None
-        Archive id (for done, skipped and duplicates: the id holding that content).
-    message : str
-        Human-readable detail (the problem, for failures).
-    kind : str
-        Class of failure (``"corrupt"``, ``"truncated"``, ``"no-image"``, ``"archive"``...).
-    sha256 : str or None
-        Checksum of the file.
-    warnings : list of str
-        Metadata warnings (guessed keywords, NaN pixels ...).
-    n_detectors, n_pixels, nbytes : int
-        Size of what was written.
-    seconds : float
-        Worker time spent.
-    """
-
-    path: str
-    status: str
-    exposure_id: str | None = None
-    message: str = ""
-    kind: str = ""
-    sha256: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    n_detectors: int = 0
-    n_pixels: int = 0
-    nbytes: int = 0
-    seconds: float = 0.0
-
-
-@dataclass(kw_only=True)
-class IngestReport(StageReport):
-    """All results of an ingest run, in input order, and the settings used."""
-
-    STATUSES: ClassVar[tuple[str, ...]] = ("done", "skipped", "duplicate", "failed")
-
-    results: list[IngestResult]
-
-    def summary(self) -> str:
-        """A few lines for the terminal."""
-        c = self.counts()
-        done = self.by_status("done")
-        mpix = sum(r.n_pixels for r in done) / 1e6
-        mb = sum(r.nbytes for r in done) / 1e6
-        lines = [
-            f"ingest: {c['done']} ingested, {c['skipped']} already in the archive, "
-            f"{c['duplicate']} duplicate(s), {c['failed']} failed "
-            f"({mpix:.1f} Mpix, {mb:.1f} MB read, {self.seconds:.1f} s)"
-        ]
-        for r in self.by_status("duplicate"):
-            lines.append(f"  duplicate: {r.path}: {r.message}")
-        for r in self.by_status("failed"):
-            lines.append(f"  FAILED: {r.message}")
-        n_warn = sum(1 for r in done if r.warnings)
-        if n_warn:
-            lines.append(f"  {n_warn} exposure(s) with header warnings (see `crscale info`)")
-        return "\n".join(lines)
 
 
 def ingest_settings(
@@ -329,14 +264,20 @@ def ingest(
                  kwargs={"overwrite": p.overwrite}, subject=p)
             for p in todo
         ]
-        for done in windowed(cl, ingest_one, calls, desc="ingest", progress=progress):
-            r = done.value
-            if done.error is not None:
+        leases = Leases(arch.path)
+        try:
+            for done in windowed(cl, ingest_one, calls, desc="ingest", progress=progress,
+                                 claim=lambda call: _claim(arch, leases, call)):
                 p = done.item.subject
-                r = IngestResult(path=p.spec.path, status="failed", exposure_id=p.exposure_id,
-                                 message=f"{p.spec.path}: task lost ({type(done.error).__name__}: "
-                                 f"{done.error})", kind="lost", sha256=p.sha256)
-            results[r.path] = r
+                r = done.value
+                if done.error is not None:
+                    r = IngestResult(path=p.spec.path, status="failed", exposure_id=p.exposure_id,
+                                     message=f"{p.spec.path}: task lost ({type(done.error).__name__}: "
+                                     f"{done.error})", kind="lost", sha256=p.sha256)
+                leases.release(p.exposure_id)
+                results[r.path] = r
+        finally:
+            leases.release_all()
         if specs and not calls:
             say("ingest: nothing new to ingest")
 
@@ -347,6 +288,38 @@ def ingest(
                           seconds=time.perf_counter() - t0)
     _record(arch, report, say)
     return report
+
+
+def _claim(arch: Archive, leases: Leases, call: Call) -> IngestResult | None:
+    """Take the lease of the file's exposure id just before it is ingested (see crscale.io.lease).
+
+    None when this run goes on and ingests it (under another id when a concurrent run took the
+    planned one for a different file); else the result that settles it without ingesting: a
+    concurrent run is ingesting the same content, or has ingested it since the plan was made.
+    """
+    p: Planned = call.subject
+    ids = [p.exposure_id] if p.overwrite else [p.exposure_id, f"{p.exposure_id}_{p.sha256[:8]}"]
+    for eid in ids:
+        if leases.acquire(eid, stage="ingest", sha256=p.sha256) is None:
+            holder = leases.holder(eid) or {}
+            if holder.get("detail", {}).get("sha256") in (p.sha256, None):
+                return IngestResult(path=p.spec.path, status="skipped", exposure_id=eid, sha256=p.sha256,
+                                    message=f"being ingested by another run ({describe_holder(holder)})")
+            continue  # another file under the same name: this one takes the other id
+        if not p.overwrite and eid in arch:  # written by another run since the plan was made
+            source: dict[str, Any] = {}
+            with contextlib.suppress(Exception):
+                source = arch.exposure_attrs(eid).get("source", {})
+            leases.release(eid)
+            if source.get("sha256") == p.sha256:
+                return IngestResult(path=p.spec.path, status="skipped", exposure_id=eid, sha256=p.sha256,
+                                    message="ingested by another run on this archive meanwhile")
+            continue
+        p.exposure_id = eid
+        call.args = (p.spec, call.args[1], eid, *call.args[3:])
+        return None
+    return IngestResult(path=p.spec.path, status="failed", exposure_id=None, sha256=p.sha256, kind="archive",
+                        message=f"{p.spec.path}: exposure ids {', '.join(ids)} are taken by other runs")
 
 
 def _hash_all(cl: Client, specs: list[InputSpec], results: dict[str, IngestResult],
@@ -382,3 +355,6 @@ def _record(arch: Archive, report: IngestReport, say: Callable[[str], None]) -> 
                 arch.clear_failure(r.path)
         except OSError as exc:
             say(f"warning: could not record the outcome of {r.path} in {arch.path} ({exc})")
+
+
+__all__ = ["IngestReport", "IngestResult", "ingest", "ingest_one", "ingest_settings"]

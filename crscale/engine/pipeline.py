@@ -13,6 +13,7 @@ from crscale.engine.cluster import client_or_new
 from crscale.engine.detect_stage import DetectReport, detect_archive
 from crscale.engine.ingest import IngestReport, ingest
 from crscale.engine.jobs import job_record
+from crscale.io.archive import Archive
 
 logger = logging.getLogger(__name__)
 
@@ -122,13 +123,17 @@ def run_pipeline(
         for name, stage, options in later:
             if name not in stages:
                 continue
-            if exposure_ids is not None and not exposure_ids:
+            ids = exposure_ids
+            if ids is not None:  # not those another run on this archive is still ingesting
+                present = set(Archive(archive).exposure_ids())
+                ids = [e for e in ids if e in present]
+            if ids is not None and not ids:
                 say(f"{name}: no exposure to process")
                 continue
             result = stage(
                 archive,
                 client=cl,
-                exposures=exposure_ids,
+                exposures=ids,
                 force=force,
                 progress=progress,
                 echo=echo,

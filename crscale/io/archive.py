@@ -150,16 +150,7 @@ class Archive:
         if not exists and (mode == "r" or not create):
             raise ArchiveError(f"{self.path}: no crscale archive here (no zarr.json)")
         if exists:
-            try:
-                self.root = zarr.open_group(
-                    store=str(self.path), mode="r" if mode == "r" else "r+",
-                    storage_options=storage.zarr_options(self.path),
-                )
-            except Exception as exc:  # zarr raises several types for unreadable metadata
-                raise ArchiveError(f"{self.path}: cannot open as a Zarr v3 group ({exc})") from exc
-            fmt = self.root.attrs.get("crscale_format")
-            if fmt is None:
-                raise ArchiveError(f"{self.path}: a Zarr group but not a crscale archive")
+            fmt = self._open_existing(mode)
             try:
                 major = int(str(fmt).split(".")[0])
             except ValueError as exc:
@@ -171,16 +162,16 @@ class Archive:
                 )
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The attributes go into the group's first metadata write: a concurrent run that
+            # opens the new archive never sees a Zarr group without its crscale_format.
             self.root = zarr.open_group(
-                store=str(self.path), mode="a", zarr_format=3, storage_options=storage.zarr_options(self.path)
+                store=str(self.path), mode="a", zarr_format=3,
+                storage_options=storage.zarr_options(self.path),
+                attributes={"crscale_format": FORMAT_VERSION, "created": utcnow(),
+                            "software": software_versions()},
             )
-            self.root.attrs.update(
-                {
-                    "crscale_format": FORMAT_VERSION,
-                    "created": utcnow(),
-                    "software": software_versions(),
-                }
-            )
+            if "crscale_format" not in self.root.attrs:  # another run created it first
+                self._open_existing(mode)
         if mode == "a":
             # staging/, trash/ and jobs/ are groups too, so that Zarr sees no stray folders.
             for name in ("exposures", "failures", _STAGING, _TRASH, JOBS_GROUP):
@@ -189,6 +180,31 @@ class Archive:
                         self.root.create_group(name)
                     except zarr.errors.ContainsGroupError:
                         pass  # another process created it first
+
+    def _open_existing(self, mode: str) -> Any:
+        """Open the existing root group; return its ``crscale_format``.
+
+        A group another run is creating this very moment can be unreadable or lack its
+        attributes for a few milliseconds: such a group is looked at again for up to a second
+        before it is called no crscale archive.
+        """
+        for attempt in range(6):
+            problem: Exception | None = None
+            try:
+                self.root = zarr.open_group(
+                    store=str(self.path), mode="r" if mode == "r" else "r+",
+                    storage_options=storage.zarr_options(self.path),
+                )
+                fmt = self.root.attrs.get("crscale_format")
+                if fmt is not None:
+                    return fmt
+            except Exception as exc:  # zarr raises several types for unreadable metadata
+                problem = exc
+            if attempt < 5:
+                time.sleep(0.2)
+        if problem is not None:
+            raise ArchiveError(f"{self.path}: cannot open as a Zarr v3 group ({problem})") from problem
+        raise ArchiveError(f"{self.path}: a Zarr group but not a crscale archive")
 
     # ------------------------------------------------------------------ reading
     @property
