@@ -525,7 +525,7 @@ def _with_dq(args: argparse.Namespace, inputs: list) -> list | None:
 
 def _cmd_ingest(args: argparse.Namespace, inputs: list) -> int:
     from crscale.engine.ingest import ingest
-    from crscale.io.errors import CrscaleError
+    from crscale.errors import CrscaleError
 
     inputs = _with_dq(args, inputs)
     if inputs is None:
@@ -544,7 +544,7 @@ def _cmd_ingest(args: argparse.Namespace, inputs: list) -> int:
             chunks=args.chunks,
             progress=not args.no_progress,
         )
-    except (CrscaleError, OSError) as exc:
+    except CrscaleError as exc:
         # The archive cannot be created or the cluster reached: nothing was processed.
         print(f"crscale: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -557,14 +557,17 @@ def _cmd_ingest(args: argparse.Namespace, inputs: list) -> int:
 
 
 def _guarded(name: str, call: Callable[[], Any]) -> tuple[Any, int | None]:
-    """``(call(), None)``; or ``(None, exit status)`` with the message printed, when it raises."""
-    from crscale.io.errors import CrscaleError
+    """``(call(), None)``; or ``(None, exit status)`` with the message printed, when it raises.
+
+    Only crscale's own errors are the user's to act on (a setting, an input, the archive, an
+    optional package a setting needs, ``--device cuda`` without a GPU); anything else is a bug
+    and keeps its traceback.
+    """
+    from crscale.errors import CrscaleError
 
     try:
         return call(), None
-    except (CrscaleError, OSError, ValueError, ImportError, RuntimeError) as exc:
-        # ImportError: an optional package a setting needs (deepcr:NAME without deepCR);
-        # RuntimeError: e.g. --device cuda on a machine without one. Both are the user's setting.
+    except CrscaleError as exc:
         print(f"crscale {name}: {exc}", file=sys.stderr)
         return None, EXIT_USAGE
     except KeyboardInterrupt:
@@ -690,7 +693,7 @@ def _cmd_job_script(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from crscale.io.errors import CrscaleError
+    from crscale.errors import CrscaleError
     from crscale.monitor import dashboard
 
     if args.every <= 0 or not 0 <= args.port < 65536:
@@ -699,7 +702,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     try:
         server = dashboard(args.archive, port=args.port, address=args.address, every=args.every,
                            scheduler=not args.no_scheduler, allow_origin=args.allow_origin)
-    except (CrscaleError, OSError) as exc:
+    except CrscaleError as exc:
         print(f"crscale: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(f"crscale dashboard of {server.archive}: {server.url} (Ctrl-C stops it)", flush=True)
@@ -887,8 +890,8 @@ def _flag_agreement_lines(archive, eid: str, det: str, exp: dict, attrs: dict) -
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from crscale.errors import ArchiveError
     from crscale.io.archive import Archive, dumps_summary
-    from crscale.io.errors import ArchiveError
 
     try:
         archive = Archive(args.archive, mode="r")
@@ -920,7 +923,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from crscale.io.errors import InputError
+    from crscale.errors import CrscaleError, SettingsError
     from crscale.train import TrainConfig, train
 
     try:
@@ -928,11 +931,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             args.config, epochs=args.epochs, workdir=args.workdir, output=args.output
         )
         result = train(config, resume=not args.fresh, progress=not args.no_progress)
-    except InputError as exc:
-        print(f"crscale train: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as exc:
+    except SettingsError as exc:
         print(f"crscale train: {args.config}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CrscaleError as exc:  # an unreadable config or image (an InputError) ...
+        print(f"crscale train: {exc}", file=sys.stderr)
         return EXIT_USAGE
     v = result.card.validation
     print(
@@ -946,9 +949,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import shlex
 
+    from crscale.errors import CrscaleError
     from crscale.evaluate.api import evaluate
     from crscale.evaluate.report import format_table, format_targets
-    from crscale.io.errors import InputError
 
     try:
         report = evaluate(
@@ -980,11 +983,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             update_cards=args.update_card,
             command="crscale " + " ".join(map(shlex.quote, args.argv)),
         )
-    except (InputError, ValueError, ImportError) as exc:
+    except CrscaleError as exc:  # the report folder that cannot be written too (an OutputError)
         print(f"crscale evaluate: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:
-        print(f"crscale evaluate: cannot write the report to {args.out}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(format_table(report.metrics))
     lines = format_targets(report.run)
@@ -995,13 +995,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from crscale.io.errors import InputError
+    from crscale.errors import CrscaleError, MissingDependencyError
     from crscale.models import DEFAULT_MODEL, available_models, load_model
 
     if args.name:
         try:
             _, card = load_model(args.name)
-        except (InputError, ImportError) as exc:
+        except CrscaleError as exc:
             print(f"crscale models: {exc}", file=sys.stderr)
             return EXIT_USAGE
         print(json.dumps(card.to_dict(), indent=2))
@@ -1022,7 +1022,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
         names = deepcr_model_names()
         print(f"pip deepCR models (use as deepcr:NAME): {', '.join(names)}")
-    except ImportError:
+    except MissingDependencyError:
         print("pip deepCR is not installed: its models are not available")
     return EXIT_OK
 

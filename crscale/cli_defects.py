@@ -44,7 +44,7 @@ def add_parser(
 def _frame(path: str, hdu: str | None) -> Any:
     from astropy.io import fits
 
-    from crscale.io.errors import InputError
+    from crscale.errors import InputError
 
     try:
         with fits.open(path) as hdul:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     """The ``defects`` command; returns the exit status."""
     from crscale.catalog.defects import map_from_calibration
     from crscale.engine.defects_stage import set_user_map, update_defects
-    from crscale.io.errors import CrscaleError
+    from crscale.errors import CrscaleError
 
     try:
         report = update_defects(args.archive, scheduler=args.scheduler, n_workers=args.workers,
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                 keys = set_user_map(args.archive, bad, source=f"{kind}:{Path(path).resolve()}",
                                     detector=args.detector)
                 print(f"{kind} {path}: {int(bad.sum())} bad pixel(s) added to {', '.join(keys)}")
-    except (CrscaleError, OSError, ValueError) as exc:
+    except CrscaleError as exc:
         print(f"crscale defects: {exc}", file=sys.stderr)
         return 2
     if args.report:

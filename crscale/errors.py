@@ -18,9 +18,13 @@ __all__ = [
     "ClusterError",
     "CrscaleError",
     "CrscaleWarning",
+    "DeviceError",
     "HPCConfigError",
     "InputError",
     "InputWarning",
+    "MissingDependencyError",
+    "OutputError",
+    "OutputExistsError",
     "SettingsError",
     "error_text",
 ]
@@ -99,6 +103,25 @@ class ChunkIntegrityError(ArchiveError):
 
 class SettingsError(CrscaleError, ValueError):
     """A setting (configuration value, option or argument) that crscale cannot use."""
+
+
+class DeviceError(SettingsError):
+    """The compute device asked for (``--device cuda``) is not there."""
+
+
+class MissingDependencyError(CrscaleError, ImportError):
+    """An optional package that a setting needs is not installed (``deepcr:NAME`` without deepCR)."""
+
+
+class OutputError(CrscaleError, OSError):
+    """An output (a report folder, a served port) cannot be written or opened."""
+
+    def __str__(self) -> str:
+        return " ".join(str(a) for a in self.args)
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """An output file exists and replacing it was not asked for."""
 
 
 class ClusterError(CrscaleError):

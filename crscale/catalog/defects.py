@@ -42,6 +42,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 from crscale import config
+from crscale.errors import SettingsError
 
 #: Map code -> catalogue kind. 0 is "no defect".
 DEFECT_CODES: dict[int, str] = {
@@ -70,11 +71,11 @@ class DefectSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.false_alarm < 1 or not 0 < self.line_alpha < 1:
-            raise ValueError("defects: false_alarm and line_alpha must lie in (0, 1)")
+            raise SettingsError("defects: false_alarm and line_alpha must lie in (0, 1)")
         if self.min_exposures < 1 or self.line_min_length < 2:
-            raise ValueError("defects: min_exposures must be >= 1 and line_min_length >= 2")
+            raise SettingsError("defects: min_exposures must be >= 1 and line_min_length >= 2")
         if not 0 < self.region_fraction <= 1:
-            raise ValueError("defects: region_fraction must lie in (0, 1]")
+            raise SettingsError("defects: region_fraction must lie in (0, 1]")
 
     @classmethod
     def from_config(cls) -> DefectSettings:
@@ -83,7 +84,7 @@ class DefectSettings:
         names = set(cls.__dataclass_fields__)
         unknown = sorted(set(given) - names - {"enabled"})
         if unknown:
-            raise ValueError(f"crscale.defects: unknown setting(s) {', '.join(unknown)}")
+            raise SettingsError(f"crscale.defects: unknown setting(s) {', '.join(unknown)}")
         return cls(**{k: v for k, v in given.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,7 +212,7 @@ def add_user_map(codes: np.ndarray, user: np.ndarray | None) -> np.ndarray:
     if user is None:
         return codes
     if user.shape != codes.shape:
-        raise ValueError(f"bad-pixel map shape {user.shape} does not match the detector's {codes.shape}")
+        raise SettingsError(f"bad-pixel map shape {user.shape} does not match the detector's {codes.shape}")
     return np.where((codes == 0) & (np.asarray(user) != 0), np.uint8(5), codes).astype(np.uint8)
 
 
@@ -231,11 +232,11 @@ def map_from_calibration(frame: np.ndarray, kind: str, n_sigma: float = 8.0) -> 
     """
     frame = np.asarray(frame)
     if frame.ndim != 2:
-        raise ValueError(f"a calibration frame must be 2-D, not shape {frame.shape}")
+        raise SettingsError(f"a calibration frame must be 2-D, not shape {frame.shape}")
     if kind == "bad_pixels":
         return ~np.isfinite(frame) | (np.nan_to_num(frame) != 0)
     if kind not in ("dark", "bias"):
-        raise ValueError(f"calibration kind must be bad_pixels, dark or bias, not {kind!r}")
+        raise SettingsError(f"calibration kind must be bad_pixels, dark or bias, not {kind!r}")
     values = frame.astype(np.float64)
     finite = np.isfinite(values)
     good = values[finite]

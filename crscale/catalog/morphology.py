@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from crscale import config
+from crscale.errors import SettingsError
 from crscale.io.catalogue_schema import CLASSES
 
 
@@ -49,7 +50,7 @@ class MorphologyRules:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown morphology setting(s) {unknown}; known: {sorted(known)}")
+            raise SettingsError(f"unknown morphology setting(s) {unknown}; known: {sorted(known)}")
         return cls(**{k: v for k, v in values.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:

@@ -62,6 +62,8 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
+from crscale.errors import SettingsError
+
 __all__ = [
     "DEFAULT_INPAINT",
     "GAUSSIAN_SIGMAS",
@@ -147,7 +149,7 @@ def inpaint(
         On an unknown method, an image that is not 2-D, or arrays of different shapes.
     """
     if method not in INPAINT_METHODS:
-        raise ValueError(f"unknown inpainting method {method!r}; choose one of {INPAINT_METHODS}")
+        raise SettingsError(f"unknown inpainting method {method!r}; choose one of {INPAINT_METHODS}")
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"inpaint needs a 2-D image, got shape {image.shape}")

@@ -15,6 +15,7 @@ import numpy as np
 
 from crscale import config
 from crscale.engine.blocks import BLOCK_DTYPE, DetectSettings, block_chunks, detect_block, write_block
+from crscale.errors import SettingsError
 from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.dq import DQConvention, convention_for
@@ -71,14 +72,14 @@ def detect_settings(
     thr = threshold if threshold is not None else cfg.get("threshold")
     thr = float(card.recommended_threshold if thr is None else thr)
     if not 0.0 <= thr <= 1.0:
-        raise ValueError(f"threshold must lie in [0, 1], not {thr}")
+        raise SettingsError(f"threshold must lie in [0, 1], not {thr}")
     method = inpaint_method or cfg.get("inpaint_method") or "harmonic"
     from crscale.detection.torch_block import BACKENDS
 
     if (cfg.get("backend") or "auto") not in BACKENDS:
-        raise ValueError(f"crscale.detect.backend must be one of {BACKENDS}, not {cfg.get('backend')!r}")
+        raise SettingsError(f"crscale.detect.backend must be one of {BACKENDS}, not {cfg.get('backend')!r}")
     if method not in INPAINT_METHODS:
-        raise ValueError(f"unknown inpainting method {method!r}; choose one of {INPAINT_METHODS}")
+        raise SettingsError(f"unknown inpainting method {method!r}; choose one of {INPAINT_METHODS}")
     settings = DetectSettings(
         model=name,
         threshold=thr,
@@ -105,7 +106,7 @@ def gpu_task_share() -> float:
     """
     k = int(config.get("detect.gpu_tasks_per_worker", 2) or 1)
     if k < 1:
-        raise ValueError(f"crscale.detect.gpu_tasks_per_worker must be at least 1, not {k}")
+        raise SettingsError(f"crscale.detect.gpu_tasks_per_worker must be at least 1, not {k}")
     return 1.0 / k
 
 

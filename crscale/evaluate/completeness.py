@@ -44,6 +44,7 @@ from scipy import ndimage
 from crscale import config
 from crscale.catalog.defects import DefectSettings
 from crscale.catalog.labels import STRUCTURE
+from crscale.errors import SettingsError
 from crscale.io.archive import Archive
 from crscale.io.catalogue_schema import EV_PER_ELECTRON
 from crscale.io.defect_store import read_defect_attrs, update_defect_attrs
@@ -69,7 +70,7 @@ class CompletenessSettings:
     def __post_init__(self) -> None:
         if (self.frames < 1 or self.passes < 1 or self.cutout < 32 or not 0 < self.density < 0.05
                 or self.min_injected < 1):
-            raise ValueError(
+            raise SettingsError(
                 "completeness: frames, passes >= 1, cutout >= 32, 0 < density < 0.05, min_injected >= 1"
             )
 
@@ -79,7 +80,7 @@ class CompletenessSettings:
         given = dict(config.get("completeness", {}) or {})
         unknown = sorted(set(given) - set(cls.__dataclass_fields__))
         if unknown:
-            raise ValueError(f"crscale.completeness: unknown setting(s) {', '.join(unknown)}")
+            raise SettingsError(f"crscale.completeness: unknown setting(s) {', '.join(unknown)}")
         return cls(**given)
 
 

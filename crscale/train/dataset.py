@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from crscale.detection.badpix import bad_pixel_mask
 from crscale.detection.stats import robust_sky_noise
+from crscale.errors import SettingsError
 from crscale.io.errors import InputError
 from crscale.io.fits_reader import read_exposure, sha256_file
 from crscale.train.config import TrainConfig
@@ -124,7 +125,7 @@ def cr_libraries(config: TrainConfig, *, log=print) -> list[CRLibrary]:
             continue
         libs.append(lib)
     if not libs:
-        raise ValueError("no CR footprints: set use_itl: true or give readable dark frames")
+        raise SettingsError("no CR footprints: set use_itl: true or give readable dark frames")
     return libs
 
 
@@ -142,9 +143,9 @@ def build_store(config: TrainConfig, path: str | Path, *, log=print) -> zarr.Gro
     val_paths = config.expand(config.val_images)
     overlap = {p.resolve() for p in train_paths} & {p.resolve() for p in val_paths}
     if overlap:
-        raise ValueError(f"images in both train_images and val_images: {sorted(map(str, overlap))}")
+        raise SettingsError(f"images in both train_images and val_images: {sorted(map(str, overlap))}")
     if not train_paths:
-        raise ValueError("train_images names no FITS file")
+        raise SettingsError("train_images names no FITS file")
     log(f"reading {len(train_paths)} training and {len(val_paths)} validation file(s)")
     skipped: list[dict] = []
     train = load_source_images(train_paths, config.own_crs, min_size=config.patch, skipped=skipped)
@@ -152,7 +153,7 @@ def build_store(config: TrainConfig, path: str | Path, *, log=print) -> zarr.Gro
     for s in skipped:
         log(f"skipping {s['path']}: {s['problem']}")
     if not train:
-        raise ValueError(f"no training image is at least {config.patch} px on a side")
+        raise SettingsError(f"no training image is at least {config.patch} px on a side")
 
     P, S = config.patch, config.patch_stride
     patches, ignores, bads, meta, src = [], [], [], [], []

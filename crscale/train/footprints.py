@@ -25,6 +25,7 @@ from astropy.io import fits
 from scipy import ndimage
 
 from crscale.detection.stats import robust_sky_noise
+from crscale.errors import SettingsError
 from crscale.io.errors import InputError
 
 #: Columns of the imSim CR footprint table.
@@ -140,7 +141,7 @@ class CRLibrary:
         list of CRFootprint
         """
         if len(self) == 0:
-            raise ValueError(f"CR library {self.source!r} is empty")
+            raise SettingsError(f"CR library {self.source!r} is empty")
         return [self.footprints[i] for i in rng.integers(0, len(self), size=int(n))]
 
 
