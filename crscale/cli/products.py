@@ -1,21 +1,71 @@
-"""``crscale defects ARCHIVE``: the per-detector defect maps (kept apart from cli.py to stay small)."""
+"""The commands that make products of an archive: ``write-fits`` and ``defects``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from crscale.cli._args import add_archive_args, add_report_args
+from crscale.cli._run import EXIT_FAILED, EXIT_OK, EXIT_USAGE, run_stage
+from crscale.cli.hpc_cmds import add_cluster_args
+
+#: The calibration frames ``crscale defects`` takes a user map from (one option each).
 CALIBRATIONS = ("bad_pixels", "dark", "bias")
 
 
-def add_parser(
-    sub: Any, add_cluster_args: Callable[[Any], None], add_report_args: Callable[[Any], None]
-) -> None:
-    """Register the ``defects`` command."""
+def add_write_fits(sub: Any) -> None:
+    """Register ``crscale write-fits``."""
+    p = sub.add_parser(
+        "write-fits",
+        help="write detected exposures back as FITS, CRs flagged in each pipeline's convention",
+        description="Write one FITS file per detected exposure into OUTDIR, named like its source "
+        "file (.fits.fz stays tile-compressed): the source's HDUs, order, EXTNAME/EXTVER and every "
+        "header card, plus crscale keywords and HISTORY. CRs are flagged in the pipeline's own plane "
+        "(HST DQ |= 8192, DECam CP ood code 5 where 0, LCO BANZAI BPM |= 8) or in a uint8 CRMASK "
+        "extension per image HDU. Up-to-date files are skipped (--force rewrites them); a failed "
+        "exposure is recorded and the rest go on. See docs/pipeline-products.md.",
+    )
+    add_archive_args(p)
+    p.add_argument("outdir", help="output folder (created); nothing is written outside it")
+    p.add_argument(
+        "--pixels",
+        choices=("original", "clean"),
+        default="original",
+        help="science pixels: as in the source (default) or the archive's inpainted clean image",
+    )
+    p.add_argument(
+        "--flags",
+        choices=("native", "crmask"),
+        default="native",
+        help="native: in the pipeline's DQ plane where its convention has one (default); "
+        "crmask: always a CRMASK extension",
+    )
+    p.add_argument("--prob", action="store_true", help="add a float32 CRPROB extension per image HDU")
+    p.add_argument("--force", action="store_true", help="rewrite files that are up to date")
+    add_cluster_args(p)
+    add_report_args(p)
+    p.set_defaults(handler=cmd_write_fits)
+
+
+def cmd_write_fits(args: argparse.Namespace) -> int:
+    """``crscale write-fits``; returns the exit status."""
+    from crscale.engine.write_fits_stage import write_fits_archive
+
+    return run_stage(
+        "write-fits",
+        lambda archive, **kw: write_fits_archive(archive, args.outdir, **kw),
+        args,
+        pixels=args.pixels,
+        flags=args.flags,
+        prob=args.prob,
+    )
+
+
+def add_defects(sub: Any) -> None:
+    """Register ``crscale defects``."""
     p = sub.add_parser(
         "defects",
         help="per-detector defect maps: hot pixels, hot columns and rows, persistent artefacts",
@@ -39,6 +89,7 @@ def add_parser(
                    "(default: every one of its shape)")
     add_cluster_args(p)
     add_report_args(p)
+    p.set_defaults(handler=cmd_defects)
 
 
 def _frame(path: str, hdu: str | None) -> Any:
@@ -53,14 +104,14 @@ def _frame(path: str, hdu: str | None) -> Any:
             else:
                 data = next((h.data for h in hdul if h.data is not None and h.data.ndim == 2), None)
     except (OSError, KeyError, IndexError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read a calibration frame ({exc})") from exc
+        raise InputError(path, f"cannot read a calibration frame ({exc})", kind="calibration") from exc
     if data is None or data.ndim != 2:
-        raise InputError(f"{path}: no 2-D image HDU{'' if hdu is None else f' {hdu}'}")
+        raise InputError(path, f"no 2-D image HDU{'' if hdu is None else f' {hdu}'}", kind="calibration")
     return data
 
 
-def run(args: argparse.Namespace) -> int:
-    """The ``defects`` command; returns the exit status."""
+def cmd_defects(args: argparse.Namespace) -> int:
+    """``crscale defects``; returns the exit status."""
     from crscale.catalog.defects import map_from_calibration
     from crscale.engine.defects_stage import set_user_map, update_defects
     from crscale.errors import CrscaleError
@@ -78,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{kind} {path}: {int(bad.sum())} bad pixel(s) added to {', '.join(keys)}")
     except CrscaleError as exc:
         print(f"crscale defects: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.report:
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
-    return 0 if report.ok else 1
+    return EXIT_OK if report.ok else EXIT_FAILED
