@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # SIGTERM (a batch job's walltime), SIGHUP and Ctrl-C: the same clean stop, exit 130.
     try:
-        with handle_signals(), console_logging():
+        with handle_signals(), console_logging(args.log_level):
             return _main(args)
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)

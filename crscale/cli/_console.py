@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import sys
@@ -48,3 +49,22 @@ def console_logging(level: int = logging.INFO) -> Iterator[None]:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
         logger.propagate = old_propagate
+
+
+def add_verbosity_args(p: argparse.ArgumentParser, *, default: object = logging.INFO) -> None:
+    """``-v/--verbose`` and ``-q/--quiet``: the lowest level of the messages shown (``log_level``).
+
+    Parameters
+    ----------
+    p : argparse.ArgumentParser
+        The parser (the command's, and each subcommand's, so both ``crscale -q run`` and
+        ``crscale run -q`` work).
+    default : object
+        INFO on the command; ``argparse.SUPPRESS`` on the subcommands, so that a subcommand
+        given neither option keeps the command's.
+    """
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
+                   default=default, help="also show debug messages")
+    g.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING,
+                   default=default, help="show only warnings and errors (and the results)")

@@ -8,6 +8,7 @@ from typing import Any
 
 from crscale._version import __version__
 from crscale.cli import archive_cmds, hpc_cmds, info_cmds, model_cmds, products
+from crscale.cli._console import add_verbosity_args
 
 #: The subcommands' builders, in the order ``crscale --help`` and docs/cli.md list them.
 COMMANDS: tuple[Callable[[Any], None], ...] = (
@@ -44,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         "CR masks, cleaned images and CR catalogues.",
     )
     parser.add_argument("--version", action="version", version=f"crscale {__version__}")
+    add_verbosity_args(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
+    for command in dict.fromkeys(sub.choices.values()):  # aliases share a parser
+        add_verbosity_args(command, default=argparse.SUPPRESS)
     return parser
