@@ -19,6 +19,7 @@ __all__ = [
     "CrscaleError",
     "CrscaleWarning",
     "DeviceError",
+    "FallbackWarning",
     "HPCConfigError",
     "InputError",
     "InputWarning",
@@ -138,6 +139,10 @@ class CrscaleWarning(UserWarning):
 
 class InputWarning(CrscaleWarning):
     """An input file is usable, but something in it was replaced by a fallback."""
+
+
+class FallbackWarning(CrscaleWarning):
+    """A setting could not be used as given and crscale fell back (``compile``: eager mode)."""
 
 
 def error_text(exc: BaseException) -> str:

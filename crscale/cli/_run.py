@@ -11,6 +11,10 @@ from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+
+def silent(message: str) -> None:
+    """A library function's reporter that drops its messages (the command prints its own output)."""
+
 INTERRUPTED = (
     "crscale: interrupted. Finished exposures are kept (their status is written last); "
     "re-run the same command to finish the rest."

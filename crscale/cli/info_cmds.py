@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from crscale.cli._args import ARCHIVE_HELP, add_archive_args, add_exposures_arg
-from crscale.cli._run import EXIT_OK, EXIT_USAGE, guarded
+from crscale.cli._run import EXIT_OK, EXIT_USAGE, guarded, silent
 from crscale.cli.hpc_cmds import add_cluster_args
 
 
@@ -106,7 +106,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     archive = location(args.archive) if is_url(args.archive) else Path(args.archive)
 
     def aggregate() -> tuple[Any, Any]:
-        with client_or_new(None, args.scheduler, n_workers=args.workers, echo=None):
+        with client_or_new(None, args.scheduler, n_workers=args.workers, echo=silent):
             stats = summarise(archive, exposures=args.exposures)
             rates = None if args.no_plots else exposure_rates(archive, exposures=args.exposures)
         return stats, rates

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from crscale.cli._args import add_archive_args, add_report_args
-from crscale.cli._run import EXIT_FAILED, EXIT_OK, EXIT_USAGE, run_stage
+from crscale.cli._run import EXIT_FAILED, EXIT_OK, EXIT_USAGE, run_stage, silent
 from crscale.cli.hpc_cmds import add_cluster_args
 
 #: The calibration frames ``crscale defects`` takes a user map from (one option each).
@@ -118,7 +118,7 @@ def cmd_defects(args: argparse.Namespace) -> int:
 
     try:
         report = update_defects(args.archive, scheduler=args.scheduler, n_workers=args.workers,
-                                echo=None)
+                                echo=silent)
         print(report.summary())
         for kind in CALIBRATIONS:
             path = getattr(args, kind)

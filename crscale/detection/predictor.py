@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import torch
 
-from crscale.errors import DeviceError, SettingsError
+from crscale.errors import DeviceError, FallbackWarning, SettingsError
 from crscale.models.card import ModelCard
 from crscale.models.unet import UNet, fold_batchnorm
 
@@ -114,7 +114,11 @@ class Predictor:
             except Exception as exc:  # inductor needs a working C++/CUDA toolchain
                 if not self.compiled or self.net is self.eager:
                     raise
-                warnings.warn(f"torch.compile failed ({exc!r:.200}); running in eager mode", stacklevel=2)
+                warnings.warn(
+                    f"torch.compile failed ({exc!r:.200}); running in eager mode",
+                    FallbackWarning,
+                    stacklevel=2,
+                )
                 self.net = self.eager
                 logits = self.net(x)
             return torch.sigmoid(logits.float()).cpu().numpy()
