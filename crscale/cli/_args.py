@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
+from pathlib import Path
 
 from crscale.cli.hpc_cmds import add_cluster_args
 
@@ -131,13 +134,33 @@ def add_detect_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="do not write the cleaned image",
     )
-    g.add_argument("--inpaint-method", choices=("median", "gaussian", "harmonic", "biharmonic"))
+    g.add_argument("--inpaint-method", choices=inpaint_methods())
     g.add_argument(
         "--block",
         type=chunk_shape,
         metavar="NY,NX",
         help="target block shape, rounded to whole Zarr chunks (default 2048,2048)",
     )
+
+
+@functools.cache
+def inpaint_methods() -> tuple[str, ...] | None:
+    """``INPAINT_METHODS`` of :mod:`crscale.detection.inpaint`, read from that module's source.
+
+    Importing the module imports the detection layer, and torch with it: seconds that building
+    the parser for every command (``crscale info``, ``--help``) must not cost. None (the stage
+    then checks the name) if the constant is no longer a literal there; tests/test_cli_parser.py
+    checks that the two agree.
+    """
+    source = Path(__file__).parents[1] / "detection" / "inpaint.py"
+    for node in ast.parse(source.read_text(encoding="utf-8")).body:
+        targets = [node.target] if isinstance(node, ast.AnnAssign) else getattr(node, "targets", [])
+        if any(isinstance(t, ast.Name) and t.id == "INPAINT_METHODS" for t in targets) and node.value:
+            try:
+                return tuple(ast.literal_eval(node.value))
+            except ValueError:
+                return None
+    return None
 
 
 def detect_options(args: argparse.Namespace) -> dict:
