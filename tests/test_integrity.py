@@ -127,3 +127,23 @@ def test_verify_of_a_missing_archive_is_an_error_and_creates_nothing(tmp_path, c
     assert main(["verify", str(missing)]) == 2
     assert "no crscale archive here" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_defect_maps_are_recorded_and_a_lost_chunk_is_named(tmp_path):
+    """A lost chunk of a defect map would read as zeros, i.e. "no defect here": it is refused."""
+    from crscale.io import defect_store
+
+    path = tmp_path / "a.zarr"
+    _ingest(path)
+    arch = Archive(path, mode="a")
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 3, (1500, 1300)).astype(np.uint32)  # 2 x 2 chunks of 1024
+    counts[:1024, 1024:] = 0  # an all-zero chunk is stored too, so that absent means lost
+    defect_store.write_defect_map(arch, "k", {"counts": counts}, {"n_exposures": 3})
+    group = arch.root["defects/k"]
+    assert integrity.is_recorded(group["counts"])
+    assert np.array_equal(defect_store.read_array(arch, "k", "counts"), counts)
+    key = integrity.chunk_key(group["counts"], (0, 1))
+    (path / "defects" / "k" / "counts" / key).unlink()
+    with pytest.raises(integrity.ChunkIntegrityError, match=f"defects/k/counts: chunk {key} is missing"):
+        defect_store.read_array(Archive(path), "k", "counts")

@@ -24,6 +24,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from crscale.io import integrity
 from crscale.io.archive import Archive, _json_safe, utcnow
 
 #: Group of the defect maps.
@@ -74,7 +75,8 @@ def read_array(arch: Archive, key: str, name: str) -> np.ndarray | None:
     group = _group(arch, key)
     if group is None or name not in set(group.array_keys()):
         return None
-    return np.asarray(group[name][...])
+    # An absent or corrupt chunk is refused, named (reading it would give zeros: "no defect").
+    return np.asarray(integrity.checked(group, name, f"{arch.path}/{DEFECTS_GROUP}/{key}")[...])
 
 
 def codes_path(archive_path: str, key: str) -> str:
@@ -86,18 +88,18 @@ def _write(group: zarr.Group, name: str, data: np.ndarray) -> None:
     chunks = tuple(max(1, min(_CHUNK, s)) for s in data.shape)
     if name in set(group.array_keys()):
         arr = group[name]
-        if tuple(arr.shape) == data.shape and arr.dtype == data.dtype:
-            arr[...] = data
+        if tuple(arr.shape) == data.shape and arr.dtype == data.dtype and integrity.is_recorded(arr):
+            integrity.for_writing(arr)[...] = data
             return
-        del group[name]
+        del group[name]  # a map of another shape, or one written before it had an integrity record
     arr = group.create_array(
         name,
         shape=data.shape,
         dtype=data.dtype,
         chunks=chunks,
-        compressors=[BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")],
         fill_value=0,
         dimension_names=["y", "x"],
+        **integrity.array_options([BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]),
     )
     arr[...] = data
 
