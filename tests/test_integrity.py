@@ -147,3 +147,47 @@ def test_defect_maps_are_recorded_and_a_lost_chunk_is_named(tmp_path):
     (path / "defects" / "k" / "counts" / key).unlink()
     with pytest.raises(integrity.ChunkIntegrityError, match=f"defects/k/counts: chunk {key} is missing"):
         defect_store.read_array(Archive(path), "k", "counts")
+
+
+def test_a_flipped_byte_in_a_catalogue_file_is_found_not_read_as_values(tmp_path):
+    """Parquet pages carry a CRC (written and checked): a damaged page is an ArchiveError."""
+    import pyarrow as pa
+
+    from crscale.io import catalogue_store as cs
+
+    path = tmp_path / "a.zarr"
+    eid, det = _ingest(path)
+    n = 20000
+    rng = np.random.default_rng(1)
+    columns = {}
+    for f in cs.TABLES["crs"]:
+        if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type):
+            columns[f.name] = [eid if f.name == "exposure" else det] * n
+        elif pa.types.is_boolean(f.type):
+            columns[f.name] = np.zeros(n, bool)
+        else:
+            columns[f.name] = rng.integers(0, 100, n).astype(f.type.to_pandas_dtype())
+    def row(f):
+        if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type):
+            return [eid if f.name == "exposure" else det]
+        return [False] if pa.types.is_boolean(f.type) else np.zeros(1, f.type.to_pandas_dtype())
+
+    exposures = {f.name: row(f) for f in cs.TABLES["exposures"]}
+    cs.write_exposure_tables(path, eid, cs.as_table(columns, "crs"), cs.as_table(exposures, "exposures"))
+    assert len(cs.read_table(path, "crs")) == n
+    import pyarrow.parquet as pq
+
+    crs = cs.table_file(path, "crs", eid)
+    good, raw = pq.read_table(crs), crs.read_bytes()
+
+    def silently_wrong(pos: int) -> bool:  # read without the page CRCs: wrong values, no error
+        crs.write_bytes(raw[:pos] + bytes([raw[pos] ^ 0xFF]) + raw[pos + 1:])
+        try:
+            return not pq.read_table(crs).equals(good)
+        except (OSError, pa.ArrowException):
+            return False
+
+    # A flipped byte inside a data page that zstd decodes to other numbers without complaint.
+    assert any(silently_wrong(pos) for pos in range(len(raw) // 4, len(raw) // 2, 7))
+    with pytest.raises(cs.ArchiveError, match="damaged catalogue file"):
+        cs.read_table(path, "crs")

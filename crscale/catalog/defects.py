@@ -62,12 +62,13 @@ HOT_PIXEL_MAX = 4
 class DefectSettings:
     """Settings of the defect test (``crscale.defects`` in the config)."""
 
-    false_alarm: float = 1e-3
-    min_exposures: int = 3
-    line_alpha: float = 1e-3
-    line_min_length: int = 5
+    # Defaults: crscale.yaml's defects section, the one place they are written.
+    false_alarm: float = config.shipped("defects.false_alarm")
+    min_exposures: int = config.shipped("defects.min_exposures")
+    line_alpha: float = config.shipped("defects.line_alpha")
+    line_min_length: int = config.shipped("defects.line_min_length")
     #: Share of a catalogued region's pixels on defects that makes the region a defect.
-    region_fraction: float = 0.5
+    region_fraction: float = config.shipped("defects.region_fraction")
 
     def __post_init__(self) -> None:
         if not 0 < self.false_alarm < 1 or not 0 < self.line_alpha < 1:
@@ -80,7 +81,7 @@ class DefectSettings:
     @classmethod
     def from_config(cls) -> DefectSettings:
         """The settings under ``crscale.defects`` (defaults where not set)."""
-        given = dict(config.get("defects", {}) or {})
+        given = dict(config.get("defects") or {})
         names = set(cls.__dataclass_fields__)
         unknown = sorted(set(given) - names - {"enabled"})
         if unknown:

@@ -38,15 +38,16 @@ from crscale.io.catalogue_schema import CLASSES
 class MorphologyRules:
     """Thresholds of the morphology rules (see the module documentation)."""
 
-    dot_max_pixels: int = 2
-    spot_max_length: float = 5.0
-    spot_max_elongation: float = 3.0
-    track_min_straightness: float = 0.9
+    # Defaults: crscale.yaml's catalogue.morphology, the one place they are written.
+    dot_max_pixels: int = config.shipped("catalogue.morphology.dot_max_pixels")
+    spot_max_length: float = config.shipped("catalogue.morphology.spot_max_length")
+    spot_max_elongation: float = config.shipped("catalogue.morphology.spot_max_elongation")
+    track_min_straightness: float = config.shipped("catalogue.morphology.track_min_straightness")
 
     @classmethod
     def from_config(cls, **overrides: Any) -> MorphologyRules:
         """The rules from ``crscale.catalogue.morphology`` in dask's config, then ``overrides``."""
-        values = {**(config.get("catalogue.morphology", {}) or {}), **overrides}
+        values = {**(config.get("catalogue.morphology") or {}), **overrides}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

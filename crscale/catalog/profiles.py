@@ -325,7 +325,7 @@ def load_profiles() -> list[InstrumentProfile]:
     if len(positions) != len(shipped):
         raise SettingsError(f"{PROFILES_FILE}: duplicate profile names")
 
-    user = config.get("catalogue.profiles", []) or []
+    user = config.get("catalogue.profiles") or []
     if not isinstance(user, (list, tuple)):
         raise SettingsError(
             f"crscale.catalogue.profiles must be a list of profile entries, got {type(user).__name__}"

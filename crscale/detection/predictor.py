@@ -9,7 +9,8 @@ import warnings
 import numpy as np
 import torch
 
-from crscale.errors import DeviceError, FallbackWarning, SettingsError
+from crscale import _validate
+from crscale.errors import DeviceError, FallbackWarning
 from crscale.models.card import ModelCard
 from crscale.models.unet import UNet, fold_batchnorm
 
@@ -38,8 +39,7 @@ def cpu_has_fast_bf16() -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """``"auto"``: bfloat16 on CUDA devices that support it and on CPUs with native bf16, else float32."""
-    if precision not in PRECISIONS:
-        raise SettingsError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    _validate.one_of(precision, PRECISIONS, "precision")
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -39,20 +39,21 @@ def local_cluster_kwargs(n_workers: int | None = None) -> dict[str, Any]:
     cfg = config.get("cluster")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = int(cfg.get("threads_per_worker") or 1)
-    n = n_workers or cfg.get("n_workers") or max(1, min(int(cfg.get("max_workers", 8)), cores // threads))
+    most = int(config.get("cluster.max_workers"))
+    n = n_workers or cfg.get("n_workers") or max(1, min(most, cores // threads))
     return {
         "n_workers": int(n),
         "threads_per_worker": threads,
-        "processes": bool(cfg.get("processes", True)),
-        "host": cfg.get("host", "127.0.0.1"),
-        "dashboard_address": cfg.get("dashboard_address", "127.0.0.1:0"),
-        "memory_limit": cfg.get("memory_limit", "auto"),
+        "processes": bool(config.get("cluster.processes")),
+        "host": config.get("cluster.host"),
+        "dashboard_address": config.get("cluster.dashboard_address"),
+        "memory_limit": config.get("cluster.memory_limit"),
     }
 
 
 def count_gpus() -> int:
     """GPUs for the LocalCluster: ``crscale.cluster.gpus``, or with ``auto`` all that torch sees."""
-    setting = config.get("cluster.gpus", "auto")
+    setting = config.get("cluster.gpus")
     if setting not in (None, "auto"):
         return max(0, int(setting))
     try:
@@ -84,7 +85,7 @@ def gpu_worker_specs(n_gpus: int, n_cpu_workers: int = 0) -> dict[str, dict[str,
     gpu_threads = int(cfg.get("gpu_worker_threads") or 2)
     n_workers = n_gpus + n_cpu_workers
     per_worker = max(1, cores // max(1, n_workers))
-    common = {"host": cfg.get("host", "127.0.0.1"), "memory_limit": cfg.get("memory_limit", "auto")}
+    common = {"host": config.get("cluster.host"), "memory_limit": config.get("cluster.memory_limit")}
     specs: dict[str, dict[str, Any]] = {}
     for i in range(n_gpus):
         env = {"CUDA_VISIBLE_DEVICES": str(i), **_thread_environ(max(1, per_worker // gpu_threads))}
@@ -102,8 +103,8 @@ def gpu_local_cluster(n_gpus: int) -> Any:
     """A local cluster with one pinned worker per GPU (dask-cuda's when installed)."""
     cfg = config.get("cluster")
     n_cpu = int(cfg.get("cpu_workers_with_gpus") or 0)
-    host = cfg.get("host", "127.0.0.1")
-    dashboard = cfg.get("dashboard_address", "127.0.0.1:0")
+    host = config.get("cluster.host")
+    dashboard = config.get("cluster.dashboard_address")
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError:

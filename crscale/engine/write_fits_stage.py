@@ -107,7 +107,7 @@ def _weights_sha256(model: str) -> str | None:
 def provenance_of(detect_status: dict[str, Any]) -> Provenance:
     """The detection behind an exposure's masks, from its ``status.detect``."""
     model = str(detect_status.get("model") or "unknown")
-    dilation = detect_status.get("inpaint_dilate", config.get("detect.inpaint_dilate", 1))
+    dilation = detect_status.get("inpaint_dilate", config.get("detect.inpaint_dilate"))
     return Provenance(
         model=model,
         weights_sha256=detect_status.get("weights_sha256") or _weights_sha256(model),

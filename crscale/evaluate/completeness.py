@@ -60,12 +60,13 @@ CHARGE_EDGES = np.logspace(1.0, 6.0, 21)
 class CompletenessSettings:
     """Settings under ``crscale.completeness``."""
 
-    enabled: bool = True
-    frames: int = 3
-    passes: int = 1
-    density: float = 5e-4
-    cutout: int = 384
-    min_injected: int = 50
+    # Defaults: crscale.yaml's completeness section, the one place they are written.
+    enabled: bool = config.shipped("completeness.enabled")
+    frames: int = config.shipped("completeness.frames")
+    passes: int = config.shipped("completeness.passes")
+    density: float = config.shipped("completeness.density")
+    cutout: int = config.shipped("completeness.cutout")
+    min_injected: int = config.shipped("completeness.min_injected")
 
     def __post_init__(self) -> None:
         if (self.frames < 1 or self.passes < 1 or self.cutout < 32 or not 0 < self.density < 0.05
@@ -77,7 +78,7 @@ class CompletenessSettings:
     @classmethod
     def from_config(cls) -> CompletenessSettings:
         """The settings under ``crscale.completeness`` (defaults where not set)."""
-        given = dict(config.get("completeness", {}) or {})
+        given = dict(config.get("completeness") or {})
         unknown = sorted(set(given) - set(cls.__dataclass_fields__))
         if unknown:
             raise SettingsError(f"crscale.completeness: unknown setting(s) {', '.join(unknown)}")

@@ -235,7 +235,7 @@ def load_conventions(user: list[dict[str, Any]] | None = None) -> list[DQConvent
     ValueError
         An entry is malformed (the message names it and the problem).
     """
-    user = config.get("dq.conventions", []) if user is None else user
+    user = config.get("dq.conventions") if user is None else user
     shipped = [copy.deepcopy(e) for e in _shipped()]
     names = [e["name"] for e in shipped]
     new = []

@@ -56,9 +56,11 @@ def storage_options(path: str | os.PathLike[str]) -> dict[str, Any]:
     protocol = protocol_of(path)
     if protocol is None:
         return {}
-    options = config.get(f"storage.{protocol}") or {}
+    # Any fsspec protocol may be configured; the yaml lists only the usual ones.
+    section = config.get("storage") or {}
+    options = section.get(protocol) or {}
     if protocol in ("http", "https") and not options:
-        options = config.get("storage.https" if protocol == "http" else "storage.http") or {}
+        options = section.get("https" if protocol == "http" else "http") or {}
     options = dict(options)
     if protocol in _LISTING_CACHED:
         # Workers write the archive from other processes: a cached listing would hide them.
