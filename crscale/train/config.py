@@ -10,8 +10,7 @@ from typing import Any
 import yaml
 
 from crscale.io.errors import InputError
-
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz", ".fz")
+from crscale.io.inputs import FITS_SUFFIXES
 
 
 @dataclass
