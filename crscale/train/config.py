@@ -11,8 +11,7 @@ import yaml
 
 from crscale.errors import SettingsError
 from crscale.io.errors import InputError
-
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz", ".fz")
+from crscale.io.inputs import FITS_SUFFIXES
 
 
 @dataclass
