@@ -13,6 +13,7 @@ from crscale.engine.cluster import client_or_new
 from crscale.engine.detect_stage import DetectReport, detect_archive
 from crscale.engine.ingest import IngestReport, ingest
 from crscale.engine.jobs import job_record
+from crscale.errors import SettingsError
 from crscale.io.archive import Archive
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def run_pipeline(
     """
     unknown = [s for s in stages if s not in PIPELINE_STAGES]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; available: {', '.join(PIPELINE_STAGES)}")
+        raise SettingsError(f"unknown stage(s) {unknown}; available: {', '.join(PIPELINE_STAGES)}")
     say = reporter(logger, echo)
     report = RunReport(stages=list(stages))
     with (

@@ -25,6 +25,7 @@ from crscale import config
 from crscale._logging import reporter
 from crscale.engine._stage import Call, StageReport, clear_exposure_failure, windowed
 from crscale.engine.cluster import client_or_new
+from crscale.errors import OutputError
 from crscale.io.archive import Archive
 from crscale.io.errors import ArchiveError, InputError, describe
 from crscale.io.fits_writer import FitsOutcome, Provenance, WriteOptions, safe_name, write_exposure
@@ -199,7 +200,10 @@ def write_fits_archive(
     options = WriteOptions(pixels=pixels, flags=flags, prob=prob)
     arch = Archive(archive, mode="a", create=False)
     out = Path(outdir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where the folder should be, no permission ...
+        raise OutputError(str(exc)) from exc
     names = output_names(arch)
     results: dict[str, FitsOutcome] = {}
     calls = []

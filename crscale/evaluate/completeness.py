@@ -8,7 +8,7 @@ are painted into the frame with its own CRs removed (the archive's inpainted ``c
 the frame's noise added back where it was inpainted), at
 :attr:`CompletenessSettings.density` CRs per pixel or as many as the frame's own mask holds
 (whichever is more, so the painted CRs meet the crowding of the real ones), with
-:func:`crscale.train.inject.inject_crs`; the image is detected again with the model and
+:func:`crscale.injection.inject.inject_crs`; the image is detected again with the model and
 threshold that made the archive's mask, and catalogued with the detector's defect map exactly
 as the catalogue stage does (the clean frame itself too, once, for what it holds without
 the painted CRs). Counting footprints centred on the usable area (not bad, not a defect):
@@ -87,7 +87,7 @@ class CompletenessSettings:
 
 def _footprint_pixels(res: Any, library: Any, j: int, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
     """Image pixels (ys, xs) and values of injected footprint ``j``."""
-    from crscale.train.inject import orient
+    from crscale.injection.inject import orient
 
     fp = library[int(res.indices[j])]
     k, fr, fc = int(res.rotations[j]), bool(res.flips[j, 0]), bool(res.flips[j, 1])
@@ -165,8 +165,8 @@ def measure_frame(
     """
     from crscale.detection import detect, get_predictor
     from crscale.detection.badpix import bad_pixel_mask
-    from crscale.train.footprints import load_itl_footprints
-    from crscale.train.inject import inject_crs
+    from crscale.injection.footprints import load_itl_footprints
+    from crscale.injection.inject import inject_crs
 
     library = library or load_itl_footprints()
     image = np.asarray(image, dtype=np.float32)

@@ -146,7 +146,10 @@ class Archive:
         self.mode = mode
         if mode not in ("r", "a"):
             raise ValueError("mode must be 'r' or 'a'")
-        exists = (self.path / "zarr.json").exists()
+        try:
+            exists = (self.path / "zarr.json").exists()
+        except OSError as exc:  # an object store that cannot be reached or read
+            raise ArchiveError(str(exc)) from exc
         if not exists and (mode == "r" or not create):
             raise ArchiveError(f"{self.path}: no crscale archive here (no zarr.json)")
         if exists:
@@ -161,15 +164,18 @@ class Archive:
                     f"({__version__}, format {FORMAT_VERSION}); upgrade crscale"
                 )
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # The attributes go into the group's first metadata write: a concurrent run that
-            # opens the new archive never sees a Zarr group without its crscale_format.
-            self.root = zarr.open_group(
-                store=str(self.path), mode="a", zarr_format=3,
-                storage_options=storage.zarr_options(self.path),
-                attributes={"crscale_format": FORMAT_VERSION, "created": utcnow(),
-                            "software": software_versions()},
-            )
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # The attributes go into the group's first metadata write: a concurrent run
+                # that opens the new archive never sees a Zarr group without crscale_format.
+                self.root = zarr.open_group(
+                    store=str(self.path), mode="a", zarr_format=3,
+                    storage_options=storage.zarr_options(self.path),
+                    attributes={"crscale_format": FORMAT_VERSION, "created": utcnow(),
+                                "software": software_versions()},
+                )
+            except OSError as exc:  # a file where a folder should be, no permission ...
+                raise ArchiveError(str(exc)) from exc
             if "crscale_format" not in self.root.attrs:  # another run created it first
                 self._open_existing(mode)
         if mode == "a":
