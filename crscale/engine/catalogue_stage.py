@@ -113,15 +113,8 @@ def catalogue_archive(
     ----------
     archive : str or path
         The crscale archive.
-    client : distributed.Client, optional
-        Use this client; default: connect to ``scheduler`` or start a LocalCluster.
-    scheduler : str, optional
-        Scheduler address or scheduler file, when no ``client`` is given.
-    n_workers : int, optional
-        Workers of the LocalCluster started otherwise.
-    cluster : str, optional
-        Kind of cluster started when neither ``client`` nor ``scheduler`` is given: ``"local"``
-        or a batch system (``"slurm"``, ``"pbs"``, ...); default ``crscale.cluster.kind``.
+    client, scheduler, n_workers, cluster : optional
+        The Dask cluster, as for :func:`crscale.engine.detect_stage.detect_archive`.
     exposures : sequence of str, optional
         Only these exposures (default: every exposure whose detection is done).
     force : bool
