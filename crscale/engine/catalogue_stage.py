@@ -164,11 +164,14 @@ def catalogue_archive(
                 arch.note_format()
             return opened[0]
 
+        # The defect maps are made from the exposures detected by now: one detected later (by a
+        # concurrent run) is left to a later catalogue run, never catalogued without its map.
+        detected = _detect_times(arch, ids)
         defect_report, maps = refresh_defects(arch, get_client)
         if completeness is not None:
             maps = completeness(arch, get_client, maps)
         book = StatusBook(arch=arch, stage=STAGE, leases=Leases(arch.path))
-        _plan(book, ids, profiles, maps, force, results, plans, redone)
+        _plan(book, ids, profiles, maps, force, results, plans, redone, detected)
         if plans:
             try:
                 _run(get_client(), book, plans, rules, results, progress, force)
@@ -217,6 +220,7 @@ def _plan(
     results: dict[str, ExposureCatalogue],
     plans: dict[str, ExposurePlan],
     redone: list[str],
+    detected: dict[str, Any],
 ) -> None:
     """What each exposure needs: skipped when its catalogue is current, else planned."""
     arch = book.arch
@@ -232,8 +236,8 @@ def _plan(
                 results[eid] = ExposureCatalogue(exposure_id=eid, status="failed",
                                                  message=f"exposure {eid!r}: {damaged}")
                 continue
-            if detect.get("state") != "done":
-                continue  # nothing to catalogue (yet)
+            if detect.get("state") != "done" or detected.get(eid) != detect.get("time"):
+                continue  # nothing to catalogue (yet), or detected since the defect maps were made
             done = status.get(STAGE, {})
             detectors = []
             for d in arch.detectors(eid):
@@ -264,6 +268,17 @@ def _plan(
             _fail(book, eid, message, "archive", started, 0, results)
             continue
         plans[eid] = plan
+
+
+def _detect_times(arch: Archive, ids: list[str]) -> dict[str, Any]:
+    """``{exposure: status.detect.time}`` of the exposures whose detection is done."""
+    out = {}
+    for eid in ids:
+        with contextlib.suppress(Exception):  # unreadable metadata: _plan records it
+            detect = arch.status(eid).get("detect", {})
+            if detect.get("state") == "done":
+                out[eid] = detect.get("time")
+    return out
 
 
 def _submit(cl: Any, book: StatusBook, plan: ExposurePlan, rules: MorphologyRules) -> Any:
