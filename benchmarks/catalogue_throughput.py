@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import engine_throughput as eng  # noqa: E402  (the engine benchmark's workload and helpers)
+import engine_throughput as eng  # the engine benchmark's workload and helpers
 
 INSTRUMENTS = [  # (instrument, profile pixel um, detector shape, exptime range s)
     ("DECam", 15.0, (4096, 2048), (30.0, 300.0)),

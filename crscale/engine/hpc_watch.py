@@ -143,7 +143,7 @@ class JobWatch:
         while not self._stop.wait(self.interval):
             try:
                 self.check()
-            except Exception:  # noqa: BLE001 (a failed look must not end the watch)
+            except Exception:  # a failed look must not end the watch
                 logger.exception("crscale: looking at the worker jobs failed")
             if self.error:
                 return

@@ -91,7 +91,7 @@ def evaluate_methods(
         for im, truth in zip(bar, truths, strict=True):
             try:
                 out = method.run(im)
-            except Exception as exc:  # noqa: BLE001 - any failure of a third-party method is reported
+            except Exception as exc:  # any failure of a third-party method is reported
                 failed = f"failed on {im.name} ({im.path}): {describe(exc)}"
                 break
             t = truth[im.valid]

@@ -336,7 +336,7 @@ def open_input(path: str, mode: str = "rb", block_size: int | None = None) -> An
         fs, key = filesystem(path)
         kwargs = {"block_size": block_size} if block_size else {}
         return fs.open(key, mode, **kwargs)
-    return open(path, mode)  # noqa: SIM115 - the caller closes it
+    return open(path, mode)  # the caller closes it
 
 
 def input_info(path: str) -> dict[str, Any] | None:
