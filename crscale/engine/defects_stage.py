@@ -420,6 +420,7 @@ def set_user_map(
         if not attrs or not fnmatch.fnmatch(key, detector) or tuple(attrs["shape"]) != user.shape:
             continue
         counts = read_array(arch, key, "counts")
+        assert counts is not None  # a finished map has its counts
         dmap = find_defects(counts, int(attrs.get("n_exposures", 0)), settings)
         dmap.codes = add_user_map(dmap.codes, user)
         write_defect_map(
@@ -430,8 +431,9 @@ def set_user_map(
         done.append(key)
     if not done:
         raise InputError(
-            f"{source}: no detector map in {arch.path}/{DEFECTS_GROUP} matches {detector!r} "
-            f"and the map's shape {user.shape}"
+            source,
+            f"no detector map in {arch.path}/{DEFECTS_GROUP} matches {detector!r} "
+            f"and the map's shape {user.shape}",
         )
     return done
 
