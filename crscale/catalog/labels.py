@@ -124,7 +124,7 @@ class _Open:
                 self.parts.setdefault(rep, []).extend(self.parts.pop(o))
 
     def pop(self, reps: Iterable[int]) -> list[tuple[int, tuple[np.ndarray, ...]]]:
-        out = []
+        out: list[tuple[int, tuple[np.ndarray, ...]]] = []
         for r in reps:
             out.extend((r, part) for part in self.parts.pop(r, []))
         return out

@@ -35,7 +35,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import yaml
 
@@ -204,6 +204,10 @@ def _label(entry: Any, index: int, source: str) -> str:
     return f"{source} profile {name!r}" if name else f"{source} profile #{index}"
 
 
+@overload
+def _number(value: Any, field: str, where: str) -> float: ...
+@overload
+def _number(value: Any, field: str, where: str, *, allow_none: bool) -> float | None: ...
 def _number(value: Any, field: str, where: str, *, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None

@@ -576,7 +576,8 @@ def _energy_limit(archive: str | os.PathLike) -> float | None:
     limits = []
     folder = storage.location(archive) / "defects"
     # One level at a time: an object store's RemotePath.glob matches names, not nested patterns.
-    for group in sorted(folder.iterdir(), key=str) if folder.is_dir() else []:
+    groups: list[Path | storage.RemotePath] = sorted(folder.iterdir(), key=str) if folder.is_dir() else []
+    for group in groups:
         try:
             meta = json.loads((group / "zarr.json").read_text())
         except (OSError, ValueError):

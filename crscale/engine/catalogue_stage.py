@@ -126,7 +126,7 @@ def catalogue_detector_task(
 
     label = f"{archive}/exposures/{exposure_id}/{detector}"
     group = zarr.open_group(label, mode="r", zarr_format=3, storage_options=zarr_options(archive))
-    attrs = dict(group.attrs)
+    attrs: dict[str, Any] = dict(group.attrs)
     arrays = set(group.array_keys())
     if "mask" not in arrays:
         raise ArchiveError(f"{exposure_id}/{detector}: no CR mask (run `crscale detect` first)")
@@ -443,6 +443,6 @@ def _fail(
 ) -> None:
     """Record a failed exposure: no rows left, status and failure record (best effort)."""
     with contextlib.suppress(Exception):
-        remove_exposure_tables(arch.path, eid)
+        remove_exposure_tables(str(arch.path), eid)
     arch.record_exposure_failure(eid, "catalogue", message, kind)
     results[eid] = ExposureCatalogue(eid, "failed", message, n_det, 0, time.perf_counter() - started)

@@ -33,7 +33,7 @@ def local_cluster_kwargs(n_workers: int | None = None) -> dict[str, Any]:
     if n_workers is not None and n_workers < 1:
         raise ClusterError(f"n_workers must be at least 1, not {n_workers}")
     cfg = config.get("cluster")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = int(cfg.get("threads_per_worker") or 1)
     n = n_workers or cfg.get("n_workers") or max(1, min(int(cfg.get("max_workers", 8)), cores // threads))
     return {

@@ -366,7 +366,7 @@ def _run(
                 try:
                     arch.set_status(eid, "detect", "running")  # outputs are about to be overwritten
                     running.add(eid)
-                    remove_exposure_tables(arch.path, eid)  # rows of the old mask must not outlive it
+                    remove_exposure_tables(str(arch.path), eid)  # rows of the old mask must not outlive it
                     create_outputs(arch, eid, plans, settings, prob_dtype)
                     graph = exposure_graph(
                         path, eid, plans, value, settings, halo, gpu=gpu, prob_dtype=prob_dtype

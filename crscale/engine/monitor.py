@@ -147,7 +147,7 @@ class RateFollower:
         self.per = per
         self._clock = clock
         self._start = clock()
-        self._rows: dict[str, tuple[tuple[int, int, int], pd.DataFrame]] = {}
+        self._rows: dict[str, tuple[tuple[int, int, int] | None, pd.DataFrame]] = {}
         self._seen: dict[str, float] = {}
         #: Exposures whose file could not be read at the last :meth:`update`.
         self.unreadable: list[str] = []

@@ -203,7 +203,7 @@ def write_fits_archive(
     out.mkdir(parents=True, exist_ok=True)
     names = output_names(arch)
     results: dict[str, FitsOutcome] = {}
-    calls = []
+    calls: list[Any] = []
     for eid in arch.select_exposures(exposures):
         try:
             detect = arch.status(eid).get("detect", {})

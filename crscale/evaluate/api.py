@@ -20,6 +20,7 @@ from crscale.evaluate.methods import (
     DEEPCR_MODELS,
     DEFAULT_SIGCLIPS,
     CrscaleMethod,
+    Method,
     baseline_methods,
     crscale_method,
 )
@@ -161,7 +162,7 @@ def evaluate(
     n_cr = sum(im.n_cr_pixels for im in data)
     if n_cr == 0:
         raise ValueError("the evaluation set holds no CR pixel: nothing to measure")
-    methods = [crscale_method(m, threshold, device, precision) for m in models]
+    methods: list[Method] = [crscale_method(m, threshold, device, precision) for m in models]
     extra, missing = baseline_methods(
         tuple(baselines),
         sigclips=tuple(sigclips),
@@ -171,8 +172,8 @@ def evaluate(
         deepcr_models=tuple(deepcr_models),
         cosmic_conn_models=tuple(cosmic_conn_models),
     )
-    for m in missing:
-        log(f"skipping baseline {m['method']}: {m['problem']}")
+    for miss in missing:
+        log(f"skipping baseline {miss['method']}: {miss['problem']}")
     methods += extra
     for m in methods:
         m.trained_dilated = m.name in trained_dilated

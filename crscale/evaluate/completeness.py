@@ -36,7 +36,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from scipy import ndimage
@@ -220,7 +220,7 @@ def summarise_frames(parts: list[dict[str, Any]], edges: np.ndarray = CHARGE_EDG
     charge = np.concatenate([p["charge"] for p in parts]) if parts else np.zeros(0)
     found = np.concatenate([p["found"] for p in parts]) if parts else np.zeros(0, bool)
     value = regions / n if n else None
-    error = float(np.sqrt(max(value * (1 - value), 1.0 / n) / n)) if n else None
+    error = float(np.sqrt(max(value * (1 - value), 1.0 / n) / n)) if value is not None else None
     idx = np.clip(np.searchsorted(edges, charge, side="right") - 1, 0, edges.size - 2)
     injected = np.bincount(idx, minlength=edges.size - 1)
     detected = np.bincount(idx, weights=found.astype(np.float64), minlength=edges.size - 1)
@@ -260,22 +260,22 @@ def completeness_task(
 
     opts = zarr_options(archive)
     group = zarr.open_group(f"{archive}/exposures/{eid}/{det}", mode="r", zarr_format=3, storage_options=opts)
-    attrs = dict(group.attrs)
+    attrs: dict[str, Any] = dict(group.attrs)
     detect = attrs.get("detect") or {}
-    h, w = (int(s) for s in group["image"].shape)
+    h, w = (int(s) for s in cast(zarr.Array, group["image"]).shape)
     cy, cx = max(0, (h - settings.cutout) // 2), max(0, (w - settings.cutout) // 2)
     box = (slice(cy, cy + min(h, settings.cutout)), slice(cx, cx + min(w, settings.cutout)))
     arrays = set(group.array_keys())
     dgroup = zarr.open_group(f"{archive}/defects/{key}", mode="r", zarr_format=3, storage_options=opts)
     # The frame with its own CRs taken out (the archive's inpainted ``clean``), so that the
     # painted CRs meet the crowding of the detector's real exposures and nothing else.
-    image = np.asarray(group["image"][box], dtype=np.float32)
-    own = np.asarray(group["mask"][box]) != 0
+    image = np.asarray(cast(zarr.Array, group["image"])[box], dtype=np.float32)
+    own = np.asarray(cast(zarr.Array, group["mask"])[box]) != 0
     rng = np.random.default_rng(_seed(key, eid))
     if "clean" in arrays:
         # Inpainting is smooth: give the pixels it filled (the mask grown as the detect stage
         # grows it) the frame's noise back, or faint CRs painted there would be found too easily.
-        image = np.asarray(group["clean"][box], dtype=np.float32)
+        image = np.asarray(cast(zarr.Array, group["clean"])[box], dtype=np.float32)
         filled = ndimage.binary_dilation(own, np.ones((3, 3), bool), iterations=1)
         noise = float((detect.get("stats") or {}).get("noise") or 0.0)
         image[filled] += rng.normal(0.0, noise, int(filled.sum())).astype(np.float32)
@@ -284,8 +284,8 @@ def completeness_task(
     return measure_frame(
         image,
         None,
-        dq=np.asarray(group["dq"][box]) if "dq" in arrays else None,
-        codes=np.asarray(dgroup["codes"][box]),
+        dq=np.asarray(cast(zarr.Array, group["dq"])[box]) if "dq" in arrays else None,
+        codes=np.asarray(cast(zarr.Array, dgroup["codes"])[box]),
         status=status,
         gain=float(attrs.get("gain") or 1.0),
         saturation=attrs.get("saturation"),

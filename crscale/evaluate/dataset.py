@@ -17,6 +17,7 @@ used.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -292,7 +293,7 @@ def _fill(image_e: np.ndarray, bad: np.ndarray) -> np.ndarray:
 def injected_set(
     images: list[str | Path],
     *,
-    darks: list[str | Path] = (),
+    darks: Sequence[str | Path] = (),
     use_itl: bool = True,
     rate: float = EVAL_CR_RATE,
     repeats: int = 1,

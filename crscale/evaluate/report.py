@@ -59,9 +59,11 @@ _HEADERS = ["method", *(header for header, _ in _COLUMNS), "threshold"]
 # Figures read off a curve: a sweep reaches each at its own parameter value, not at "threshold".
 _CURVE_KEYS = {"tpr@fpr=1e-4", "tpr@fpr=1e-3", "precision@tpr=0.95"}
 _FPR_RANGE = (1e-6, 1e-1)
-_SWEEP_STYLE = {"marker": "o", "markersize": 4, "linewidth": 0.8}
-_NOTE_STYLE = {"textcoords": "offset points", "xytext": (4, -10), "fontsize": "x-small"}
-_QUANTITIES = (("tpr", "TPR", "-"), ("precision", "precision", "--"), ("f1", "F1", ":"))
+_SWEEP_STYLE: dict[str, Any] = {"marker": "o", "markersize": 4, "linewidth": 0.8}
+_NOTE_STYLE: dict[str, Any] = {"textcoords": "offset points", "xytext": (4, -10), "fontsize": "x-small"}
+_QUANTITIES: tuple[tuple[str, str, Any], ...] = (
+    ("tpr", "TPR", "-"), ("precision", "precision", "--"), ("f1", "F1", ":"),
+)
 _DATA_DETAILS = ("cr_rate", "repeats", "seed", "footprints")
 _POOLED_NOTE = (
     "TPR at 0.01 % and 0.1 % FPR and precision at 95 % TPR are read off each method's curve (for a sweep, "

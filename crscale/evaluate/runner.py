@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from scipy import ndimage
@@ -105,7 +106,8 @@ def evaluate_methods(
                 per_image[im.name] = _per_image(score_summary(s, t, method.threshold))
             else:
                 counts = {}
-                for p, mask in out.items():
+                # a mask method returns {parameter: mask}
+                for p, mask in cast(dict[float, np.ndarray], out).items():
                     if dilate and not method.trained_dilated:
                         mask = ndimage.binary_dilation(mask, _KERNEL)
                     counts[p] = confusion(mask[im.valid], t)
@@ -123,7 +125,9 @@ def evaluate_methods(
             result.curves[method.name] = {k: np.asarray(v, float).tolist() for k, v in curve.items()}
         else:
             entry = sweep_summary(
-                {p: tuple(int(x) for x in c) for p, c in pooled_counts.items()}, method.threshold
+                {p: cast(tuple[int, int, int, int], tuple(int(x) for x in c))  # np.zeros(4) sums
+                 for p, c in pooled_counts.items()},
+                method.threshold,
             )
             rows = entry["threshold_table"]
             result.curves[method.name] = {

@@ -28,9 +28,8 @@ import platform
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -138,7 +137,7 @@ class Archive:
         The path is not a crscale archive, or has a newer format than this crscale reads.
     """
 
-    def __init__(self, path: str | Path, mode: str = "r") -> None:
+    def __init__(self, path: str | os.PathLike[str] | storage.RemotePath, mode: str = "r") -> None:
         self.path = storage.location(path)
         self.mode = mode
         if mode not in ("r", "a"):
@@ -224,7 +223,7 @@ class Archive:
     def exposure(self, exposure_id: str) -> zarr.Group:
         """The Zarr group of one exposure."""
         try:
-            return self.root[f"exposures/{exposure_id}"]
+            return cast(zarr.Group, self.root[f"exposures/{exposure_id}"])  # the layout: a group
         except KeyError as exc:
             raise KeyError(f"no exposure {exposure_id!r} in {self.path}") from exc
 
@@ -234,7 +233,7 @@ class Archive:
 
     def detectors(self, exposure_id: str) -> list[str]:
         """Detector group names of one exposure, in source HDU order."""
-        attrs = self.exposure(exposure_id).attrs
+        attrs: Mapping[str, Any] = self.exposure(exposure_id).attrs
         return list(attrs.get("detectors", sorted(self.exposure(exposure_id).group_keys())))
 
     def iter_exposures(self) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -286,7 +285,8 @@ class Archive:
 
     def status(self, exposure_id: str) -> dict[str, Any]:
         """Per-stage status of one exposure (``{"ingest": {"state": "done", ...}}``)."""
-        return dict(self.exposure(exposure_id).attrs.get("status", {}))
+        attrs: Mapping[str, Any] = self.exposure(exposure_id).attrs
+        return dict(attrs.get("status", {}))
 
     def failures(self) -> list[dict[str, Any]]:
         """Recorded input failures, oldest first."""
@@ -295,7 +295,7 @@ class Archive:
         with warnings.catch_warnings():
             # A record folder without metadata (a full disk while it was written) is no record.
             warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
-            keys = list(self.root["failures"].group_keys())
+            keys = list(cast(zarr.Group, self.root["failures"]).group_keys())
         recs = [dict(self.root[f"failures/{k}"].attrs) for k in keys]
         return sorted(recs, key=lambda r: (r.get("time", ""), r.get("path", "")))
 
@@ -367,7 +367,8 @@ class Archive:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
         group = self.exposure(exposure_id)
-        status = dict(group.attrs.get("status", {}))
+        attrs: Mapping[str, Any] = group.attrs
+        status = dict(attrs.get("status", {}))
         status[stage] = _json_safe(
             {"state": state, "time": utcnow(), "crscale_version": __version__, **info}
         )
@@ -402,7 +403,7 @@ class Archive:
         """
         self._require_writable()
         key = _failure_key(path, stage)
-        group = self.root["failures"].require_group(key)
+        group = cast(zarr.Group, self.root["failures"]).require_group(key)
         group.attrs.put(
             _json_safe(
                 {
@@ -652,13 +653,14 @@ class Archive:
             guessed: list[str] = []
             for d in dets:
                 try:
-                    det_group = self.root[f"exposures/{eid}/{d}"]
-                    shape = tuple(det_group["image"].shape)
+                    det_group = cast(zarr.Group, self.root[f"exposures/{eid}/{d}"])
+                    shape = tuple(cast(zarr.Array, det_group["image"]).shape)
                 except Exception:  # missing or unreadable detector: not counted
                     continue
                 shapes.append(shape)
                 n_pix += int(np.prod(shape))
-                guessed.extend(g for g in det_group.attrs.get("guessed", []) if g not in guessed)
+                det_attrs: Mapping[str, Any] = det_group.attrs
+                guessed.extend(g for g in det_attrs.get("guessed", []) if g not in guessed)
             rows.append(
                 {
                     "exposure_id": eid,

@@ -421,7 +421,7 @@ def _read_companion(
 
 
 def read_exposure(
-    path: str | Path,
+    path: str | os.PathLike[str],
     *,
     dq_path: str | Path | None = None,
     weight_path: str | Path | None = None,

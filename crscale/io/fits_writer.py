@@ -22,9 +22,10 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import zarr
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
@@ -176,7 +177,7 @@ def read_plans(archive: Archive, exposure_id: str, options: WriteOptions) -> lis
     exp = archive.exposure_attrs(exposure_id)
     plans = []
     for det in archive.detectors(exposure_id):
-        group = archive.root[f"exposures/{exposure_id}/{det}"]
+        group = cast(zarr.Group, archive.root[f"exposures/{exposure_id}/{det}"])
         names = set(group.array_keys())
         needed = {"mask"} | ({"clean"} if options.pixels == "clean" else set())
         needed |= {"prob"} if options.prob else set()

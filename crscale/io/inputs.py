@@ -12,6 +12,7 @@ import glob
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from crscale import config
 from crscale.io import storage
@@ -84,7 +85,7 @@ def _add_url(item: str, patterns: Sequence[str]) -> tuple[list[str], InputProble
     head = item[: item.index("://") + 3]
     try:
         if _GLOB_CHARS & set(key) and not fs.exists(key):
-            files = []
+            files: list[str] = []
             for hit in sorted(fs.glob(key)):
                 url = head + hit
                 files.extend(_walk_url(url, patterns) if fs.isdir(hit) else [url])
@@ -133,7 +134,7 @@ def _read_manifest(path: str) -> tuple[list[tuple[str, str | None, str | None]],
             if p is None or storage.is_url(p):
                 return p
             return os.path.join(base, os.path.expanduser(p))
-        entries.append((resolve(image), resolve(dq), resolve(weight)))
+        entries.append((cast(str, resolve(image)), resolve(dq), resolve(weight)))  # str in, str out
     return entries, problems
 
 

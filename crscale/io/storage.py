@@ -31,7 +31,7 @@ ZARR_META = "zarr.json"
 _LISTING_CACHED = ("s3", "s3a", "gs", "gcs")
 
 
-def protocol_of(path: str | os.PathLike[str]) -> str | None:
+def protocol_of(path: str | os.PathLike[str] | RemotePath) -> str | None:
     """The URL scheme of ``path`` (``"s3"``, ``"gs"``, ``"https"``), or None for a local path."""
     if not isinstance(path, str | RemotePath):
         return None
@@ -46,7 +46,7 @@ def is_url(path: Any) -> bool:
     return isinstance(path, RemotePath) or protocol_of(path) is not None
 
 
-def storage_options(path: str | os.PathLike[str]) -> dict[str, Any]:
+def storage_options(path: str | os.PathLike[str] | RemotePath) -> dict[str, Any]:
     """The fsspec options for the filesystem of ``path``, from ``crscale.storage.<protocol>``.
 
     Returns an empty dict for local paths and for protocols without settings, so that each
@@ -65,7 +65,7 @@ def storage_options(path: str | os.PathLike[str]) -> dict[str, Any]:
     return options
 
 
-def zarr_options(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+def zarr_options(path: str | os.PathLike[str] | RemotePath) -> dict[str, Any] | None:
     """``storage_options`` for zarr, xarray and dask: None for a local path (they refuse it)."""
     return storage_options(path) if is_url(path) else None
 
@@ -84,7 +84,7 @@ def filesystem(url: str) -> tuple[Any, str]:
     return fs, path
 
 
-def location(path: str | os.PathLike[str]) -> Path | RemotePath:
+def location(path: str | os.PathLike[str] | RemotePath) -> Path | RemotePath:
     """A local absolute :class:`~pathlib.Path`, or a :class:`RemotePath` for a URL."""
     if isinstance(path, RemotePath):
         return path

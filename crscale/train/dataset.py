@@ -155,6 +155,7 @@ def build_store(config: TrainConfig, path: str | Path, *, log=print) -> zarr.Gro
         raise ValueError(f"no training image is at least {config.patch} px on a side")
 
     P, S = config.patch, config.patch_stride
+    patches: list[np.ndarray]
     patches, ignores, bads, meta, src = [], [], [], [], []
     for k, im in enumerate(train):
         h, w = im.image_e.shape

@@ -105,7 +105,7 @@ def bin_sum(image: np.ndarray, bad: np.ndarray, factor: int) -> tuple[np.ndarray
     h, w = (s // factor * factor for s in image.shape)
     shape = (h // factor, factor, w // factor, factor)
     img = image[:h, :w].reshape(shape).sum(axis=(1, 3))
-    b = bad[:h, :w].reshape(shape).any(axis=(1, 3))
+    b = np.asarray(bad[:h, :w].reshape(shape).any(axis=(1, 3)))
     return img, b
 
 

@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -79,8 +80,9 @@ class PatchSampler:
                     img,
                     rng,
                     sky_e=sky,
-                    scale_range=tuple(aug.scale_range),
-                    add_sky_range=tuple(aug.add_sky_range),
+                    # YAML gives lists; sky_augment unpacks (and so checks) exactly two numbers
+                    scale_range=cast(tuple[float, float], tuple(aug.scale_range)),
+                    add_sky_range=cast(tuple[float, float], tuple(aug.add_sky_range)),
                     p_add=aug.p_add,
                     readnoise_e=float(self.rn[i]),
                     return_params=True,
@@ -255,7 +257,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, lo
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = UNet(arch)
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's overloads
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt,
