@@ -127,3 +127,67 @@ def test_verify_of_a_missing_archive_is_an_error_and_creates_nothing(tmp_path, c
     assert main(["verify", str(missing)]) == 2
     assert "no crscale archive here" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_defect_maps_are_recorded_and_a_lost_chunk_is_named(tmp_path):
+    """A lost chunk of a defect map would read as zeros, i.e. "no defect here": it is refused."""
+    from crscale.io import defect_store
+
+    path = tmp_path / "a.zarr"
+    _ingest(path)
+    arch = Archive(path, mode="a")
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 3, (1500, 1300)).astype(np.uint32)  # 2 x 2 chunks of 1024
+    counts[:1024, 1024:] = 0  # an all-zero chunk is stored too, so that absent means lost
+    defect_store.write_defect_map(arch, "k", {"counts": counts}, {"n_exposures": 3})
+    group = arch.root["defects/k"]
+    assert integrity.is_recorded(group["counts"])
+    assert np.array_equal(defect_store.read_array(arch, "k", "counts"), counts)
+    key = integrity.chunk_key(group["counts"], (0, 1))
+    (path / "defects" / "k" / "counts" / key).unlink()
+    with pytest.raises(integrity.ChunkIntegrityError, match=f"defects/k/counts: chunk {key} is missing"):
+        defect_store.read_array(Archive(path), "k", "counts")
+
+
+def test_a_flipped_byte_in_a_catalogue_file_is_found_not_read_as_values(tmp_path):
+    """Parquet pages carry a CRC (written and checked): a damaged page is an ArchiveError."""
+    import pyarrow as pa
+
+    from crscale.io import catalogue_store as cs
+
+    path = tmp_path / "a.zarr"
+    eid, det = _ingest(path)
+    n = 20000
+    rng = np.random.default_rng(1)
+    columns = {}
+    for f in cs.TABLES["crs"]:
+        if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type):
+            columns[f.name] = [eid if f.name == "exposure" else det] * n
+        elif pa.types.is_boolean(f.type):
+            columns[f.name] = np.zeros(n, bool)
+        else:
+            columns[f.name] = rng.integers(0, 100, n).astype(f.type.to_pandas_dtype())
+    def row(f):
+        if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type):
+            return [eid if f.name == "exposure" else det]
+        return [False] if pa.types.is_boolean(f.type) else np.zeros(1, f.type.to_pandas_dtype())
+
+    exposures = {f.name: row(f) for f in cs.TABLES["exposures"]}
+    cs.write_exposure_tables(path, eid, cs.as_table(columns, "crs"), cs.as_table(exposures, "exposures"))
+    assert len(cs.read_table(path, "crs")) == n
+    import pyarrow.parquet as pq
+
+    crs = cs.table_file(path, "crs", eid)
+    good, raw = pq.read_table(crs), crs.read_bytes()
+
+    def silently_wrong(pos: int) -> bool:  # read without the page CRCs: wrong values, no error
+        crs.write_bytes(raw[:pos] + bytes([raw[pos] ^ 0xFF]) + raw[pos + 1:])
+        try:
+            return not pq.read_table(crs).equals(good)
+        except (OSError, pa.ArrowException):
+            return False
+
+    # A flipped byte inside a data page that zstd decodes to other numbers without complaint.
+    assert any(silently_wrong(pos) for pos in range(len(raw) // 4, len(raw) // 2, 7))
+    with pytest.raises(cs.ArchiveError, match="damaged catalogue file"):
+        cs.read_table(path, "crs")

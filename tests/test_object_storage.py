@@ -13,11 +13,13 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from conftest import DECAM, DECAM_DQ, FZ, GMOS, MEF, SAMPLE, copy_to
 from crscale.cli import main
@@ -194,6 +196,69 @@ def test_info_stats_export_on_the_bucket_archive(runs, tmp_path):
     import pyarrow.parquet as pq
 
     assert pq.read_table(out).to_pandas().equals(read_table(runs["local"], "crs"))
+
+
+def test_write_fits_from_the_bucket_archive_equals_a_local_run(runs, tmp_path):
+    """write-fits reads the archive and the source files (the DECam image and its ``ood``
+    companion included) from the bucket, and writes the same files as from the local run."""
+    address = runs["address"]
+    remote = _cli("write-fits", runs["remote"], str(tmp_path / "remote"), "--prob", "--scheduler", address,
+                  "--no-progress")
+    assert remote.returncode == 0, remote.stdout + remote.stderr
+    assert "2 exposure(s) written, 0 skipped, 0 failed; 3 file(s)" in remote.stdout, remote.stdout
+    local = _cli("write-fits", str(runs["local"]), str(tmp_path / "local"), "--prob", "--scheduler", address,
+                 "--no-progress")
+    assert local.returncode == 0, local.stdout + local.stderr
+    names = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "remote").iterdir())
+    assert names == sorted([DECAM.name, DECAM_DQ.name, GMOS.name])
+    # The same HDUs, headers and pixels; only the digest of the inputs differs, since it holds
+    # the detection time of each run (and the checksums that cover it).
+    volatile = {"CRSKEY", "CHECKSUM", "DATASUM"}
+    for name in names:
+        with fits.open(tmp_path / "remote" / name, disable_image_compression=True) as r, \
+                fits.open(tmp_path / "local" / name, disable_image_compression=True) as lo:
+            assert [(h.name, h.ver) for h in r] == [(h.name, h.ver) for h in lo], name
+            for hr, hl in zip(r, lo, strict=True):
+                cards_r = [c.image for c in hr.header.cards if c.keyword not in volatile]
+                assert cards_r == [c.image for c in hl.header.cards if c.keyword not in volatile], name
+                assert (hr.data is None) == (hl.data is None), name
+                if hr.data is not None:
+                    assert np.array_equal(np.asarray(hr.data), np.asarray(hl.data)), (name, hr.name)
+    # Up to date on a re-run: the source's SHA-256 is read from the bucket again, nothing rewritten.
+    again = _cli("write-fits", runs["remote"], str(tmp_path / "remote"), "--prob", "--scheduler", address,
+                 "--no-progress")
+    assert again.returncode == 0 and "0 exposure(s) written, 2 skipped" in again.stdout, again.stdout
+
+
+def test_verify_and_defects_on_the_bucket_archive(runs):
+    verify = _cli("verify", runs["remote"])
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    remote, local = (json.loads(_cli("verify", a, "--json", "--no-mark").stdout)["results"]
+                     for a in (runs["remote"], str(runs["local"])))
+    assert [r["ok"] for r in remote] == [True, True]
+    # Every array and chunk checked, as many as on disk (the sources' paths differ).
+    assert [(r["exposure_id"], r["arrays"], r["chunks"]) for r in remote] == [
+        (r["exposure_id"], r["arrays"], r["chunks"]) for r in local]
+    defects = _cli("defects", runs["remote"], "--scheduler", runs["address"], "--no-progress")
+    assert defects.returncode == 0, defects.stdout + defects.stderr
+    local = _cli("defects", str(runs["local"]), "--scheduler", runs["address"], "--no-progress")
+    def shown(out: str, archive: str) -> str:
+        return re.sub(r"\d+\.\d s\b", "T s", out.replace(archive, "A"))
+
+    assert shown(defects.stdout, runs["remote"]) == shown(local.stdout, str(runs["local"]))
+    assert ", 2 current, 0 failed" in defects.stdout  # `crscale run` made the maps, in the bucket
+    from crscale.io import defect_store
+
+    r_arch, l_arch = Archive(runs["remote"]), Archive(runs["local"])
+    keys = defect_store.defect_keys(l_arch)
+    assert len(keys) == 2 and defect_store.defect_keys(r_arch) == keys
+    for key in keys:
+        r_attrs, l_attrs = (defect_store.read_defect_attrs(a, key) for a in (r_arch, l_arch))
+        assert r_attrs["status"] == l_attrs["status"] == "unverified"  # one exposure: too few, and said
+        for name in ("counts", "codes"):
+            assert np.array_equal(defect_store.read_array(r_arch, key, name),
+                                  defect_store.read_array(l_arch, key, name)), (key, name)
 
 
 def test_url_inputs_globs_prefixes_and_missing(s3):

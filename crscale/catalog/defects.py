@@ -42,6 +42,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 from crscale import config
+from crscale.errors import SettingsError
 
 #: Map code -> catalogue kind. 0 is "no defect".
 DEFECT_CODES: dict[int, str] = {
@@ -61,29 +62,30 @@ HOT_PIXEL_MAX = 4
 class DefectSettings:
     """Settings of the defect test (``crscale.defects`` in the config)."""
 
-    false_alarm: float = 1e-3
-    min_exposures: int = 3
-    line_alpha: float = 1e-3
-    line_min_length: int = 5
+    # Defaults: crscale.yaml's defects section, the one place they are written.
+    false_alarm: float = config.shipped("defects.false_alarm")
+    min_exposures: int = config.shipped("defects.min_exposures")
+    line_alpha: float = config.shipped("defects.line_alpha")
+    line_min_length: int = config.shipped("defects.line_min_length")
     #: Share of a catalogued region's pixels on defects that makes the region a defect.
-    region_fraction: float = 0.5
+    region_fraction: float = config.shipped("defects.region_fraction")
 
     def __post_init__(self) -> None:
         if not 0 < self.false_alarm < 1 or not 0 < self.line_alpha < 1:
-            raise ValueError("defects: false_alarm and line_alpha must lie in (0, 1)")
+            raise SettingsError("defects: false_alarm and line_alpha must lie in (0, 1)")
         if self.min_exposures < 1 or self.line_min_length < 2:
-            raise ValueError("defects: min_exposures must be >= 1 and line_min_length >= 2")
+            raise SettingsError("defects: min_exposures must be >= 1 and line_min_length >= 2")
         if not 0 < self.region_fraction <= 1:
-            raise ValueError("defects: region_fraction must lie in (0, 1]")
+            raise SettingsError("defects: region_fraction must lie in (0, 1]")
 
     @classmethod
     def from_config(cls) -> DefectSettings:
         """The settings under ``crscale.defects`` (defaults where not set)."""
-        given = dict(config.get("defects", {}) or {})
+        given = dict(config.get("defects") or {})
         names = set(cls.__dataclass_fields__)
         unknown = sorted(set(given) - names - {"enabled"})
         if unknown:
-            raise ValueError(f"crscale.defects: unknown setting(s) {', '.join(unknown)}")
+            raise SettingsError(f"crscale.defects: unknown setting(s) {', '.join(unknown)}")
         return cls(**{k: v for k, v in given.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,7 +213,7 @@ def add_user_map(codes: np.ndarray, user: np.ndarray | None) -> np.ndarray:
     if user is None:
         return codes
     if user.shape != codes.shape:
-        raise ValueError(f"bad-pixel map shape {user.shape} does not match the detector's {codes.shape}")
+        raise SettingsError(f"bad-pixel map shape {user.shape} does not match the detector's {codes.shape}")
     return np.where((codes == 0) & (np.asarray(user) != 0), np.uint8(5), codes).astype(np.uint8)
 
 
@@ -231,11 +233,11 @@ def map_from_calibration(frame: np.ndarray, kind: str, n_sigma: float = 8.0) -> 
     """
     frame = np.asarray(frame)
     if frame.ndim != 2:
-        raise ValueError(f"a calibration frame must be 2-D, not shape {frame.shape}")
+        raise SettingsError(f"a calibration frame must be 2-D, not shape {frame.shape}")
     if kind == "bad_pixels":
         return ~np.isfinite(frame) | (np.nan_to_num(frame) != 0)
     if kind not in ("dark", "bias"):
-        raise ValueError(f"calibration kind must be bad_pixels, dark or bias, not {kind!r}")
+        raise SettingsError(f"calibration kind must be bad_pixels, dark or bias, not {kind!r}")
     values = frame.astype(np.float64)
     finite = np.isfinite(values)
     good = values[finite]

@@ -21,7 +21,7 @@ from crscale.catalog.features import cr_features
 from crscale.catalog.labels import Band, label_bands
 from crscale.catalog.morphology import MorphologyRules
 from crscale.detection.badpix import bad_pixel_mask
-from crscale.detection.inpaint import INPAINT_RADIUS, inpaint
+from crscale.detection.inpaint import DEFAULT_INPAINT, INPAINT_RADIUS, inpaint
 
 #: Rows per band when the arrays are not chunked (numpy).
 DEFAULT_BAND_ROWS = 1024
@@ -100,7 +100,7 @@ def catalogue_detector(
     saturation: float | None = None,
     band_rows: int | None = None,
     rules: MorphologyRules | None = None,
-    inpaint_method: str = "harmonic",
+    inpaint_method: str = DEFAULT_INPAINT,
     inpaint_dilate: int = 1,
     fallback: float | None = None,
     defects: Any = None,

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from crscale import config
+from crscale.errors import SettingsError
 from crscale.io.catalogue_schema import CLASSES
 
 
@@ -37,19 +38,20 @@ from crscale.io.catalogue_schema import CLASSES
 class MorphologyRules:
     """Thresholds of the morphology rules (see the module documentation)."""
 
-    dot_max_pixels: int = 2
-    spot_max_length: float = 5.0
-    spot_max_elongation: float = 3.0
-    track_min_straightness: float = 0.9
+    # Defaults: crscale.yaml's catalogue.morphology, the one place they are written.
+    dot_max_pixels: int = config.shipped("catalogue.morphology.dot_max_pixels")
+    spot_max_length: float = config.shipped("catalogue.morphology.spot_max_length")
+    spot_max_elongation: float = config.shipped("catalogue.morphology.spot_max_elongation")
+    track_min_straightness: float = config.shipped("catalogue.morphology.track_min_straightness")
 
     @classmethod
     def from_config(cls, **overrides: Any) -> MorphologyRules:
         """The rules from ``crscale.catalogue.morphology`` in dask's config, then ``overrides``."""
-        values = {**(config.get("catalogue.morphology", {}) or {}), **overrides}
+        values = {**(config.get("catalogue.morphology") or {}), **overrides}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown morphology setting(s) {unknown}; known: {sorted(known)}")
+            raise SettingsError(f"unknown morphology setting(s) {unknown}; known: {sorted(known)}")
         return cls(**{k: v for k, v in values.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:

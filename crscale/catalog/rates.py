@@ -29,7 +29,7 @@ def effective_exptime(
     exptime: float | None, darktime: float | None, readout_time: float, fraction: float | None = None
 ) -> float | None:
     """Seconds during which the detector's pixels collect CRs (see the module documentation)."""
-    fraction = float(config.get("catalogue.readout_fraction", 0.5) if fraction is None else fraction)
+    fraction = float(config.get("catalogue.readout_fraction") if fraction is None else fraction)
     base = darktime if darktime is not None and np.isfinite(darktime) and darktime > 0 else exptime
     if base is None or not np.isfinite(base) or base < 0:
         return None

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from crscale import _validate
 from crscale.detection.badpix import bad_pixel_mask, fill_bad
 from crscale.detection.normalise import ImageStats, compute_stats, normalise, with_noise_floor
 from crscale.detection.predictor import Predictor, predictor_from
@@ -188,8 +189,8 @@ def detect(
     if data.size == 0:
         raise ValueError("detect() got an empty image")
 
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must lie in [0, 1], not {threshold}")
+    if threshold is not None:
+        _validate.threshold(threshold)
     if gain is not None and not (np.isfinite(gain) and gain > 0):
         raise ValueError(f"gain must be a positive number of electrons per unit, not {gain}")
 

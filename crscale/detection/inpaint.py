@@ -62,6 +62,8 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
+from crscale import _validate, config
+
 __all__ = [
     "DEFAULT_INPAINT",
     "GAUSSIAN_SIGMAS",
@@ -76,7 +78,7 @@ __all__ = [
 INPAINT_METHODS: tuple[str, ...] = ("median", "gaussian", "harmonic", "biharmonic")
 #: Chosen with ``benchmarks/inpaint_error.py`` (real images, real CR footprints injected): on sky
 #: as accurate as deepCR's median, on sources about 0.85 times its rms error; see the module docs.
-DEFAULT_INPAINT = "harmonic"
+DEFAULT_INPAINT: str = config.shipped("detect.inpaint_method")
 
 MEDIAN_HALF_WIDTH = 2  # 5x5 box, as deepCR
 MEDIAN_MAX_PASSES = 8
@@ -146,8 +148,7 @@ def inpaint(
     ValueError
         On an unknown method, an image that is not 2-D, or arrays of different shapes.
     """
-    if method not in INPAINT_METHODS:
-        raise ValueError(f"unknown inpainting method {method!r}; choose one of {INPAINT_METHODS}")
+    _validate.known(method, INPAINT_METHODS, "inpainting method")
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"inpaint needs a 2-D image, got shape {image.shape}")

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from crscale.detection.inpaint import (
+    DEFAULT_INPAINT,
     GAUSSIAN_MIN_WEIGHT,
     GAUSSIAN_SIGMAS,
     GAUSSIAN_TRUNCATE,
@@ -272,7 +273,7 @@ def inpaint_tensor(
     image: torch.Tensor,
     mask: torch.Tensor,
     *,
-    method: str = "harmonic",
+    method: str = DEFAULT_INPAINT,
     bad: torch.Tensor | None = None,
     fallback: float | None = None,
 ) -> torch.Tensor:

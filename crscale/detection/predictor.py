@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 import torch
 
+from crscale import _validate
+from crscale.errors import DeviceError, FallbackWarning
 from crscale.models.card import ModelCard
 from crscale.models.unet import UNet, fold_batchnorm
 
@@ -23,7 +25,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but torch sees no CUDA device")
+        raise DeviceError(f"device {device!r} requested but torch sees no CUDA device")
     return dev
 
 
@@ -37,8 +39,7 @@ def cpu_has_fast_bf16() -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """``"auto"``: bfloat16 on CUDA devices that support it and on CPUs with native bf16, else float32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    _validate.one_of(precision, PRECISIONS, "precision")
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -114,7 +115,11 @@ class Predictor:
             except Exception as exc:  # inductor needs a working C++/CUDA toolchain
                 if not self.compiled or self.net is self.eager:
                     raise
-                warnings.warn(f"torch.compile failed ({exc!r:.200}); running in eager mode", stacklevel=2)
+                warnings.warn(
+                    f"torch.compile failed ({exc!r:.200}); running in eager mode",
+                    FallbackWarning,
+                    stacklevel=2,
+                )
                 self.net = self.eager
                 logits = self.net(x)
             return torch.sigmoid(logits.float()).cpu().numpy()

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crscale import _validate
 from crscale.detection.badpix import FILL_RADIUS
+from crscale.detection.inpaint import DEFAULT_INPAINT
 from crscale.detection.normalise import ImageStats
 from crscale.detection.tiling import alignment, required_halo, round_up, tile_origins
 
@@ -39,8 +41,7 @@ _WORKER_THREADS = [1]
 
 def use_torch_path(backend: str, device: torch.device) -> bool:
     """Whether ``backend`` means the torch path on ``device`` (``auto``: only on CUDA)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    _validate.one_of(backend, BACKENDS, "backend")
     return backend == "torch" or (backend == "auto" and device.type == "cuda")
 
 
@@ -211,7 +212,7 @@ def detect_torch(
     batch_size: int | None = None,
     origin: tuple[int, int] = (0, 0),
     inpaint: bool = True,
-    inpaint_method: str = "harmonic",
+    inpaint_method: str = DEFAULT_INPAINT,
     inpaint_dilate: int = 1,
     layout: np.dtype = PACKED_DTYPE,
 ) -> BlockOutput:

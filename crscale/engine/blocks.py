@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from crscale.detection.inpaint import DEFAULT_INPAINT
+
 #: One structured output per block, so that the CNN runs once and its three products are
 #: split afterwards (``map_overlap`` maps one array to one array).
 BLOCK_DTYPE = np.dtype([("prob", "f4"), ("mask", "u1"), ("clean", "f4")])
@@ -57,7 +59,7 @@ class DetectSettings:
     precision: str = "auto"
     compile: bool = False
     inpaint: bool = True
-    inpaint_method: str = "harmonic"
+    inpaint_method: str = DEFAULT_INPAINT
     inpaint_dilate: int = 1
     tile: int | None = None
     batch_size: int | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,7 +12,10 @@ import dask.config
 from distributed import Client, LocalCluster
 
 from crscale import config, interrupts
+from crscale._logging import reporter
 from crscale.errors import ClusterError
+
+logger = logging.getLogger(__name__)
 
 
 def local_cluster_kwargs(n_workers: int | None = None) -> dict[str, Any]:
@@ -35,20 +39,21 @@ def local_cluster_kwargs(n_workers: int | None = None) -> dict[str, Any]:
     cfg = config.get("cluster")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = int(cfg.get("threads_per_worker") or 1)
-    n = n_workers or cfg.get("n_workers") or max(1, min(int(cfg.get("max_workers", 8)), cores // threads))
+    most = int(config.get("cluster.max_workers"))
+    n = n_workers or cfg.get("n_workers") or max(1, min(most, cores // threads))
     return {
         "n_workers": int(n),
         "threads_per_worker": threads,
-        "processes": bool(cfg.get("processes", True)),
-        "host": cfg.get("host", "127.0.0.1"),
-        "dashboard_address": cfg.get("dashboard_address", "127.0.0.1:0"),
-        "memory_limit": cfg.get("memory_limit", "auto"),
+        "processes": bool(config.get("cluster.processes")),
+        "host": config.get("cluster.host"),
+        "dashboard_address": config.get("cluster.dashboard_address"),
+        "memory_limit": config.get("cluster.memory_limit"),
     }
 
 
 def count_gpus() -> int:
     """GPUs for the LocalCluster: ``crscale.cluster.gpus``, or with ``auto`` all that torch sees."""
-    setting = config.get("cluster.gpus", "auto")
+    setting = config.get("cluster.gpus")
     if setting not in (None, "auto"):
         return max(0, int(setting))
     try:
@@ -80,7 +85,7 @@ def gpu_worker_specs(n_gpus: int, n_cpu_workers: int = 0) -> dict[str, dict[str,
     gpu_threads = int(cfg.get("gpu_worker_threads") or 2)
     n_workers = n_gpus + n_cpu_workers
     per_worker = max(1, cores // max(1, n_workers))
-    common = {"host": cfg.get("host", "127.0.0.1"), "memory_limit": cfg.get("memory_limit", "auto")}
+    common = {"host": config.get("cluster.host"), "memory_limit": config.get("cluster.memory_limit")}
     specs: dict[str, dict[str, Any]] = {}
     for i in range(n_gpus):
         env = {"CUDA_VISIBLE_DEVICES": str(i), **_thread_environ(max(1, per_worker // gpu_threads))}
@@ -98,8 +103,8 @@ def gpu_local_cluster(n_gpus: int) -> Any:
     """A local cluster with one pinned worker per GPU (dask-cuda's when installed)."""
     cfg = config.get("cluster")
     n_cpu = int(cfg.get("cpu_workers_with_gpus") or 0)
-    host = cfg.get("host", "127.0.0.1")
-    dashboard = cfg.get("dashboard_address", "127.0.0.1:0")
+    host = config.get("cluster.host")
+    dashboard = config.get("cluster.dashboard_address")
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError:
@@ -131,7 +136,7 @@ def client_or_new(
     *,
     n_workers: int | None = None,
     cluster: str | None = None,
-    echo: Callable[[str], None] | None = print,
+    echo: Callable[[str], None] | None = None,
 ) -> contextlib.AbstractContextManager[Any]:
     """``client`` as it is (left open), or :func:`dask_client` for ``scheduler`` / ``cluster``.
 
@@ -159,7 +164,7 @@ def dask_client(
     n_workers: int | None = None,
     gpus: int | None = None,
     cluster: str | None = None,
-    echo: Callable[[str], None] | None = print,
+    echo: Callable[[str], None] | None = None,
 ) -> Iterator[Client]:
     """Yield a dask client: connected to ``scheduler``, or to a new cluster of kind ``cluster``.
 
@@ -180,7 +185,8 @@ def dask_client(
         (:mod:`crscale.engine.hpc`); the jobs are cancelled on exit. Default
         ``crscale.cluster.kind``.
     echo : callable, optional
-        Where the dashboard address is printed; ``None`` for silence.
+        Receives the messages (the cluster and its dashboard address); default: this
+        module's logger, at INFO.
 
     Yields
     ------
@@ -193,6 +199,7 @@ def dask_client(
         The scheduler cannot be reached, the batch system's commands are missing, or no
         worker joined in time.
     """
+    say = reporter(logger, echo)
     if scheduler:
         try:
             if scheduler.endswith(".json"):
@@ -204,15 +211,14 @@ def dask_client(
         except (OSError, TimeoutError, ValueError) as exc:
             raise ClusterError(f"cannot connect to the Dask scheduler at {scheduler} ({exc})") from exc
         try:
-            if echo:
-                echo(f"Dask scheduler {client.scheduler.address}, dashboard {client.dashboard_link}")
+            say(f"Dask scheduler {client.scheduler.address}, dashboard {client.dashboard_link}")
             yield client
         finally:
             client.close()
         return
     kind = cluster or config.get("cluster.kind") or "local"
     if kind != "local":
-        with _jobqueue_client(kind, echo) as client:
+        with _jobqueue_client(kind, say) as client:
             yield client
         return
     n_gpus = count_gpus() if gpus is None else gpus
@@ -231,8 +237,7 @@ def dask_client(
         description = f"{kwargs['n_workers']} workers x {kwargs['threads_per_worker']} thread(s)"
     client = Client(cluster)
     try:
-        if echo:
-            echo(f"Dask LocalCluster: {description}, dashboard {client.dashboard_link}")
+        say(f"Dask LocalCluster: {description}, dashboard {client.dashboard_link}")
         yield client
     finally:
         client.close()
@@ -240,7 +245,7 @@ def dask_client(
 
 
 @contextlib.contextmanager
-def _jobqueue_client(system: str, echo: Callable[[str], None] | None) -> Iterator[Client]:
+def _jobqueue_client(system: str, say: Callable[[str], None]) -> Iterator[Client]:
     """A client of a dask-jobqueue cluster on ``system``; its jobs are cancelled on exit."""
     import shutil
 
@@ -271,18 +276,17 @@ def _jobqueue_client(system: str, echo: Callable[[str], None] | None) -> Iterato
         wait_timeout=timeout,
     )
     # The dashboard link that Dask builds names the scheduler's address, not where the
-    # dashboard is bound (127.0.0.1 by default): give every link (job record, echo) the real one.
+    # dashboard is bound (127.0.0.1 by default): give every link (job record, message) the real one.
     with dask.config.set({"distributed.dashboard.link": dashboard} if dashboard else {}):
         client = Client(jq)
         try:
-            if echo:
-                echo(
-                    f"Dask {system} cluster: {hpc.describe(system, jobs, gpus, cpu_jobs)}, scheduler "
-                    f"{jq.scheduler_address}, dashboard {dashboard}"
-                )
-                if tunnel:
-                    echo(tunnel)
-                echo(f"waiting for {wanted} worker(s) to start (the jobs may queue)")
+            say(
+                f"Dask {system} cluster: {hpc.describe(system, jobs, gpus, cpu_jobs)}, scheduler "
+                f"{jq.scheduler_address}, dashboard {dashboard}"
+            )
+            if tunnel:
+                say(tunnel)
+            say(f"waiting for {wanted} worker(s) to start (the jobs may queue)")
             watch.start()
             try:
                 try:

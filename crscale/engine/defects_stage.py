@@ -304,7 +304,7 @@ def refresh_defects(
     maps : dict or None
         :func:`current_maps` after the update (None when switched off).
     """
-    if not config.get("defects.enabled", True):
+    if not config.get("defects.enabled"):
         return None, None
     t0 = time.perf_counter()
     settings = settings or DefectSettings.from_config()

@@ -15,6 +15,7 @@ import numpy as np
 
 from crscale import config
 from crscale.engine.blocks import BLOCK_DTYPE, DetectSettings, block_chunks, detect_block, write_block
+from crscale.errors import SettingsError
 from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.dq import DQConvention, convention_for
@@ -65,35 +66,31 @@ def detect_settings(
     The model is loaded once on the client to read its card (threshold, architecture, hence
     the halo) and to fail early on a bad name; only its name travels to the workers.
     """
+    from crscale import _validate
     from crscale.detection.inpaint import INPAINT_METHODS
     from crscale.models import load_model
 
-    cfg = config.get("detect")
-    name = str(model or cfg.get("model", "default"))
+    name = str(model or config.get("detect.model"))
     net, card = load_model(name, device="cpu")
-    thr = threshold if threshold is not None else cfg.get("threshold")
-    thr = float(card.recommended_threshold if thr is None else thr)
-    if not 0.0 <= thr <= 1.0:
-        raise ValueError(f"threshold must lie in [0, 1], not {thr}")
-    method = inpaint_method or cfg.get("inpaint_method") or "harmonic"
+    thr = threshold if threshold is not None else config.get("detect.threshold")
+    thr = _validate.threshold(card.recommended_threshold if thr is None else thr)
+    method = inpaint_method or config.get("detect.inpaint_method")
     from crscale.detection.torch_block import BACKENDS
 
-    if (cfg.get("backend") or "auto") not in BACKENDS:
-        raise ValueError(f"crscale.detect.backend must be one of {BACKENDS}, not {cfg.get('backend')!r}")
-    if method not in INPAINT_METHODS:
-        raise ValueError(f"unknown inpainting method {method!r}; choose one of {INPAINT_METHODS}")
+    backend = _validate.one_of(config.get("detect.backend"), BACKENDS, "crscale.detect.backend")
+    _validate.known(method, INPAINT_METHODS, "inpainting method")
     settings = DetectSettings(
         model=name,
         threshold=thr,
-        device=str(device or cfg.get("device", "auto")),
-        precision=str(precision or cfg.get("precision", "auto")),
-        compile=bool(cfg.get("compile", False) if compile is None else compile),
-        inpaint=bool(cfg.get("inpaint", True) if inpaint is None else inpaint),
+        device=str(device or config.get("detect.device")),
+        precision=str(precision or config.get("detect.precision")),
+        compile=bool(config.get("detect.compile") if compile is None else compile),
+        inpaint=bool(config.get("detect.inpaint") if inpaint is None else inpaint),
         inpaint_method=method,
-        inpaint_dilate=int(cfg.get("inpaint_dilate", 1)),
+        inpaint_dilate=int(config.get("detect.inpaint_dilate")),
         tile=tile,
         model_name=card.name,
-        backend=str(cfg.get("backend") or "auto"),
+        backend=str(backend),
     )
     return settings, net.config
 
@@ -106,9 +103,9 @@ def gpu_task_share() -> float:
     (reads and writes are separate tasks on the worker's other threads). Powers of two keep the
     shares exact in floating point.
     """
-    k = int(config.get("detect.gpu_tasks_per_worker", 2) or 1)
+    k = int(config.get("detect.gpu_tasks_per_worker") or 1)
     if k < 1:
-        raise ValueError(f"crscale.detect.gpu_tasks_per_worker must be at least 1, not {k}")
+        raise SettingsError(f"crscale.detect.gpu_tasks_per_worker must be at least 1, not {k}")
     return 1.0 / k
 
 

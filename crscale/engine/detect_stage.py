@@ -228,7 +228,7 @@ def detect_archive(
     )
     halo = engine_halo(model_config, settings)
     cfg = config.get("detect")
-    prob_dtype = str(cfg.get("prob_dtype", "float32"))
+    prob_dtype = str(config.get("detect.prob_dtype"))
 
     ids = arch.select_exposures(exposures)
     results: dict[str, ExposureDetection] = {}
@@ -270,7 +270,7 @@ def detect_archive(
         )
         cl.register_plugin(plugin, name=plugin.name)
         threads = sum(cl.nthreads().values()) or 1
-        limit = max(1, int(cfg.get("blocks_in_flight_per_thread", 3)) * threads)
+        limit = max(1, int(config.get("detect.blocks_in_flight_per_thread")) * threads)
         bar = _Progress(len(todo), progress)
         cl.subscribe_topic(PROGRESS_TOPIC, bar.on_event)
         try:

@@ -198,7 +198,7 @@ def cpu_pool_options(system: str) -> dict[str, Any]:
 
 def scheduler_options(system: str) -> dict[str, Any]:
     """Options of the scheduler: crscale's dashboard and interface, then the site's own."""
-    ours: dict[str, Any] = {"dashboard_address": config.get("hpc.dashboard_address", "127.0.0.1:8787")}
+    ours: dict[str, Any] = {"dashboard_address": config.get("hpc.dashboard_address")}
     if config.get("hpc.scheduler_interface"):
         ours["interface"] = config.get("hpc.scheduler_interface")
     return {**ours, **(_site(system, "scheduler-options") or {})}
@@ -307,7 +307,7 @@ def describe(system: str, jobs: int, gpus_per_job: int, cpu_jobs: int) -> str:
 
 def setting(key: str, default: int) -> int:
     """The whole, non-negative number ``crscale.hpc.<key>``; a clear error for anything else."""
-    value = config.get(f"hpc.{key}", default)
+    value = config.get(f"hpc.{key}")
     if value is None:
         return default
     try:
@@ -321,7 +321,7 @@ def setting(key: str, default: int) -> int:
 
 def wait_timeout() -> float | None:
     """Seconds to wait for the first workers (``crscale.hpc.wait_timeout``); None: no limit."""
-    value = config.get("hpc.wait_timeout", 3600)
+    value = config.get("hpc.wait_timeout")
     if value is None:
         return None
     try:
@@ -332,7 +332,7 @@ def wait_timeout() -> float | None:
 
 def watch_interval() -> float:
     """Seconds between looks at the worker jobs (``crscale.hpc.watch_interval``)."""
-    value = config.get("hpc.watch_interval", 15)
+    value = config.get("hpc.watch_interval")
     try:
         seconds = float(value)
     except (TypeError, ValueError):

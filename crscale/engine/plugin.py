@@ -78,7 +78,7 @@ class ModelPlugin(WorkerPlugin):
         # The CNN tasks running at once share the device: each block's batch is sized for its share.
         from crscale import config
 
-        set_worker_threads(min(worker.state.nthreads, int(config.get("detect.gpu_tasks_per_worker", 2) or 1)))
+        set_worker_threads(min(worker.state.nthreads, int(config.get("detect.gpu_tasks_per_worker") or 1)))
         info: dict[str, Any] = {
             "model": self.model,
             "loaded": False,

@@ -1,6 +1,6 @@
 """Evaluation of CR detectors on labelled real images (``crscale evaluate``).
 
-- :mod:`~crscale.evaluate.metrics`: pixel metrics (ROC, precision-recall, TPR at fixed FPR,
+- :mod:`crscale.injection.metrics`: pixel metrics (ROC, precision-recall, TPR at fixed FPR,
   precision at fixed TPR, F1, IoU, FDR), exact at fixed FPR;
 - :mod:`~crscale.evaluate.dataset`: image + mask pairs, or injection sets of real CR footprints;
 - :mod:`~crscale.evaluate.methods`: crscale models and the baselines (astroscrappy, deepCR,
@@ -11,7 +11,7 @@
 """
 
 from crscale.evaluate.api import EvaluationReport, evaluate
-from crscale.evaluate.metrics import PixelMetrics, pixel_metrics, precision_at_tpr, roc_curve, tpr_at_fpr
+from crscale.injection.metrics import PixelMetrics, pixel_metrics, precision_at_tpr, roc_curve, tpr_at_fpr
 
 __all__ = [
     "EvaluationReport",

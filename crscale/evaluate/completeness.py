@@ -8,7 +8,7 @@ are painted into the frame with its own CRs removed (the archive's inpainted ``c
 the frame's noise added back where it was inpainted), at
 :attr:`CompletenessSettings.density` CRs per pixel or as many as the frame's own mask holds
 (whichever is more, so the painted CRs meet the crowding of the real ones), with
-:func:`crscale.train.inject.inject_crs`; the image is detected again with the model and
+:func:`crscale.injection.inject.inject_crs`; the image is detected again with the model and
 threshold that made the archive's mask, and catalogued with the detector's defect map exactly
 as the catalogue stage does (the clean frame itself too, once, for what it holds without
 the painted CRs). Counting footprints centred on the usable area (not bad, not a defect):
@@ -44,6 +44,7 @@ from scipy import ndimage
 from crscale import config
 from crscale.catalog.defects import DefectSettings
 from crscale.catalog.labels import STRUCTURE
+from crscale.errors import SettingsError
 from crscale.io.archive import Archive
 from crscale.io.catalogue_schema import EV_PER_ELECTRON
 from crscale.io.defect_store import read_defect_attrs, update_defect_attrs
@@ -59,33 +60,34 @@ CHARGE_EDGES = np.logspace(1.0, 6.0, 21)
 class CompletenessSettings:
     """Settings under ``crscale.completeness``."""
 
-    enabled: bool = True
-    frames: int = 3
-    passes: int = 1
-    density: float = 5e-4
-    cutout: int = 384
-    min_injected: int = 50
+    # Defaults: crscale.yaml's completeness section, the one place they are written.
+    enabled: bool = config.shipped("completeness.enabled")
+    frames: int = config.shipped("completeness.frames")
+    passes: int = config.shipped("completeness.passes")
+    density: float = config.shipped("completeness.density")
+    cutout: int = config.shipped("completeness.cutout")
+    min_injected: int = config.shipped("completeness.min_injected")
 
     def __post_init__(self) -> None:
         if (self.frames < 1 or self.passes < 1 or self.cutout < 32 or not 0 < self.density < 0.05
                 or self.min_injected < 1):
-            raise ValueError(
+            raise SettingsError(
                 "completeness: frames, passes >= 1, cutout >= 32, 0 < density < 0.05, min_injected >= 1"
             )
 
     @classmethod
     def from_config(cls) -> CompletenessSettings:
         """The settings under ``crscale.completeness`` (defaults where not set)."""
-        given = dict(config.get("completeness", {}) or {})
+        given = dict(config.get("completeness") or {})
         unknown = sorted(set(given) - set(cls.__dataclass_fields__))
         if unknown:
-            raise ValueError(f"crscale.completeness: unknown setting(s) {', '.join(unknown)}")
+            raise SettingsError(f"crscale.completeness: unknown setting(s) {', '.join(unknown)}")
         return cls(**given)
 
 
 def _footprint_pixels(res: Any, library: Any, j: int, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
     """Image pixels (ys, xs) and values of injected footprint ``j``."""
-    from crscale.train.inject import orient
+    from crscale.injection.inject import orient
 
     fp = library[int(res.indices[j])]
     k, fr, fc = int(res.rotations[j]), bool(res.flips[j, 0]), bool(res.flips[j, 1])
@@ -163,8 +165,8 @@ def measure_frame(
     """
     from crscale.detection import detect, get_predictor
     from crscale.detection.badpix import bad_pixel_mask
-    from crscale.train.footprints import load_itl_footprints
-    from crscale.train.inject import inject_crs
+    from crscale.injection.footprints import load_itl_footprints
+    from crscale.injection.inject import inject_crs
 
     library = library or load_itl_footprints()
     image = np.asarray(image, dtype=np.float32)

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from crscale.detection.badpix import bad_pixel_mask
+from crscale.errors import SettingsError
 from crscale.io.dq import DQConvention, match_convention
 from crscale.io.errors import InputError
 from crscale.io.fits_reader import DetectorData, read_exposure
-from crscale.train.config import FITS_SUFFIXES
+from crscale.io.inputs import FITS_SUFFIXES
 
 #: Default mean number of injected CRs per pixel (0.35 % of the pixels for the ITL footprints).
 EVAL_CR_RATE = 5.0e-4
@@ -329,9 +330,10 @@ def injected_set(
     log : callable
         Receives messages about darks left out.
     """
-    from crscale.train.dataset import load_source_images
-    from crscale.train.footprints import footprints_from_dark_file, load_itl_footprints
-    from crscale.train.inject import inject_crs
+    from crscale.injection.darks import footprints_from_dark_file
+    from crscale.injection.footprints import load_itl_footprints
+    from crscale.injection.inject import inject_crs
+    from crscale.injection.sources import load_source_images
 
     libs = [load_itl_footprints()] if use_itl else []
     for dark in fits_files(list(darks)):
@@ -347,7 +349,7 @@ def injected_set(
         else:
             log(f"skipping dark frame {dark}: no pixel above {dark_nsigma} sigma")
     if not libs:
-        raise ValueError("no CR footprints to inject: use the ITL footprints or give readable dark frames")
+        raise SettingsError("no CR footprints to inject: use the ITL footprints or give readable dark frames")
     files, dq_paths = image_files(images)
     sources = load_source_images(files, own_crs, skipped=skipped, dq_paths=dq_paths)
     rng = np.random.default_rng(seed)

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from crscale.evaluate.dataset import EvalImage
 from crscale.evaluate.methods import Method
-from crscale.evaluate.metrics import FIGURE_KEYS, confusion, roc_curve, score_summary, sweep_summary
+from crscale.injection.metrics import FIGURE_KEYS, confusion, roc_curve, score_summary, sweep_summary
 
 _KERNEL = np.ones((3, 3), bool)
 

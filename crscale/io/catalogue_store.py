@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from crscale.errors import OutputExistsError, SettingsError
 from crscale.io import storage
 from crscale.io.catalogue_schema import CR_SCHEMA, EXPOSURE_SCHEMA
 from crscale.io.errors import ArchiveError
@@ -41,7 +42,14 @@ _WRITE_OPTIONS: dict[str, Any] = {
     "use_dictionary": ["exposure", "detector", "morphology", "instrument", "telescope", "profile", "kind"],
     "write_statistics": True,
     "row_group_size": 1 << 20,
+    # A CRC per data page, checked on every read (PARQUET_FORMAT): without it a flipped byte in
+    # a page decodes to wrong values silently.
+    "write_page_checksum": True,
 }
+#: How the catalogue's files are read: every page's CRC verified.
+PARQUET_FORMAT = pads.ParquetFileFormat(
+    default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True)
+)
 
 
 def _loc(path: str | os.PathLike) -> Any:
@@ -57,7 +65,7 @@ def catalogue_dir(archive: str | os.PathLike) -> Path:
 def table_dir(archive: str | os.PathLike, table: str) -> Path:
     """Folder of one table (``"crs"`` or ``"exposures"``)."""
     if table not in TABLES:
-        raise ValueError(f"unknown catalogue table {table!r}; one of {', '.join(TABLES)}")
+        raise SettingsError(f"unknown catalogue table {table!r}; one of {', '.join(TABLES)}")
     return catalogue_dir(archive) / table
 
 
@@ -183,7 +191,7 @@ def _read_arrow(
     """Rows of these files; a damaged file is an ArchiveError that names it and the way out."""
     try:
         fs, paths = storage.arrow_filesystem(files)
-        return pads.dataset(paths, schema=TABLES[table], format="parquet", filesystem=fs).to_table(
+        return pads.dataset(paths, schema=TABLES[table], format=PARQUET_FORMAT, filesystem=fs).to_table(
             columns=columns, filter=filter
         )
     except (pa.ArrowInvalid, OSError) as exc:
@@ -391,9 +399,9 @@ def export_table(
     suffix = out.suffix.lower()
     formats = {".fits": "fits", ".fit": "fits", ".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".parquet": None}
     if suffix not in formats:
-        raise ValueError(f"{out}: unknown export format {suffix!r}; use one of {', '.join(formats)}")
+        raise SettingsError(f"{out}: unknown export format {suffix!r}; use one of {', '.join(formats)}")
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists (pass overwrite=True / --overwrite to replace it)")
+        raise OutputExistsError(f"{out} exists (pass overwrite=True / --overwrite to replace it)")
     files = _files(archive, table, exposures)
     arrow = _read_arrow(files, table)
     if formats[suffix] is None:

@@ -18,12 +18,13 @@ and attributes (``state`` written last): ``instrument``, ``detector``, ``binning
 from __future__ import annotations
 
 import re
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from crscale.io import integrity
 from crscale.io.archive import Archive, _json_safe, utcnow
 
 #: Group of the defect maps.
@@ -47,17 +48,17 @@ def _group(arch: Archive, key: str, create: bool = False) -> zarr.Group | None:
             arch.root.create_group(DEFECTS_GROUP)
         except zarr.errors.ContainsGroupError:
             pass
-    parent = cast(zarr.Group, arch.root[DEFECTS_GROUP])
+    parent = arch.root[DEFECTS_GROUP]
     if key not in parent:
         return parent.create_group(key) if create else None
-    return cast(zarr.Group, parent[key])
+    return parent[key]
 
 
 def defect_keys(arch: Archive) -> list[str]:
     """Keys with a defect group (finished or not), sorted (any store: local or object storage)."""
     if DEFECTS_GROUP not in arch.root:
         return []
-    return sorted(cast(zarr.Group, arch.root[DEFECTS_GROUP]).group_keys())
+    return sorted(arch.root[DEFECTS_GROUP].group_keys())
 
 
 def read_defect_attrs(arch: Archive, key: str) -> dict[str, Any] | None:
@@ -74,7 +75,8 @@ def read_array(arch: Archive, key: str, name: str) -> np.ndarray | None:
     group = _group(arch, key)
     if group is None or name not in set(group.array_keys()):
         return None
-    return np.asarray(cast(zarr.Array, group[name])[...])
+    # An absent or corrupt chunk is refused, named (reading it would give zeros: "no defect").
+    return np.asarray(integrity.checked(group, name, f"{arch.path}/{DEFECTS_GROUP}/{key}")[...])
 
 
 def codes_path(archive_path: str, key: str) -> str:
@@ -85,19 +87,19 @@ def codes_path(archive_path: str, key: str) -> str:
 def _write(group: zarr.Group, name: str, data: np.ndarray) -> None:
     chunks = tuple(max(1, min(_CHUNK, s)) for s in data.shape)
     if name in set(group.array_keys()):
-        arr = cast(zarr.Array, group[name])
-        if tuple(arr.shape) == data.shape and arr.dtype == data.dtype:
-            arr[...] = data
+        arr = group[name]
+        if tuple(arr.shape) == data.shape and arr.dtype == data.dtype and integrity.is_recorded(arr):
+            integrity.for_writing(arr)[...] = data
             return
-        del group[name]
+        del group[name]  # a map of another shape, or one written before it had an integrity record
     arr = group.create_array(
         name,
         shape=data.shape,
         dtype=data.dtype,
         chunks=chunks,
-        compressors=[BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")],
         fill_value=0,
         dimension_names=["y", "x"],
+        **integrity.array_options([BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]),
     )
     arr[...] = data
 
@@ -114,7 +116,6 @@ def write_defect_map(
     map for a finished one.
     """
     group = _group(arch, key, create=True)
-    assert group is not None  # created
     old = dict(group.attrs)
     group.attrs.put(_json_safe({**old, "state": "writing"}))
     for name, data in arrays.items():

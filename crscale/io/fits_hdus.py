@@ -18,6 +18,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
+from crscale.io import storage
 from crscale.io.errors import InputError
 
 _CHECKSUM_NOTE = "crscale write-fits"
@@ -48,7 +49,13 @@ def commit_hdul(hdul: fits.HDUList, target: Path) -> int:
 
 
 def open_fits(path: str, **kwargs: Any) -> fits.HDUList:
-    """Open a source without memory mapping, every header parsed with astropy's card warnings muted."""
+    """Open a source without memory mapping, every header parsed with astropy's card warnings muted.
+
+    A source on object storage (an fsspec URL) is read through astropy's fsspec support, with the
+    store's options (see :mod:`crscale.io.storage`).
+    """
+    if storage.is_url(path):
+        kwargs = {"use_fsspec": True, "fsspec_kwargs": storage.storage_options(path), **kwargs}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyUserWarning)
         hdul = fits.open(path, memmap=False, **kwargs)

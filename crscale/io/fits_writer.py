@@ -30,7 +30,8 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 from crscale._version import __version__
-from crscale.io import integrity
+from crscale.errors import SettingsError
+from crscale.io import integrity, storage
 from crscale.io.archive import Archive
 from crscale.io.dq import DQConvention, convention_for
 from crscale.io.errors import ArchiveError, InputError
@@ -73,9 +74,9 @@ class WriteOptions:
 
     def __post_init__(self) -> None:
         if self.pixels not in PIXELS:
-            raise ValueError(f"pixels must be one of {PIXELS}, not {self.pixels!r}")
+            raise SettingsError(f"pixels must be one of {PIXELS}, not {self.pixels!r}")
         if self.flags not in FLAGS:
-            raise ValueError(f"flags must be one of {FLAGS}, not {self.flags!r}")
+            raise SettingsError(f"flags must be one of {FLAGS}, not {self.flags!r}")
 
 
 @dataclass
@@ -310,7 +311,7 @@ def write_companion(dq_path: str, target: Path, parts: dict[int, Any], key: str)
 def check_source(exposure_id: str, source: dict[str, Any]) -> None:
     """Raise InputError unless the ingested source file (and DQ companion) is there, unchanged."""
     path = source.get("path")
-    if not path or not os.path.exists(path):
+    if not path or storage.input_info(path) is None:
         raise InputError(
             str(path), f"source file of exposure {exposure_id!r} is gone; write-fits copies its HDUs "
             "and headers, so restore the file at this path (or re-ingest it from its new place)",
@@ -320,7 +321,7 @@ def check_source(exposure_id: str, source: dict[str, Any]) -> None:
         raise InputError(path, f"source file of exposure {exposure_id!r} changed since it was ingested "
                          "(SHA-256 differs); re-ingest it with --force", kind="changed")
     dq = source.get("dq_path")
-    if dq and not os.path.exists(dq):
+    if dq and storage.input_info(dq) is None:
         raise InputError(dq, f"DQ companion of exposure {exposure_id!r} is gone", kind="missing")
 
 

@@ -18,6 +18,8 @@ from crscale import config
 from crscale.io import storage
 
 MANIFEST_SUFFIXES = (".txt", ".lst", ".list", ".manifest")
+#: Name endings of the FITS files that training and evaluation take from directories.
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz", ".fz")
 _GLOB_CHARS = set("*?[")
 
 

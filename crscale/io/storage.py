@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from crscale import config
+from crscale.errors import MissingDependencyError
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 #: Name of the metadata object that makes a folder a Zarr group or array.
@@ -55,9 +56,11 @@ def storage_options(path: str | os.PathLike[str] | RemotePath) -> dict[str, Any]
     protocol = protocol_of(path)
     if protocol is None:
         return {}
-    options = config.get(f"storage.{protocol}") or {}
+    # Any fsspec protocol may be configured; the yaml lists only the usual ones.
+    section = config.get("storage") or {}
+    options = section.get(protocol) or {}
     if protocol in ("http", "https") and not options:
-        options = config.get("storage.https" if protocol == "http" else "storage.http") or {}
+        options = section.get("https" if protocol == "http" else "http") or {}
     options = dict(options)
     if protocol in _LISTING_CACHED:
         # Workers write the archive from other processes: a cached listing would hide them.
@@ -77,7 +80,7 @@ def filesystem(url: str) -> tuple[Any, str]:
     try:
         fs, path = fsspec.core.url_to_fs(url, **storage_options(url))
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependencyError(
             f"{url}: reading {protocol_of(url)}:// URLs needs its fsspec filesystem "
             f"(pip install 'crscale[s3]'): {exc}"
         ) from exc

@@ -34,6 +34,7 @@ from typing import Any, cast
 
 import torch
 
+from crscale.errors import MissingDependencyError
 from crscale.io.errors import InputError
 from crscale.models.card import ModelCard
 from crscale.models.unet import UNet, UNetConfig, count_parameters
@@ -64,13 +65,13 @@ def _models_dir() -> Path:
     try:
         dist = metadata.distribution(_DISTRIBUTION)
     except metadata.PackageNotFoundError:
-        raise ImportError(
+        raise MissingDependencyError(
             f"deepCR models need the pip package 'deepcr' (BSD-3-Clause), which is not installed: "
             f"{_INSTALL_HINT}"
         ) from None
     root = Path(str(dist.locate_file("learned_models")))
     if not (root / "mask").is_dir():
-        raise ImportError(
+        raise MissingDependencyError(
             f"the installed deepcr {dist.version} has no learned_models/mask folder at {root}; "
             f"reinstall it: {_INSTALL_HINT}"
         )

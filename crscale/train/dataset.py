@@ -7,102 +7,19 @@ images get real CR footprints injected, with their exact truth.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
-from scipy import ndimage
 
-from crscale.detection.badpix import bad_pixel_mask
-from crscale.detection.stats import robust_sky_noise
-from crscale.io.errors import InputError
-from crscale.io.fits_reader import read_exposure, sha256_file
+from crscale.errors import InputError, SettingsError
+from crscale.injection.darks import footprints_from_dark_file
+from crscale.injection.footprints import CRLibrary, load_itl_footprints
+from crscale.injection.inject import inject_crs
+from crscale.injection.sources import SourceImage, load_source_images
 from crscale.train.config import TrainConfig
-from crscale.train.footprints import CRLibrary, footprints_from_dark_file, load_itl_footprints
-from crscale.train.inject import inject_crs
 
 STORE_VERSION = 1
-
-
-@dataclass
-class SourceImage:
-    """One detector image of a training or validation file, in electrons."""
-
-    name: str
-    path: str
-    sha256: str
-    image_e: np.ndarray
-    bad: np.ndarray
-    own_cr: np.ndarray
-    sky_e: float
-    noise_e: float
-    readnoise_e: float
-    gain: float
-
-
-def _own_crs(image_e: np.ndarray, bad: np.ndarray, readnoise_e: float) -> tuple[np.ndarray, np.ndarray]:
-    """The image's own CRs (astroscrappy, conservative) dilated 1 px, and the image with them cleaned."""
-    import astroscrappy
-
-    # Bad pixels become the median so astroscrappy's Laplacian does not ring around them.
-    work = np.where(bad, np.nanmedian(image_e[~bad]) if (~bad).any() else 0.0, image_e).astype(np.float32)
-    crmask, clean = astroscrappy.detect_cosmics(
-        work,
-        inmask=bad,
-        gain=1.0,
-        readnoise=max(readnoise_e, 1.0),
-        sigclip=4.5,
-        sigfrac=0.3,
-        objlim=5.0,
-        satlevel=np.inf,
-        niter=4,
-        cleantype="medmask",
-    )
-    crmask = ndimage.binary_dilation(crmask, np.ones((3, 3), bool)) & ~bad
-    return crmask, np.where(crmask, clean, image_e).astype(np.float32)
-
-
-def load_source_images(
-    paths: list[Path],
-    own_crs: str = "astroscrappy",
-    min_size: int = 0,
-    skipped: list[dict] | None = None,
-    dq_paths: dict[str, str] | None = None,
-) -> list[SourceImage]:
-    """Read FITS files into per-detector images in electrons, with bad pixels and own CRs found.
-
-    A file that cannot be read (corrupt, truncated, no 2-D image, ...) is left out and
-    appended to ``skipped`` as ``{"path", "problem"}``; the others are still used.
-    ``dq_paths`` maps an image path to its data-quality companion file.
-    """
-    out: list[SourceImage] = []
-    for path in paths:
-        try:
-            exp = read_exposure(path, dq_path=(dq_paths or {}).get(str(path)))
-        except InputError as exc:
-            if skipped is None:
-                raise
-            skipped.append({"path": str(path), "problem": exc.problem})
-            continue
-        digest = sha256_file(path)
-        for det in exp.detectors:
-            if min(det.image.shape) < min_size:
-                continue
-            gain = float(det.meta.gain or 1.0)
-            rn = float(det.meta.readnoise or 5.0)
-            bad = bad_pixel_mask(det.image, det.dq, det.meta.saturation)
-            img = np.where(bad, 0.0, det.image.astype(np.float64) * gain).astype(np.float32)
-            # A derived frame can say that it is too short to hold CRs of its own
-            # (crscale.train.frames): then its real structure stays in the loss and the figures.
-            if own_crs == "astroscrappy" and str(det.header.get("CRSOWNCR", "")).lower() != "none":
-                own, img = _own_crs(img, bad, rn)
-            else:
-                own = np.zeros_like(bad)
-            sky, noise = robust_sky_noise(img, bad | own)
-            name = exp.exposure_id if len(exp.detectors) == 1 else f"{exp.exposure_id}/{det.name}"
-            out.append(SourceImage(name, str(path), digest, img, bad, own, sky, noise, rn, gain))
-    return out
 
 
 def cr_libraries(config: TrainConfig, *, log=print) -> list[CRLibrary]:
@@ -124,7 +41,7 @@ def cr_libraries(config: TrainConfig, *, log=print) -> list[CRLibrary]:
             continue
         libs.append(lib)
     if not libs:
-        raise ValueError("no CR footprints: set use_itl: true or give readable dark frames")
+        raise SettingsError("no CR footprints: set use_itl: true or give readable dark frames")
     return libs
 
 
@@ -142,9 +59,9 @@ def build_store(config: TrainConfig, path: str | Path, *, log=print) -> zarr.Gro
     val_paths = config.expand(config.val_images)
     overlap = {p.resolve() for p in train_paths} & {p.resolve() for p in val_paths}
     if overlap:
-        raise ValueError(f"images in both train_images and val_images: {sorted(map(str, overlap))}")
+        raise SettingsError(f"images in both train_images and val_images: {sorted(map(str, overlap))}")
     if not train_paths:
-        raise ValueError("train_images names no FITS file")
+        raise SettingsError("train_images names no FITS file")
     log(f"reading {len(train_paths)} training and {len(val_paths)} validation file(s)")
     skipped: list[dict] = []
     train = load_source_images(train_paths, config.own_crs, min_size=config.patch, skipped=skipped)
@@ -152,7 +69,7 @@ def build_store(config: TrainConfig, path: str | Path, *, log=print) -> zarr.Gro
     for s in skipped:
         log(f"skipping {s['path']}: {s['problem']}")
     if not train:
-        raise ValueError(f"no training image is at least {config.patch} px on a side")
+        raise SettingsError(f"no training image is at least {config.patch} px on a side")
 
     P, S = config.patch, config.patch_stride
     patches: list[np.ndarray]

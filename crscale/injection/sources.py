@@ -1,0 +1,99 @@
+"""Real images read for injection: per-detector images in electrons, with bad pixels and own CRs.
+
+Training (:mod:`crscale.train.dataset`) and evaluation (:func:`crscale.evaluate.dataset.injected_set`)
+both paint real CR footprints into these; the images' own CRs, found here, are left out of the
+truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from crscale.detection.badpix import bad_pixel_mask
+from crscale.detection.stats import robust_sky_noise
+from crscale.errors import InputError
+from crscale.io.fits_reader import read_exposure, sha256_file
+
+
+@dataclass
+class SourceImage:
+    """One detector image of a training or validation file, in electrons."""
+
+    name: str
+    path: str
+    sha256: str
+    image_e: np.ndarray
+    bad: np.ndarray
+    own_cr: np.ndarray
+    sky_e: float
+    noise_e: float
+    readnoise_e: float
+    gain: float
+
+
+def _own_crs(image_e: np.ndarray, bad: np.ndarray, readnoise_e: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image's own CRs (astroscrappy, conservative) dilated 1 px, and the image with them cleaned."""
+    import astroscrappy
+
+    # Bad pixels become the median so astroscrappy's Laplacian does not ring around them.
+    work = np.where(bad, np.nanmedian(image_e[~bad]) if (~bad).any() else 0.0, image_e).astype(np.float32)
+    crmask, clean = astroscrappy.detect_cosmics(
+        work,
+        inmask=bad,
+        gain=1.0,
+        readnoise=max(readnoise_e, 1.0),
+        sigclip=4.5,
+        sigfrac=0.3,
+        objlim=5.0,
+        satlevel=np.inf,
+        niter=4,
+        cleantype="medmask",
+    )
+    crmask = ndimage.binary_dilation(crmask, np.ones((3, 3), bool)) & ~bad
+    return crmask, np.where(crmask, clean, image_e).astype(np.float32)
+
+
+def load_source_images(
+    paths: list[Path],
+    own_crs: str = "astroscrappy",
+    min_size: int = 0,
+    skipped: list[dict] | None = None,
+    dq_paths: dict[str, str] | None = None,
+) -> list[SourceImage]:
+    """Read FITS files into per-detector images in electrons, with bad pixels and own CRs found.
+
+    A file that cannot be read (corrupt, truncated, no 2-D image, ...) is left out and
+    appended to ``skipped`` as ``{"path", "problem"}``; the others are still used.
+    ``dq_paths`` maps an image path to its data-quality companion file.
+    """
+    out: list[SourceImage] = []
+    for path in paths:
+        try:
+            exp = read_exposure(path, dq_path=(dq_paths or {}).get(str(path)))
+        except InputError as exc:
+            if skipped is None:
+                raise
+            skipped.append({"path": str(path), "problem": exc.problem})
+            continue
+        digest = sha256_file(path)
+        for det in exp.detectors:
+            if min(det.image.shape) < min_size:
+                continue
+            gain = float(det.meta.gain or 1.0)
+            rn = float(det.meta.readnoise or 5.0)
+            bad = bad_pixel_mask(det.image, det.dq, det.meta.saturation)
+            img = np.where(bad, 0.0, det.image.astype(np.float64) * gain).astype(np.float32)
+            # A derived frame can say that it is too short to hold CRs of its own
+            # (crscale.train.frames): then its real structure stays in the loss and the figures.
+            if own_crs == "astroscrappy" and str(det.header.get("CRSOWNCR", "")).lower() != "none":
+                own, img = _own_crs(img, bad, rn)
+            else:
+                own = np.zeros_like(bad)
+            sky, noise = robust_sky_noise(img, bad | own)
+            name = exp.exposure_id if len(exp.detectors) == 1 else f"{exp.exposure_id}/{det.name}"
+            out.append(SourceImage(name, str(path), digest, img, bad, own, sky, noise, rn, gain))
+    return out
