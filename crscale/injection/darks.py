@@ -126,7 +126,7 @@ def footprints_from_dark(
         peaks[1:] = ndimage.maximum(excess, labels, np.arange(1, n + 1))
         keep &= peaks > peak_nsigma * sigma
 
-    footprints = []
+    footprints: list[CRFootprint] = []
     for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None or not keep[lab]:
             continue
@@ -206,6 +206,7 @@ def footprints_from_dark_file(
             **kwargs,
         )
         footprints.extend(lib.footprints)
+        assert lib.noise_e is not None  # footprints_from_dark measures it
         noise[det.name] = float(lib.noise_e)
         area += lib.area_pix or 0
         exptime = exptime or det.meta.darktime or det.meta.exptime

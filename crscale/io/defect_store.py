@@ -18,7 +18,7 @@ and attributes (``state`` written last): ``instrument``, ``detector``, ``binning
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -48,17 +48,17 @@ def _group(arch: Archive, key: str, create: bool = False) -> zarr.Group | None:
             arch.root.create_group(DEFECTS_GROUP)
         except zarr.errors.ContainsGroupError:
             pass
-    parent = arch.root[DEFECTS_GROUP]
+    parent = cast(zarr.Group, arch.root[DEFECTS_GROUP])
     if key not in parent:
         return parent.create_group(key) if create else None
-    return parent[key]
+    return cast(zarr.Group, parent[key])
 
 
 def defect_keys(arch: Archive) -> list[str]:
     """Keys with a defect group (finished or not), sorted (any store: local or object storage)."""
     if DEFECTS_GROUP not in arch.root:
         return []
-    return sorted(arch.root[DEFECTS_GROUP].group_keys())
+    return sorted(cast(zarr.Group, arch.root[DEFECTS_GROUP]).group_keys())
 
 
 def read_defect_attrs(arch: Archive, key: str) -> dict[str, Any] | None:
@@ -87,7 +87,7 @@ def codes_path(archive_path: str, key: str) -> str:
 def _write(group: zarr.Group, name: str, data: np.ndarray) -> None:
     chunks = tuple(max(1, min(_CHUNK, s)) for s in data.shape)
     if name in set(group.array_keys()):
-        arr = group[name]
+        arr = cast(zarr.Array, group[name])
         if tuple(arr.shape) == data.shape and arr.dtype == data.dtype and integrity.is_recorded(arr):
             integrity.for_writing(arr)[...] = data
             return
@@ -116,6 +116,7 @@ def write_defect_map(
     map for a finished one.
     """
     group = _group(arch, key, create=True)
+    assert group is not None  # created
     old = dict(group.attrs)
     group.attrs.put(_json_safe({**old, "state": "writing"}))
     for name, data in arrays.items():
