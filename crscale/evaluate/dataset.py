@@ -26,7 +26,7 @@ from crscale.detection.badpix import bad_pixel_mask
 from crscale.io.dq import DQConvention, match_convention
 from crscale.io.errors import InputError
 from crscale.io.fits_reader import DetectorData, read_exposure
-from crscale.io.inputs import FITS_SUFFIXES
+from crscale.io.inputs import fits_files, fits_stem
 
 #: Default mean number of injected CRs per pixel (0.35 % of the pixels for the ITL footprints).
 EVAL_CR_RATE = 5.0e-4
@@ -95,25 +95,8 @@ class EvalImage:
 
 
 def _stem(path: Path) -> str:
-    name = path.name
-    for suf in sorted(FITS_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return path.stem
-
-
-def fits_files(entries: list[str | Path]) -> list[Path]:
-    """FITS files named by files and directories (searched recursively, sorted)."""
-    out: list[Path] = []
-    for e in entries:
-        p = Path(e)
-        if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.is_file() and q.name.lower().endswith(FITS_SUFFIXES))
-        elif p.exists():
-            out.append(p)
-        else:
-            raise InputError(p, "no such file or directory", kind="missing")
-    return out
+    stem = fits_stem(path.name)
+    return path.stem if stem == path.name else stem
 
 
 def image_files(images: list[str | Path]) -> tuple[list[Path], dict[str, str]]:
