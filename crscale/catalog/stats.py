@@ -32,6 +32,7 @@ from crscale.catalog.defects import KINDS
 from crscale.io import storage
 from crscale.io.catalogue_schema import CLASSES
 from crscale.io.catalogue_store import rates_dataset, read_table_dask
+from crscale.io.json_values import json_safe
 from crscale.io.storage import is_url
 
 #: Quantities of the CR table that are histogrammed, with their units.
@@ -164,7 +165,7 @@ class Histogram:
             "n_nonpositive": self.n_nonpositive,
             "n_below": self.n_below,
             "n_above": self.n_above,
-            "median": _json_float(self.median),
+            "median": json_safe(float(self.median)),
         }
 
 
@@ -208,8 +209,8 @@ class InstrumentStats:
         """JSON-safe form."""
         out: dict[str, Any] = {}
         for name in self.__dataclass_fields__:
-            out[name] = _json_value(getattr(self, name))
-        out["class_fractions"] = _json_value(self.class_fractions)
+            out[name] = json_safe(getattr(self, name))
+        out["class_fractions"] = json_safe(self.class_fractions)
         out["guessed"] = self.guessed
         return out
 
@@ -248,11 +249,11 @@ class CatalogueStats:
             "exposures": self.exposures,
             "n_cr": self.n_cr,
             "class_counts": dict(self.class_counts),
-            "class_fractions": _json_value(self.class_fractions),
+            "class_fractions": json_safe(self.class_fractions),
             "n_unclassified": self.n_unclassified,
             "artefacts": dict(self.artefacts),
             "energy_incomplete_below_ev": self.energy_incomplete_below_ev,
-            "medians": _json_value(self.medians),
+            "medians": json_safe(self.medians),
             "total": self.total.to_dict(),
             "instruments": {k: v.to_dict() for k, v in self.instruments.items()},
             "histograms": {q: {g: h.to_dict() for g, h in by.items()} for q, by in self.histograms.items()},
@@ -309,24 +310,6 @@ def _table_row(s: InstrumentStats, name: str | None = None) -> list[str]:
     label = (name or s.instrument) + ("*" if s.guessed else "")
     return [label, str(s.n_exposures), str(s.n_detectors), str(s.n_cr), str(s.n_defects),
             str(s.n_unverified), rate, corrected, *fractions]
-
-
-def _json_float(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def _json_value(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _json_value(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, np.ndarray)):
-        return [_json_value(x) for x in v]
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return _json_float(float(v))
-    return v
 
 
 # ---------------------------------------------------------------------------------------------

@@ -285,7 +285,7 @@ def update_card(model: str, metrics: dict, name: str, run: dict) -> Path:
             if other != name
         },
     }
-    from crscale.evaluate.report import json_safe
+    from crscale.io.json_values import json_safe
 
     card.evaluation = json_safe(card.evaluation)
     card.write(path)
