@@ -202,7 +202,7 @@ def evaluate(
             "footprints": footprints if mode == "injected" else "",
             "dark_nsigma": dark_nsigma if mode == "injected" and darks else None,
         },
-        "images": [im.describe() for im in data],
+        "images": [im.provenance() for im in data],
         "skipped": skipped + missing + result.skipped,
         "settings": {
             "models": list(models),
@@ -245,7 +245,7 @@ def evaluate(
 
 def card_path(model: str) -> Path:
     """The JSON model card of a crscale model given by shipped name, ``"default"`` or path."""
-    from crscale.io.errors import InputError
+    from crscale.errors import InputError
     from crscale.models.store import weights_file
 
     card = weights_file(model).with_suffix(".json")

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from crscale.detection.badpix import bad_pixel_mask
+from crscale.errors import InputError
 from crscale.io.dq import DQConvention, match_convention
-from crscale.io.errors import InputError
 from crscale.io.fits_reader import DetectorData, read_exposure
 from crscale.io.inputs import fits_files, fits_stem
 
@@ -79,7 +79,7 @@ class EvalImage:
         """Pixels that count."""
         return int(self.valid.sum())
 
-    def describe(self) -> dict:
+    def provenance(self) -> dict:
         """Provenance for the report."""
         return {
             "name": self.name,

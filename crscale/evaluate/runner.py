@@ -77,7 +77,7 @@ def evaluate_methods(
     """
     from tqdm.auto import tqdm
 
-    from crscale.io.errors import describe
+    from crscale.errors import error_text
 
     result = EvaluationResult()
     truths = [ndimage.binary_dilation(im.truth, _KERNEL) if dilate else im.truth for im in images]
@@ -92,7 +92,7 @@ def evaluate_methods(
             try:
                 out = method.run(im)
             except Exception as exc:  # noqa: BLE001 - any failure of a third-party method is reported
-                failed = f"failed on {im.name} ({im.path}): {describe(exc)}"
+                failed = f"failed on {im.name} ({im.path}): {error_text(exc)}"
                 break
             t = truth[im.valid]
             if method.kind == "score":

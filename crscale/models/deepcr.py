@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from crscale.io.errors import InputError
+from crscale.errors import InputError
 from crscale.models.card import ModelCard
 from crscale.models.unet import UNet, UNetConfig, count_parameters
 

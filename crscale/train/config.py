@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from crscale.io.errors import InputError
+from crscale.errors import InputError
 from crscale.io.inputs import fits_files
 
 

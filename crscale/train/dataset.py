@@ -140,10 +140,10 @@ def build_store(config: TrainConfig, path: str | Path, *, log=print) -> zarr.Gro
             "crscale_patch_store": STORE_VERSION,
             "patch": P,
             "train_sources": [
-                {**_describe(im), "own_cr_pixels": int(im.own_cr.sum()), "patches": int(c)}
+                {**_provenance(im), "own_cr_pixels": int(im.own_cr.sum()), "patches": int(c)}
                 for im, c in zip(train, counts, strict=True)
             ],
-            "val_sources": [_describe(im) for im in val],
+            "val_sources": [_provenance(im) for im in val],
             "skipped_sources": skipped,
             "config_key": config_key(config),
         }
@@ -155,7 +155,7 @@ def build_store(config: TrainConfig, path: str | Path, *, log=print) -> zarr.Gro
     return root
 
 
-def _describe(im: SourceImage) -> dict:
+def _provenance(im: SourceImage) -> dict:
     """Provenance of a source image for the store's attrs and the model card."""
     return {
         "name": im.name,
