@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crscale._logging import Reporter, reporter
 from crscale.evaluate.dataset import (
     EVAL_CR_RATE,
     image_files,
@@ -24,6 +26,8 @@ from crscale.evaluate.methods import (
     crscale_method,
 )
 from crscale.evaluate.runner import evaluate_methods, frame_targets, targets
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,7 +79,7 @@ def evaluate(
     progress: bool = True,
     update_cards: bool = False,
     command: str = "",
-    log=print,
+    log: Reporter | None = None,
 ) -> EvaluationReport:
     """Evaluate crscale models and baselines on labelled real images.
 
@@ -121,13 +125,15 @@ def evaluate(
         Shipped models' cards are left alone.
     command : str
         The command line, recorded in ``run.json`` and the report.
-    log : callable
-        Receives the messages (skipped files and methods, the summary line).
+    log : callable, optional
+        Receives the messages (skipped files and methods, the summary line); by default they
+        are logged at INFO on ``crscale.evaluate.api`` (the CLI prints them).
 
     Returns
     -------
     EvaluationReport
     """
+    log = reporter(logger, log)
     if cr_rate <= 0 or repeats < 1:
         raise ValueError(f"--cr-rate must be > 0 and --repeats >= 1, not {cr_rate:g} and {repeats}")
     if not sigclips or min(sigclips) <= 0:

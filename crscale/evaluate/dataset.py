@@ -17,16 +17,20 @@ used.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from crscale._logging import Reporter, reporter
 from crscale.detection.badpix import bad_pixel_mask
 from crscale.errors import InputError
 from crscale.io.dq import DQConvention, match_convention
 from crscale.io.fits_reader import DetectorData, read_exposure
 from crscale.io.inputs import fits_files, fits_stem
+
+logger = logging.getLogger(__name__)
 
 #: Default mean number of injected CRs per pixel (0.35 % of the pixels for the ITL footprints).
 EVAL_CR_RATE = 5.0e-4
@@ -283,7 +287,7 @@ def injected_set(
     own_crs: str = "astroscrappy",
     dark_nsigma: float = 3.0,
     skipped: list[dict] | None = None,
-    log=print,
+    log: Reporter | None = None,
 ) -> list[EvalImage]:
     """Real images with real CR footprints injected at known places (the truth).
 
@@ -308,9 +312,10 @@ def injected_set(
         Threshold of the dark frames' CR pixels, in σ above the median.
     skipped : list, optional
         Unreadable images and darks are appended as ``{"path", "problem"}``; without it they raise.
-    log : callable
-        Receives messages about darks left out.
+    log : callable, optional
+        Receives messages about darks left out; by default they are logged at INFO.
     """
+    log = reporter(logger, log)
     from crscale.injection.darks import footprints_from_dark_file
     from crscale.injection.footprints import load_itl_footprints
     from crscale.injection.inject import inject_crs

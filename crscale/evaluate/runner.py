@@ -9,15 +9,19 @@ threshold) unless the method was trained on dilated masks.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
+from crscale._logging import Reporter, reporter
 from crscale.evaluate.dataset import EvalImage
 from crscale.evaluate.methods import Method
 from crscale.injection.metrics import FIGURE_KEYS, confusion, roc_curve, score_summary, sweep_summary
+
+logger = logging.getLogger(__name__)
 
 _KERNEL = np.ones((3, 3), bool)
 
@@ -55,7 +59,7 @@ def evaluate_methods(
     *,
     dilate: bool = False,
     progress: bool = True,
-    log=print,
+    log: Reporter | None = None,
 ) -> EvaluationResult:
     """Run each method on each image and compute its figures.
 
@@ -72,9 +76,10 @@ def evaluate_methods(
         The 3×3 dilation convention (see the module docstring).
     progress : bool
         A progress bar per method.
-    log : callable
-        Receives a message for each method dropped.
+    log : callable, optional
+        Receives a message for each method dropped; by default it is logged at INFO.
     """
+    log = reporter(logger, log)
     from tqdm.auto import tqdm
 
     from crscale.errors import error_text
