@@ -18,9 +18,14 @@ __all__ = [
     "ClusterError",
     "CrscaleError",
     "CrscaleWarning",
+    "DeviceError",
+    "FallbackWarning",
     "HPCConfigError",
     "InputError",
     "InputWarning",
+    "MissingDependencyError",
+    "OutputError",
+    "OutputExistsError",
     "SettingsError",
     "error_text",
 ]
@@ -101,6 +106,25 @@ class SettingsError(CrscaleError, ValueError):
     """A setting (configuration value, option or argument) that crscale cannot use."""
 
 
+class DeviceError(SettingsError):
+    """The compute device asked for (``--device cuda``) is not there."""
+
+
+class MissingDependencyError(CrscaleError, ImportError):
+    """An optional package that a setting needs is not installed (``deepcr:NAME`` without deepCR)."""
+
+
+class OutputError(CrscaleError, OSError):
+    """An output (a report folder, a served port) cannot be written or opened."""
+
+    def __str__(self) -> str:
+        return " ".join(str(a) for a in self.args)
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """An output file exists and replacing it was not asked for."""
+
+
 class ClusterError(CrscaleError):
     """No Dask cluster could be reached or started."""
 
@@ -115,6 +139,10 @@ class CrscaleWarning(UserWarning):
 
 class InputWarning(CrscaleWarning):
     """An input file is usable, but something in it was replaced by a fallback."""
+
+
+class FallbackWarning(CrscaleWarning):
+    """A setting could not be used as given and crscale fell back (``compile``: eager mode)."""
 
 
 def error_text(exc: BaseException) -> str:

@@ -213,7 +213,7 @@ def add_user_map(codes: np.ndarray, user: np.ndarray | None) -> np.ndarray:
     if user is None:
         return codes
     if user.shape != codes.shape:
-        raise ValueError(f"bad-pixel map shape {user.shape} does not match the detector's {codes.shape}")
+        raise SettingsError(f"bad-pixel map shape {user.shape} does not match the detector's {codes.shape}")
     return np.where((codes == 0) & (np.asarray(user) != 0), np.uint8(5), codes).astype(np.uint8)
 
 
@@ -233,11 +233,11 @@ def map_from_calibration(frame: np.ndarray, kind: str, n_sigma: float = 8.0) -> 
     """
     frame = np.asarray(frame)
     if frame.ndim != 2:
-        raise ValueError(f"a calibration frame must be 2-D, not shape {frame.shape}")
+        raise SettingsError(f"a calibration frame must be 2-D, not shape {frame.shape}")
     if kind == "bad_pixels":
         return ~np.isfinite(frame) | (np.nan_to_num(frame) != 0)
     if kind not in ("dark", "bias"):
-        raise ValueError(f"calibration kind must be bad_pixels, dark or bias, not {kind!r}")
+        raise SettingsError(f"calibration kind must be bad_pixels, dark or bias, not {kind!r}")
     values = frame.astype(np.float64)
     finite = np.isfinite(values)
     good = values[finite]

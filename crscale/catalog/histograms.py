@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from crscale.errors import SettingsError
 from crscale.io.json_values import json_safe
 
 #: Default fixed bins: (low edge, high edge, bins per decade), log-spaced.
@@ -44,7 +45,7 @@ def log_bins(low: float, high: float, per_decade: int = 10) -> np.ndarray:
         The edges, strictly increasing.
     """
     if not 0 < low < high:
-        raise ValueError(f"log bins need 0 < low < high, not {low}, {high}")
+        raise SettingsError(f"log bins need 0 < low < high, not {low}, {high}")
     n = max(1, round(per_decade * math.log10(high / low)))
     return np.logspace(math.log10(low), math.log10(high), n + 1)
 
@@ -54,10 +55,10 @@ def bin_edges(bins: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
     out = {q: log_bins(*spec) for q, spec in DEFAULT_BINS.items()}
     for q, spec in (bins or {}).items():
         if q not in out:
-            raise ValueError(f"bins for unknown quantity {q!r}; one of {', '.join(out)}")
+            raise SettingsError(f"bins for unknown quantity {q!r}; one of {', '.join(out)}")
         edges = np.asarray(spec, dtype=np.float64)
         if edges.ndim != 1 or edges.size < 2 or not np.all(np.diff(edges) > 0) or edges[0] <= 0:
-            raise ValueError(f"bins[{q!r}]: edges must be positive and strictly increasing")
+            raise SettingsError(f"bins[{q!r}]: edges must be positive and strictly increasing")
         out[q] = edges
     return out
 

@@ -41,6 +41,7 @@ import yaml
 
 from crscale import config
 from crscale._lazy import attach
+from crscale.errors import SettingsError
 
 __all__ = [
     "InstrumentProfile",
@@ -161,7 +162,7 @@ def _shipped_entries() -> tuple[dict[str, Any], ...]:
         data = yaml.safe_load(fh)
     entries = data.get("profiles") if isinstance(data, dict) else None
     if not isinstance(entries, list):
-        raise ValueError(f"{PROFILES_FILE}: expected a top-level 'profiles:' list")
+        raise SettingsError(f"{PROFILES_FILE}: expected a top-level 'profiles:' list")
     return tuple(entries)
 
 
@@ -174,69 +175,69 @@ def _number(value: Any, field: str, where: str, *, allow_none: bool = False) -> 
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: {field} must be a number, got {value!r}")
+        raise SettingsError(f"{where}: {field} must be a number, got {value!r}")
     out = float(value)
     if not math.isfinite(out):
-        raise ValueError(f"{where}: {field} must be finite, got {value!r}")
+        raise SettingsError(f"{where}: {field} must be finite, got {value!r}")
     return out
 
 
 def _check_keys(entry: dict[str, Any], where: str) -> None:
     unknown = sorted(set(entry) - set(_FIELDS))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_FIELDS)}")
+        raise SettingsError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_FIELDS)}")
 
 
 def _build(entry: dict[str, Any], where: str) -> InstrumentProfile:
     """Validate a complete entry and make the profile."""
     name = entry.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{where}: 'name' must be a non-empty string")
+        raise SettingsError(f"{where}: 'name' must be a non-empty string")
 
     match = entry.get("match") or {}
     if not isinstance(match, dict):
-        raise ValueError(f"{where}: match must be a mapping of {'/'.join(MATCH_KEYS)} to regexes")
+        raise SettingsError(f"{where}: match must be a mapping of {'/'.join(MATCH_KEYS)} to regexes")
     for key, pattern in match.items():
         if key not in MATCH_KEYS:
-            raise ValueError(f"{where}: unknown match key {key!r}; allowed: {', '.join(MATCH_KEYS)}")
+            raise SettingsError(f"{where}: unknown match key {key!r}; allowed: {', '.join(MATCH_KEYS)}")
         if not isinstance(pattern, str):
-            raise ValueError(f"{where}: match.{key} must be a string regex, got {pattern!r}")
+            raise SettingsError(f"{where}: match.{key} must be a string regex, got {pattern!r}")
         try:
             re.compile(pattern, re.IGNORECASE)
         except re.error as exc:
-            raise ValueError(f"{where}: bad regex for match.{key} {pattern!r}: {exc}") from None
+            raise SettingsError(f"{where}: bad regex for match.{key} {pattern!r}: {exc}") from None
 
     if entry.get("pixel_size_um") is None:
-        raise ValueError(f"{where}: pixel_size_um is missing")
+        raise SettingsError(f"{where}: pixel_size_um is missing")
     pixel = _number(entry["pixel_size_um"], "pixel_size_um", where)
     if pixel <= 0:
-        raise ValueError(f"{where}: pixel_size_um must be positive, got {pixel}")
+        raise SettingsError(f"{where}: pixel_size_um must be positive, got {pixel}")
     thickness = _number(entry.get("thickness_um"), "thickness_um", where, allow_none=True)
     if thickness is not None and thickness <= 0:
-        raise ValueError(f"{where}: thickness_um must be positive or null, got {thickness}")
+        raise SettingsError(f"{where}: thickness_um must be positive or null, got {thickness}")
     readout = _number(entry.get("readout_time_s"), "readout_time_s", where)
     if readout < 0:
-        raise ValueError(f"{where}: readout_time_s must not be negative, got {readout}")
+        raise SettingsError(f"{where}: readout_time_s must not be negative, got {readout}")
     gain = _number(entry.get("gain"), "gain", where)
     if gain <= 0:
-        raise ValueError(f"{where}: gain must be positive, got {gain}")
+        raise SettingsError(f"{where}: gain must be positive, got {gain}")
 
     description = entry.get("description") or ""
     if not isinstance(description, str):
-        raise ValueError(f"{where}: description must be a string")
+        raise SettingsError(f"{where}: description must be a string")
     references = entry.get("references") or []
     if isinstance(references, str):
         references = [references]
     if not isinstance(references, (list, tuple)) or not all(isinstance(r, str) for r in references):
-        raise ValueError(f"{where}: references must be a list of strings")
+        raise SettingsError(f"{where}: references must be a list of strings")
     guessed = entry.get("guessed") or []
     if isinstance(guessed, str):
         guessed = [guessed]
     if not isinstance(guessed, (list, tuple)):
-        raise ValueError(f"{where}: guessed must be a list of field names")
+        raise SettingsError(f"{where}: guessed must be a list of field names")
     bad = [g for g in guessed if g not in _VALUE_FIELDS]
     if bad:
-        raise ValueError(
+        raise SettingsError(
             f"{where}: guessed lists unknown field(s) {bad}; allowed: {', '.join(_VALUE_FIELDS)}"
         )
 
@@ -283,16 +284,16 @@ def load_profiles() -> list[InstrumentProfile]:
     for i, raw in enumerate(_shipped_entries()):
         where = _label(raw, i, "shipped")
         if not isinstance(raw, dict):
-            raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
+            raise SettingsError(f"{where}: expected a mapping, got {type(raw).__name__}")
         _check_keys(raw, where)
         shipped.append(copy.deepcopy(raw))
     positions = {e.get("name"): i for i, e in enumerate(shipped)}
     if len(positions) != len(shipped):
-        raise ValueError(f"{PROFILES_FILE}: duplicate profile names")
+        raise SettingsError(f"{PROFILES_FILE}: duplicate profile names")
 
     user = config.get("catalogue.profiles") or []
     if not isinstance(user, (list, tuple)):
-        raise ValueError(
+        raise SettingsError(
             f"crscale.catalogue.profiles must be a list of profile entries, got {type(user).__name__}"
         )
     new_entries: list[tuple[dict[str, Any], str]] = []
@@ -300,13 +301,13 @@ def load_profiles() -> list[InstrumentProfile]:
     for i, raw in enumerate(user):
         where = _label(raw, i, "user")
         if not isinstance(raw, dict):
-            raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
+            raise SettingsError(f"{where}: expected a mapping, got {type(raw).__name__}")
         _check_keys(raw, where)
         name = raw.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"{where}: 'name' must be a non-empty string")
+            raise SettingsError(f"{where}: 'name' must be a non-empty string")
         if name in seen:
-            raise ValueError(f"{where}: duplicate name in crscale.catalogue.profiles")
+            raise SettingsError(f"{where}: duplicate name in crscale.catalogue.profiles")
         seen.add(name)
         if name in positions:
             merged = shipped[positions[name]]

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from crscale import _validate
+from crscale.errors import DeviceError, FallbackWarning
 from crscale.models.card import ModelCard
 from crscale.models.unet import UNet, fold_batchnorm
 
@@ -24,7 +25,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but torch sees no CUDA device")
+        raise DeviceError(f"device {device!r} requested but torch sees no CUDA device")
     return dev
 
 
@@ -113,7 +114,11 @@ class Predictor:
             except Exception as exc:  # inductor needs a working C++/CUDA toolchain
                 if not self.compiled or self.net is self.eager:
                     raise
-                warnings.warn(f"torch.compile failed ({exc!r:.200}); running in eager mode", stacklevel=2)
+                warnings.warn(
+                    f"torch.compile failed ({exc!r:.200}); running in eager mode",
+                    FallbackWarning,
+                    stacklevel=2,
+                )
                 self.net = self.eager
                 logits = self.net(x)
             return torch.sigmoid(logits.float()).cpu().numpy()

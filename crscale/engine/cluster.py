@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,7 +12,10 @@ import dask.config
 from distributed import Client, LocalCluster
 
 from crscale import config, interrupts
+from crscale._logging import reporter
 from crscale.errors import ClusterError
+
+logger = logging.getLogger(__name__)
 
 
 def local_cluster_kwargs(n_workers: int | None = None) -> dict[str, Any]:
@@ -132,7 +136,7 @@ def client_or_new(
     *,
     n_workers: int | None = None,
     cluster: str | None = None,
-    echo: Callable[[str], None] | None = print,
+    echo: Callable[[str], None] | None = None,
 ) -> contextlib.AbstractContextManager[Any]:
     """``client`` as it is (left open), or :func:`dask_client` for ``scheduler`` / ``cluster``.
 
@@ -160,7 +164,7 @@ def dask_client(
     n_workers: int | None = None,
     gpus: int | None = None,
     cluster: str | None = None,
-    echo: Callable[[str], None] | None = print,
+    echo: Callable[[str], None] | None = None,
 ) -> Iterator[Client]:
     """Yield a dask client: connected to ``scheduler``, or to a new cluster of kind ``cluster``.
 
@@ -181,7 +185,8 @@ def dask_client(
         (:mod:`crscale.engine.hpc`); the jobs are cancelled on exit. Default
         ``crscale.cluster.kind``.
     echo : callable, optional
-        Where the dashboard address is printed; ``None`` for silence.
+        Receives the messages (the cluster and its dashboard address); default: this
+        module's logger, at INFO.
 
     Yields
     ------
@@ -194,6 +199,7 @@ def dask_client(
         The scheduler cannot be reached, the batch system's commands are missing, or no
         worker joined in time.
     """
+    say = reporter(logger, echo)
     if scheduler:
         try:
             if scheduler.endswith(".json"):
@@ -205,15 +211,14 @@ def dask_client(
         except (OSError, TimeoutError, ValueError) as exc:
             raise ClusterError(f"cannot connect to the Dask scheduler at {scheduler} ({exc})") from exc
         try:
-            if echo:
-                echo(f"Dask scheduler {client.scheduler.address}, dashboard {client.dashboard_link}")
+            say(f"Dask scheduler {client.scheduler.address}, dashboard {client.dashboard_link}")
             yield client
         finally:
             client.close()
         return
     kind = cluster or config.get("cluster.kind") or "local"
     if kind != "local":
-        with _jobqueue_client(kind, echo) as client:
+        with _jobqueue_client(kind, say) as client:
             yield client
         return
     n_gpus = count_gpus() if gpus is None else gpus
@@ -232,8 +237,7 @@ def dask_client(
         description = f"{kwargs['n_workers']} workers x {kwargs['threads_per_worker']} thread(s)"
     client = Client(cluster)
     try:
-        if echo:
-            echo(f"Dask LocalCluster: {description}, dashboard {client.dashboard_link}")
+        say(f"Dask LocalCluster: {description}, dashboard {client.dashboard_link}")
         yield client
     finally:
         client.close()
@@ -241,7 +245,7 @@ def dask_client(
 
 
 @contextlib.contextmanager
-def _jobqueue_client(system: str, echo: Callable[[str], None] | None) -> Iterator[Client]:
+def _jobqueue_client(system: str, say: Callable[[str], None]) -> Iterator[Client]:
     """A client of a dask-jobqueue cluster on ``system``; its jobs are cancelled on exit."""
     import shutil
 
@@ -272,18 +276,17 @@ def _jobqueue_client(system: str, echo: Callable[[str], None] | None) -> Iterato
         wait_timeout=timeout,
     )
     # The dashboard link that Dask builds names the scheduler's address, not where the
-    # dashboard is bound (127.0.0.1 by default): give every link (job record, echo) the real one.
+    # dashboard is bound (127.0.0.1 by default): give every link (job record, message) the real one.
     with dask.config.set({"distributed.dashboard.link": dashboard} if dashboard else {}):
         client = Client(jq)
         try:
-            if echo:
-                echo(
-                    f"Dask {system} cluster: {hpc.describe(system, jobs, gpus, cpu_jobs)}, scheduler "
-                    f"{jq.scheduler_address}, dashboard {dashboard}"
-                )
-                if tunnel:
-                    echo(tunnel)
-                echo(f"waiting for {wanted} worker(s) to start (the jobs may queue)")
+            say(
+                f"Dask {system} cluster: {hpc.describe(system, jobs, gpus, cpu_jobs)}, scheduler "
+                f"{jq.scheduler_address}, dashboard {dashboard}"
+            )
+            if tunnel:
+                say(tunnel)
+            say(f"waiting for {wanted} worker(s) to start (the jobs may queue)")
             watch.start()
             try:
                 try:

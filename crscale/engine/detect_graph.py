@@ -15,6 +15,7 @@ import numpy as np
 
 from crscale import config
 from crscale.engine.blocks import BLOCK_DTYPE, DetectSettings, block_chunks, detect_block, write_block
+from crscale.errors import SettingsError
 from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.dq import DQConvention, convention_for
@@ -101,7 +102,7 @@ def gpu_task_share() -> float:
     """
     k = int(config.get("detect.gpu_tasks_per_worker") or 1)
     if k < 1:
-        raise ValueError(f"crscale.detect.gpu_tasks_per_worker must be at least 1, not {k}")
+        raise SettingsError(f"crscale.detect.gpu_tasks_per_worker must be at least 1, not {k}")
     return 1.0 / k
 
 

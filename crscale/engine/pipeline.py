@@ -11,6 +11,7 @@ from crscale.engine.cluster import client_or_new
 from crscale.engine.detect_stage import DetectReport, detect_archive
 from crscale.engine.ingest import IngestReport, ingest
 from crscale.engine.jobs import job_record
+from crscale.errors import SettingsError
 
 #: Stages of ``crscale run`` in order.
 PIPELINE_STAGES = ("ingest", "detect", "catalogue")
@@ -89,7 +90,7 @@ def run_pipeline(
     """
     unknown = [s for s in stages if s not in PIPELINE_STAGES]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; available: {', '.join(PIPELINE_STAGES)}")
+        raise SettingsError(f"unknown stage(s) {unknown}; available: {', '.join(PIPELINE_STAGES)}")
     say = echo or (lambda _msg: None)
     report = RunReport(stages=list(stages))
     with (

@@ -24,6 +24,7 @@ from crscale import config
 from crscale.engine.cluster import client_or_new
 from crscale.engine.ingest import IN_FLIGHT_PER_THREAD, _windowed
 from crscale.engine.outcomes import StageOutcomes
+from crscale.errors import OutputError
 from crscale.io.archive import Archive
 from crscale.io.errors import ArchiveError, InputError, describe
 from crscale.io.fits_writer import FitsOutcome, Provenance, WriteOptions, safe_name, write_exposure
@@ -200,7 +201,10 @@ def write_fits_archive(
     Archive(archive, mode="r")  # never create an empty archive
     arch = Archive(archive, mode="a")
     out = Path(outdir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where the folder should be, no permission ...
+        raise OutputError(str(exc)) from exc
     names = output_names(arch)
     results: dict[str, FitsOutcome] = {}
     calls = []

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crscale._logging import Reporter, reporter
+from crscale.errors import OutputError, SettingsError
 from crscale.evaluate.dataset import (
     EVAL_CR_RATE,
     image_files,
@@ -135,12 +136,15 @@ def evaluate(
     """
     log = reporter(logger, log)
     if cr_rate <= 0 or repeats < 1:
-        raise ValueError(f"--cr-rate must be > 0 and --repeats >= 1, not {cr_rate:g} and {repeats}")
+        raise SettingsError(f"--cr-rate must be > 0 and --repeats >= 1, not {cr_rate:g} and {repeats}")
     if not sigclips or min(sigclips) <= 0:
-        raise ValueError(f"astroscrappy sigclips must be positive numbers, not {list(sigclips)}")
+        raise SettingsError(f"astroscrappy sigclips must be positive numbers, not {list(sigclips)}")
     if out is not None:
         # Before the long part: a report folder that cannot be made should fail now, not at the end.
-        Path(out).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write the report to {out}: {exc}") from exc
     skipped: list[dict] = []
     if masks and [str(m) for m in masks] == [PIPELINE_MASKS]:
         data = load_pipeline_flagged(images, skipped=skipped)
@@ -163,10 +167,10 @@ def evaluate(
     for s in skipped:
         log(f"skipping {s['path']}: {s['problem']}")
     if not data:
-        raise ValueError("no usable image in the evaluation set")
+        raise SettingsError("no usable image in the evaluation set")
     n_cr = sum(im.n_cr_pixels for im in data)
     if n_cr == 0:
-        raise ValueError("the evaluation set holds no CR pixel: nothing to measure")
+        raise SettingsError("the evaluation set holds no CR pixel: nothing to measure")
     methods = [crscale_method(m, threshold, device, precision) for m in models]
     extra, missing = baseline_methods(
         tuple(baselines),
@@ -231,7 +235,10 @@ def evaluate(
     if out is not None:
         from crscale.evaluate.report import write_report
 
-        report.files = write_report(out, result.metrics, result.curves, run)
+        try:
+            report.files = write_report(out, result.metrics, result.curves, run)
+        except OSError as exc:
+            raise OutputError(f"cannot write the report to {out}: {exc}") from exc
     if update_cards:
         from crscale.models.store import WEIGHTS_DIR, weights_file
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from crscale._logging import Reporter, reporter
 from crscale.detection.badpix import bad_pixel_mask
-from crscale.errors import InputError
+from crscale.errors import InputError, SettingsError
 from crscale.io.dq import DQConvention, match_convention
 from crscale.io.fits_reader import DetectorData, read_exposure
 from crscale.io.inputs import fits_files, fits_stem
@@ -335,7 +335,7 @@ def injected_set(
         else:
             log(f"skipping dark frame {dark}: no pixel above {dark_nsigma} sigma")
     if not libs:
-        raise ValueError("no CR footprints to inject: use the ITL footprints or give readable dark frames")
+        raise SettingsError("no CR footprints to inject: use the ITL footprints or give readable dark frames")
     files, dq_paths = image_files(images)
     sources = load_source_images(files, own_crs, skipped=skipped, dq_paths=dq_paths)
     rng = np.random.default_rng(seed)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from crscale.errors import SettingsError
 from crscale.evaluate.dataset import EvalImage
 
 #: astroscrappy's sigclip sweep (the paper's range, 1 to 20).
@@ -250,7 +251,7 @@ def baseline_methods(
     """The requested baselines that can run here, and ``{"method", "problem"}`` for those that cannot."""
     unknown = sorted(set(names) - set(BASELINES))
     if unknown:
-        raise ValueError(f"unknown baseline(s) {unknown}; known: {list(BASELINES)}")
+        raise SettingsError(f"unknown baseline(s) {unknown}; known: {list(BASELINES)}")
     methods: list[Method] = []
     skipped: list[dict] = []
     if "astroscrappy" in names:

@@ -21,7 +21,7 @@ from typing import Any, overload
 import numpy as np
 from astropy.io import fits
 
-from crscale.errors import InputError
+from crscale.errors import InputError, SettingsError
 
 #: Columns of the imSim CR footprint table.
 ITL_COLUMNS = ("fp_id", "x0", "y0", "pixel_values")
@@ -136,7 +136,7 @@ class CRLibrary:
         list of CRFootprint
         """
         if len(self) == 0:
-            raise ValueError(f"CR library {self.source!r} is empty")
+            raise SettingsError(f"CR library {self.source!r} is empty")
         return [self.footprints[i] for i in rng.integers(0, len(self), size=int(n))]
 
 

@@ -131,7 +131,10 @@ class Archive:
         self.mode = mode
         if mode not in ("r", "a"):
             raise ValueError("mode must be 'r' or 'a'")
-        exists = (self.path / "zarr.json").exists()
+        try:
+            exists = (self.path / "zarr.json").exists()
+        except OSError as exc:  # an object store that cannot be reached or read
+            raise ArchiveError(str(exc)) from exc
         if mode == "r" and not exists:
             raise ArchiveError(f"{self.path}: no crscale archive here (no zarr.json)")
         if exists:
@@ -155,10 +158,14 @@ class Archive:
                     f"({__version__}, format {FORMAT_VERSION}); upgrade crscale"
                 )
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.root = zarr.open_group(
-                store=str(self.path), mode="a", zarr_format=3, storage_options=storage.zarr_options(self.path)
-            )
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.root = zarr.open_group(
+                    store=str(self.path), mode="a", zarr_format=3,
+                    storage_options=storage.zarr_options(self.path),
+                )
+            except OSError as exc:  # a file where a folder should be, no permission ...
+                raise ArchiveError(str(exc)) from exc
             self.root.attrs.update(
                 {
                     "crscale_format": FORMAT_VERSION,

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from crscale.errors import ArchiveError
+from crscale.errors import ArchiveError, OutputExistsError, SettingsError
 from crscale.io import storage
 from crscale.io.catalogue_schema import CR_SCHEMA, EXPOSURE_SCHEMA
 
@@ -64,7 +64,7 @@ def catalogue_dir(archive: str | os.PathLike) -> Path:
 def table_dir(archive: str | os.PathLike, table: str) -> Path:
     """Folder of one table (``"crs"`` or ``"exposures"``)."""
     if table not in TABLES:
-        raise ValueError(f"unknown catalogue table {table!r}; one of {', '.join(TABLES)}")
+        raise SettingsError(f"unknown catalogue table {table!r}; one of {', '.join(TABLES)}")
     return catalogue_dir(archive) / table
 
 
@@ -398,9 +398,9 @@ def export_table(
     suffix = out.suffix.lower()
     formats = {".fits": "fits", ".fit": "fits", ".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".parquet": None}
     if suffix not in formats:
-        raise ValueError(f"{out}: unknown export format {suffix!r}; use one of {', '.join(formats)}")
+        raise SettingsError(f"{out}: unknown export format {suffix!r}; use one of {', '.join(formats)}")
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists (pass overwrite=True / --overwrite to replace it)")
+        raise OutputExistsError(f"{out} exists (pass overwrite=True / --overwrite to replace it)")
     files = _files(archive, table, exposures)
     arrow = _read_arrow(files, table)
     if formats[suffix] is None:

@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from crscale import config
+from crscale.errors import SettingsError
 
 __all__ = ["DQConvention", "ExcludedView", "convention_for", "load_conventions", "match_convention"]
 
@@ -169,37 +170,37 @@ class ExcludedView:
 def _build(entry: dict[str, Any], where: str) -> DQConvention:
     unknown = sorted(set(entry) - set(_FIELDS))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_FIELDS)}")
+        raise SettingsError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_FIELDS)}")
     name = entry.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{where}: 'name' must be a non-empty string")
+        raise SettingsError(f"{where}: 'name' must be a non-empty string")
     kind = entry.get("kind")
     if kind not in KINDS:
-        raise ValueError(f"{where}: kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        raise SettingsError(f"{where}: kind must be one of {', '.join(KINDS)}, not {kind!r}")
     match = entry.get("match") or {}
     if not isinstance(match, dict) or any(k not in _MATCH_KEYS for k in match):
-        raise ValueError(f"{where}: match must map {'/'.join(_MATCH_KEYS)} to regular expressions")
+        raise SettingsError(f"{where}: match must map {'/'.join(_MATCH_KEYS)} to regular expressions")
     for key, pattern in match.items():
         try:
             re.compile(str(pattern))
         except re.error as exc:
-            raise ValueError(f"{where}: bad regex for match.{key} {pattern!r}: {exc}") from None
+            raise SettingsError(f"{where}: bad regex for match.{key} {pattern!r}: {exc}") from None
     lists = {}
     for key in _LISTS:
         values = entry.get(key) or []
         if not isinstance(values, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-            raise ValueError(f"{where}: {key} must be a list of integers, not {values!r}")
+            raise SettingsError(f"{where}: {key} must be a list of integers, not {values!r}")
         if kind == "bits" and any(v <= 0 or v & (v - 1) for v in values):
-            raise ValueError(f"{where}: {key} of a 'bits' convention must be powers of two, not {values}")
+            raise SettingsError(f"{where}: {key} of a 'bits' convention must be powers of two, not {values}")
         if kind == "nonzero" and values:
-            raise ValueError(f"{where}: a 'nonzero' convention lists no values ({key}: {values})")
+            raise SettingsError(f"{where}: a 'nonzero' convention lists no values ({key}: {values})")
         lists[key] = tuple(int(v) for v in values)
     flag = entry.get("flag_cr") or {}
     if not isinstance(flag, dict):
-        raise ValueError(f"{where}: flag_cr must be a mapping with 'plane' and 'value'")
+        raise SettingsError(f"{where}: flag_cr must be a mapping with 'plane' and 'value'")
     value = flag.get("value", 1)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{where}: flag_cr.value must be a positive integer, not {value!r}")
+        raise SettingsError(f"{where}: flag_cr.value must be a positive integer, not {value!r}")
     plane = flag.get("plane")
     return DQConvention(
         name=name,
@@ -240,7 +241,7 @@ def load_conventions(user: list[dict[str, Any]] | None = None) -> list[DQConvent
     new = []
     for i, entry in enumerate(user or []):
         if not isinstance(entry, dict):
-            raise ValueError(f"crscale.dq.conventions entry #{i}: expected a mapping, got {entry!r}")
+            raise SettingsError(f"crscale.dq.conventions entry #{i}: expected a mapping, got {entry!r}")
         if entry.get("name") in names:
             shipped[names.index(entry["name"])].update(copy.deepcopy(entry))
         else:

@@ -29,7 +29,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 from crscale._version import __version__
-from crscale.errors import ArchiveError, InputError
+from crscale.errors import ArchiveError, InputError, SettingsError
 from crscale.io import integrity, storage
 from crscale.io.archive import Archive
 from crscale.io.dq import DQConvention, convention_for
@@ -72,9 +72,9 @@ class WriteOptions:
 
     def __post_init__(self) -> None:
         if self.pixels not in PIXELS:
-            raise ValueError(f"pixels must be one of {PIXELS}, not {self.pixels!r}")
+            raise SettingsError(f"pixels must be one of {PIXELS}, not {self.pixels!r}")
         if self.flags not in FLAGS:
-            raise ValueError(f"flags must be one of {FLAGS}, not {self.flags!r}")
+            raise SettingsError(f"flags must be one of {FLAGS}, not {self.flags!r}")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from crscale import config
+from crscale.errors import MissingDependencyError
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 #: Name of the metadata object that makes a folder a Zarr group or array.
@@ -79,7 +80,7 @@ def filesystem(url: str) -> tuple[Any, str]:
     try:
         fs, path = fsspec.core.url_to_fs(url, **storage_options(url))
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependencyError(
             f"{url}: reading {protocol_of(url)}:// URLs needs its fsspec filesystem "
             f"(pip install 'crscale[s3]'): {exc}"
         ) from exc

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from crscale.errors import InputError
+from crscale.errors import InputError, MissingDependencyError
 from crscale.models.card import ModelCard
 from crscale.models.unet import UNet, UNetConfig, count_parameters
 
@@ -63,13 +63,13 @@ def _models_dir() -> Path:
     try:
         dist = metadata.distribution(_DISTRIBUTION)
     except metadata.PackageNotFoundError:
-        raise ImportError(
+        raise MissingDependencyError(
             f"deepCR models need the pip package 'deepcr' (BSD-3-Clause), which is not installed: "
             f"{_INSTALL_HINT}"
         ) from None
     root = Path(str(dist.locate_file("learned_models")))
     if not (root / "mask").is_dir():
-        raise ImportError(
+        raise MissingDependencyError(
             f"the installed deepcr {dist.version} has no learned_models/mask folder at {root}; "
             f"reinstall it: {_INSTALL_HINT}"
         )

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from crscale.errors import OutputError
 from crscale.monitor.state import DashboardState, View
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class DashboardServer:
         self._started.wait(30)
         if self._error is not None:
             self.poller.stop()
-            raise OSError(f"cannot serve the dashboard on {self.address}:{self.port}: {self._error}")
+            raise OutputError(f"cannot serve the dashboard on {self.address}:{self.port}: {self._error}")
         log.info("dashboard of %s at %s", self.archive, self.url)
         return self
 

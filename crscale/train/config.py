@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from crscale.errors import InputError
+from crscale.errors import InputError, SettingsError
 from crscale.io.inputs import fits_files
 
 
@@ -80,11 +80,11 @@ class TrainConfig:
         if isinstance(self.sky_augment, dict):
             self.sky_augment = SkyAugment(**self.sky_augment)
         if self.loss not in ("bce", "median-weighted"):
-            raise ValueError(f"loss must be 'bce' or 'median-weighted', not {self.loss!r}")
+            raise SettingsError(f"loss must be 'bce' or 'median-weighted', not {self.loss!r}")
         if self.own_crs not in ("astroscrappy", "none"):
-            raise ValueError(f"own_crs must be 'astroscrappy' or 'none', not {self.own_crs!r}")
+            raise SettingsError(f"own_crs must be 'astroscrappy' or 'none', not {self.own_crs!r}")
         if self.patch % 8:
-            raise ValueError(f"patch size {self.patch} must be a multiple of 8")
+            raise SettingsError(f"patch size {self.patch} must be a multiple of 8")
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:

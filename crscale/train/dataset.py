@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 
 from crscale._logging import Reporter, reporter
-from crscale.errors import InputError
+from crscale.errors import InputError, SettingsError
 from crscale.injection.darks import footprints_from_dark_file
 from crscale.injection.footprints import CRLibrary, load_itl_footprints
 from crscale.injection.inject import inject_crs
@@ -46,7 +46,7 @@ def cr_libraries(config: TrainConfig, *, log: Reporter | None = None) -> list[CR
             continue
         libs.append(lib)
     if not libs:
-        raise ValueError("no CR footprints: set use_itl: true or give readable dark frames")
+        raise SettingsError("no CR footprints: set use_itl: true or give readable dark frames")
     return libs
 
 
@@ -65,9 +65,9 @@ def build_store(config: TrainConfig, path: str | Path, *, log: Reporter | None =
     val_paths = config.expand(config.val_images)
     overlap = {p.resolve() for p in train_paths} & {p.resolve() for p in val_paths}
     if overlap:
-        raise ValueError(f"images in both train_images and val_images: {sorted(map(str, overlap))}")
+        raise SettingsError(f"images in both train_images and val_images: {sorted(map(str, overlap))}")
     if not train_paths:
-        raise ValueError("train_images names no FITS file")
+        raise SettingsError("train_images names no FITS file")
     log(f"reading {len(train_paths)} training and {len(val_paths)} validation file(s)")
     skipped: list[dict] = []
     train = load_source_images(train_paths, config.own_crs, min_size=config.patch, skipped=skipped)
@@ -75,7 +75,7 @@ def build_store(config: TrainConfig, path: str | Path, *, log: Reporter | None =
     for s in skipped:
         log(f"skipping {s['path']}: {s['problem']}")
     if not train:
-        raise ValueError(f"no training image is at least {config.patch} px on a side")
+        raise SettingsError(f"no training image is at least {config.patch} px on a side")
 
     P, S = config.patch, config.patch_stride
     patches, ignores, bads, meta, src = [], [], [], [], []

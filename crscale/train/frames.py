@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from crscale.detection.badpix import bad_pixel_mask
-from crscale.errors import InputError
+from crscale.errors import InputError, SettingsError
 from crscale.io.fits_reader import read_exposure, sha256_file
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,11 @@ class FrameSpec:
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
-            raise ValueError(f"frame {self.name!r}: role must be one of {ROLES}, not {self.role!r}")
+            raise SettingsError(f"frame {self.name!r}: role must be one of {ROLES}, not {self.role!r}")
         if self.own_crs not in ("", "none"):
-            raise ValueError(f"frame {self.name!r}: own_crs must be '' or 'none', not {self.own_crs!r}")
+            raise SettingsError(f"frame {self.name!r}: own_crs must be '' or 'none', not {self.own_crs!r}")
         if self.bin < 1:
-            raise ValueError(f"frame {self.name!r}: bin must be >= 1, not {self.bin}")
+            raise SettingsError(f"frame {self.name!r}: bin must be >= 1, not {self.bin}")
 
 
 def read_specs(path: str | Path) -> tuple[list[FrameSpec], Path]:

@@ -29,6 +29,7 @@ from crscale.detection.api import detect
 from crscale.detection.badpix import fill_bad
 from crscale.detection.normalise import ImageStats, compute_stats, normalise
 from crscale.detection.predictor import Predictor
+from crscale.errors import SettingsError
 from crscale.injection.inject import inject_crs, sky_augment
 from crscale.injection.metrics import pixel_metrics, roc_curve, tpr_at_fpr
 from crscale.models.card import ROBUST_ASINH, ModelCard
@@ -344,7 +345,7 @@ def train(
         _save_checkpoint(ckpt, model, opt, sched, epoch, rng, history, best)
 
     if best is None:
-        raise RuntimeError("no epoch was run: epochs must be > 0")
+        raise SettingsError("no epoch was run: epochs must be > 0")
     model.load_state_dict(best["state"])
     model.eval()
     seconds = time.perf_counter() - t_start
