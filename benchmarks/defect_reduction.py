@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import engine_throughput as eng  # noqa: E402  (peak RSS helper)
+import engine_throughput as eng  # peak RSS helper
 
 
 def write_archive(path: Path, n: int, size: int, start: int = 0, rate_factor: float = 1.0) -> float:

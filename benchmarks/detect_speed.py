@@ -201,7 +201,7 @@ def _deepcr_available() -> str | None:
     return (proc.stderr.strip().splitlines() or ["import failed"])[-1]
 
 
-def main() -> None:  # noqa: D103
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=4096, help="image side in pixels (default 4096)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per method (default 2)")

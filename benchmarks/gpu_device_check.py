@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_throughput import ingest_workload, make_workload  # noqa: E402
+from engine_throughput import ingest_workload, make_workload
 
 
 class Sampler(threading.Thread):

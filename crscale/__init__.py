@@ -1,7 +1,12 @@
 """crscale: survey-scale cosmic-ray detection, cleaning and cataloguing on Dask."""
 
+from typing import TYPE_CHECKING
+
 from crscale import config  # noqa: F401  (registers the crscale defaults with dask.config)
 from crscale._version import __version__
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["__version__", "detect", "sample_data_dir"]
 
@@ -15,7 +20,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'crscale' has no attribute {name!r}")
 
 
-def sample_data_dir() -> "Path":  # noqa: F821
+def sample_data_dir() -> "Path":
     """Return the folder of the bundled real sample images (``crscale/data/sample``)."""
     from pathlib import Path
 

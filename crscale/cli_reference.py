@@ -13,6 +13,7 @@ import argparse
 import functools
 import re
 import sys
+from typing import cast
 
 #: Width of the help text in the reference, whatever the terminal (``COLUMNS=102 crscale X --help``
 #: prints the same text: argparse takes the terminal width minus 2).
@@ -100,7 +101,7 @@ def help_text(parser: argparse.ArgumentParser, width: int = HELP_WIDTH) -> str:
     str
         What ``COLUMNS=<width + 2> <prog> --help`` prints.
     """
-    original = parser.formatter_class
+    original = cast("type[argparse.HelpFormatter]", parser.formatter_class)  # crscale's formatters
     parser.formatter_class = functools.partial(original, width=width)
     try:
         return parser.format_help()

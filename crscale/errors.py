@@ -9,7 +9,7 @@ working. Modelled on zarr-python's ``zarr.errors``.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 __all__ = [
@@ -49,7 +49,7 @@ class InputError(CrscaleError):
         ``"truncated"``, ``"no-image"``, ``"no-finite-pixels"``, ``"dq-mismatch"``, ...).
     """
 
-    def __init__(self, path: str | Path, problem: str, kind: str = "invalid") -> None:
+    def __init__(self, path: str | os.PathLike[str], problem: str, kind: str = "invalid") -> None:
         self.path = str(path)
         self.problem = problem
         self.kind = kind

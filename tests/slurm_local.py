@@ -224,7 +224,7 @@ class LocalSlurm(SlurmClient):
         return self
 
     def _daemon(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = open(self.folder / f"{name}.stderr", "ab")  # noqa: SIM115 (the daemon holds it)
+        log = open(self.folder / f"{name}.stderr", "ab")  # the daemon holds it
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pids[name] = proc.pid
         self._procs.append(proc)

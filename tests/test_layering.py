@@ -17,13 +17,14 @@ PACKAGE = Path(crscale.__file__).parent
 #: siblings: neither imports the other (training and evaluation share crscale.injection), except
 #: on the top layer, the command line, whose modules are one program.
 LAYERS: list[set[str]] = [
-    {"errors", "_logging", "_version", "interrupts"},
+    {"errors", "_lazy", "_logging", "_version", "interrupts"},
     {"config"},
     {"_validate"},
     {"io"},
     {"models"},
     {"detection"},
-    {"injection", "catalog"},
+    {"injection", "catalogue"},
+    {"catalog"},  # the deprecated spelling of crscale.catalogue
     {"engine"},
     {"train", "evaluate"},
     {"monitor"},

@@ -155,7 +155,8 @@ def inpaint_methods() -> tuple[str, ...] | None:
     source = Path(__file__).parents[1] / "detection" / "inpaint.py"
     for node in ast.parse(source.read_text(encoding="utf-8")).body:
         targets = [node.target] if isinstance(node, ast.AnnAssign) else getattr(node, "targets", [])
-        if any(isinstance(t, ast.Name) and t.id == "INPAINT_METHODS" for t in targets) and node.value:
+        named = any(isinstance(t, ast.Name) and t.id == "INPAINT_METHODS" for t in targets)
+        if named and isinstance(node, ast.Assign | ast.AnnAssign) and node.value:
             try:
                 return tuple(ast.literal_eval(node.value))
             except ValueError:

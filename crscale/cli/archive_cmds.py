@@ -170,9 +170,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "ingest" in stages and not inputs:
         print("crscale run: no inputs (give files, directories, patterns or --sample)", file=sys.stderr)
         return EXIT_USAGE
-    inputs = with_dq(args, inputs)
-    if inputs is None:
+    given = with_dq(args, inputs)
+    if given is None:
         return EXIT_USAGE
+    inputs = given
     report, status = guarded(
         "run",
         lambda: run_pipeline(

@@ -98,8 +98,8 @@ def add_sample_data(sub: Any) -> None:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """``crscale stats``; returns the exit status."""
-    from crscale.catalog.plots import write_plots
-    from crscale.catalog.stats import exposure_rates, summarise
+    from crscale.catalogue.plots import write_plots
+    from crscale.catalogue.stats import exposure_rates, summarise
     from crscale.engine.cluster import client_or_new
     from crscale.io.storage import is_url, location
 
@@ -107,8 +107,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     def aggregate() -> tuple[Any, Any]:
         with client_or_new(None, args.scheduler, n_workers=args.workers, echo=silent):
-            stats = summarise(archive, exposures=args.exposures)
-            rates = None if args.no_plots else exposure_rates(archive, exposures=args.exposures)
+            stats = summarise(str(archive), exposures=args.exposures)
+            rates = None if args.no_plots else exposure_rates(str(archive), exposures=args.exposures)
         return stats, rates
 
     result, status = guarded("stats", aggregate)
@@ -268,7 +268,7 @@ def format_info(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def format_exposure(archive, exposure_id: str) -> str:  # noqa: ANN001 - Archive, imported lazily
+def format_exposure(archive, exposure_id: str) -> str:  # an Archive, imported lazily
     """Render one exposure's attributes and detectors as text."""
     attrs = archive.exposure_attrs(exposure_id)
     src = attrs["source"]
@@ -315,7 +315,7 @@ def format_exposure(archive, exposure_id: str) -> str:  # noqa: ANN001 - Archive
     return "\n".join(lines)
 
 
-def _flag_agreement_lines(archive, eid: str, det: str, exp: dict, attrs: dict) -> list[str]:  # noqa: ANN001
+def _flag_agreement_lines(archive, eid: str, det: str, exp: dict, attrs: dict) -> list[str]:  # an Archive
     """The DQ convention of a detector and, once detected, crscale's agreement with prior CR flags."""
     from crscale.io.dq import convention_for, cr_flag_agreement
 

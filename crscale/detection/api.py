@@ -199,12 +199,14 @@ def detect(
     torch_path = use_torch_path(backend, pred.device) and not progress
     bad = None if (torch_path and stats is not None) else bad_pixel_mask(data, dq, saturation)
     if stats is None:
+        assert bad is not None  # computed whenever stats are not given
         if bad.all():
             raise ValueError("the image has no finite, unflagged pixel")
         stats = with_noise_floor(compute_stats(data, bad, gain=gain), readnoise, gain)
     if torch_path:
         return _detect_on_device(data, dq, saturation, pred, stats, threshold, inpaint, inpaint_method,
                                  inpaint_dilate, tile, batch_size, origin, ccd)
+    assert bad is not None  # the numpy path always computes it
     x = fill_bad(normalise(np.where(bad, 0, data) if bad.any() else data, stats, card.normalisation), bad)
 
     halo = required_halo(pred.config)
@@ -262,6 +264,7 @@ def _detect_on_device(data, dq, saturation, pred, stats, threshold, inpaint, inp
         batch_size=batch_size, origin=origin, inpaint=inpaint,
         inpaint_method=inpaint_method or DEFAULT_INPAINT, inpaint_dilate=inpaint_dilate,
     )
+    assert out.prob is not None and out.mask is not None and out.bad is not None  # the default layout's
     clean = out.clean
     if clean is not None and ccd is not None:
         clean = _clean_ccd(ccd, np.ascontiguousarray(clean), out.mask, pred.name, thr)

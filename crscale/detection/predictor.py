@@ -83,7 +83,8 @@ class Predictor:
         # Never the caller's module: a model still being trained must keep its dtype, mode and
         # gradients (fold_batchnorm already returns a copy).
         net = fold_batchnorm(model) if model.config.norm == "batch" else copy.deepcopy(model)
-        self.net = net.eval().to(self.device, self.dtype).to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at run time; torch's overloads do not list it.
+        self.net = net.eval().to(self.device, self.dtype).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.eager = self.net

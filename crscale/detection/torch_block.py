@@ -66,7 +66,7 @@ _FIELD_KINDS = {"prob": "f4", "clean": "f4", "mask": "u1", "bad": "u1"}
 def check_layout(layout: np.dtype) -> np.dtype:
     """A packed layout: a structured dtype of some of ``prob``/``clean`` (f4), ``mask``/``bad`` (u1)."""
     layout = np.dtype(layout)
-    if layout.names is None:
+    if layout.names is None or layout.fields is None:
         raise ValueError(f"layout must be a structured dtype, not {layout}")
     for name in layout.names:
         kind = _FIELD_KINDS.get(name)
@@ -152,11 +152,12 @@ def normalise_tensor(x: torch.Tensor, stats: ImageStats, normalisation: dict) ->
     method = normalisation.get("method", "robust-asinh")
     if method == "robust-asinh":
         scale = float(normalisation.get("asinh_scale", 3.0)) * stats.noise
-        return torch.asinh((x - np.float32(stats.sky)) / np.float32(scale))
+        # float(np.float32(v)): the value numpy's normalise uses, as a scalar torch's stubs accept
+        return torch.asinh((x - float(np.float32(stats.sky))) / float(np.float32(scale)))
     if method == "scale":
-        return x * np.float32(stats.gain / float(normalisation.get("scale", 1.0)))
+        return x * float(np.float32(stats.gain / float(normalisation.get("scale", 1.0))))
     if method == "meanstd":
-        return (x - np.float32(stats.mean)) / np.float32(stats.std)
+        return (x - float(np.float32(stats.mean))) / float(np.float32(stats.std))
     raise ValueError(f"unknown input normalisation method {method!r} in the model card")
 
 
@@ -266,6 +267,7 @@ def detect_torch(
         planes = {"prob": prob, "clean": clean, "mask": mask, "bad": bad}
         host = _download(_pack(planes, layout, data.shape), device)
     out = host.view(layout).reshape(data.shape)
+    assert layout.names is not None  # check_layout: a structured dtype
     fields = {n: out[n] for n in layout.names}
     for name in ("mask", "bad"):
         if name in fields:
@@ -280,7 +282,7 @@ def detect_torch(
         if "clean" in layout.names:
             out["clean"] = fields["clean"]
     elif not inpaint:
-        fields["clean"] = None
+        fields.pop("clean", None)  # no cleaned image without inpainting
     return BlockOutput(
         packed=out, prob=fields.get("prob"), mask=fields.get("mask"), clean=fields.get("clean"),
         bad=fields.get("bad"),
@@ -291,6 +293,7 @@ def _pack(planes: dict, layout: np.dtype, shape: tuple[int, int]) -> torch.Tenso
     """The result planes interleaved on the device as the bytes of a ``layout`` structured array."""
     some = planes["prob"]
     packed = torch.empty((*shape, layout.itemsize), dtype=torch.uint8, device=some.device)
+    assert layout.names is not None and layout.fields is not None  # check_layout: a structured dtype
     for name in layout.names:
         kind, offset = layout.fields[name][:2]
         plane = planes[name]

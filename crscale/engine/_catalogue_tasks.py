@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from crscale.catalog.morphology import MorphologyRules
-from crscale.catalog.profiles import DetectorPhysics
+from crscale.catalogue.morphology import MorphologyRules
+from crscale.catalogue.profiles import DetectorPhysics
 from crscale.errors import ArchiveError
 from crscale.io import integrity
 from crscale.io.dq import ExcludedView, convention_for
@@ -28,12 +28,12 @@ def catalogue_detector_task(
     """
     import zarr
 
-    from crscale.catalog.detector import catalogue_detector
-    from crscale.catalog.rates import exposure_row
+    from crscale.catalogue.detector import catalogue_detector
+    from crscale.catalogue.rates import exposure_row
 
     label = f"{archive}/exposures/{exposure_id}/{detector}"
     group = zarr.open_group(label, mode="r", zarr_format=3, storage_options=zarr_options(archive))
-    attrs = dict(group.attrs)
+    attrs: dict[str, Any] = dict(group.attrs)
     arrays = set(group.array_keys())
     if "mask" not in arrays:
         raise ArchiveError(f"{exposure_id}/{detector}: no CR mask (run `crscale detect` first)")

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from crscale.catalog.defects import DefectSettings, add_user_map, find_defects
+from crscale.catalogue.defects import DefectSettings, add_user_map, find_defects
 from crscale.errors import ArchiveError, error_text
 from crscale.io.archive import Archive
 from crscale.io.defect_store import read_array, read_defect_attrs, write_defect_map

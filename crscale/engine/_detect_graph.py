@@ -7,9 +7,9 @@ the order of the steps and why the writes are safe.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from crscale.io.archive import Archive
 from crscale.io.dq import DQConvention, convention_for
 from crscale.io.errors import ArchiveError
 from crscale.io.storage import zarr_options
+
+if TYPE_CHECKING:
+    import zarr
 
 #: The arrays the detection stage writes next to each detector's image.
 OUTPUTS = ("prob", "mask", "clean")
@@ -119,14 +122,14 @@ def plan_exposure(archive: Archive, exposure_id: str, target: Sequence[int], hal
     for det in archive.detectors(exposure_id):
         path = f"exposures/{exposure_id}/{det}"
         try:
-            group = archive.root[path]
-            image = group["image"]
+            group = cast("zarr.Group", archive.root[path])
+            image = cast("zarr.Array", group["image"])
         except Exception as exc:  # missing or unreadable metadata
             raise ArchiveError(f"{archive.path}/{path}: no readable image array ({exc})") from exc
         if image.ndim != 2:
             raise ArchiveError(f"{archive.path}/{path}/image: not 2-D (shape {image.shape})")
         storage = tuple(int(c) for c in (image.shards or image.chunks))
-        attrs = group.attrs
+        attrs: Mapping[str, Any] = group.attrs
         gain = attrs.get("gain") or 1.0
         plans.append(
             DetectorPlan(
@@ -212,7 +215,7 @@ def exposure_graph(
             da.from_array(
                 integrity.checked(group, n, f"{archive_path}/{base}"),
                 chunks=p.chunks,
-                meta=np.empty((0, 0), group[n].dtype),
+                meta=np.empty((0, 0), cast("zarr.Array", group[n]).dtype),
             )
             for n in inputs
         ]
@@ -261,8 +264,8 @@ def create_outputs(
 ) -> None:
     """Empty output arrays chunked (and sharded) exactly like each detector's image."""
     for p in plans:
-        group = archive.root[f"exposures/{exposure_id}/{p.name}"]
-        image = group["image"]
+        group = cast("zarr.Group", archive.root[f"exposures/{exposure_id}/{p.name}"])
+        image = cast("zarr.Array", group["image"])
         spec = {"prob": (prob_dtype, np.nan), "mask": ("uint8", 0), "clean": ("float32", np.nan)}
         for name in OUTPUTS:
             if name == "clean" and not settings.inpaint:
@@ -287,7 +290,7 @@ def remove_outputs(archive: Archive, exposure_id: str, plans: list[DetectorPlan]
     """Delete a failed exposure's detection outputs and attributes (best effort)."""
     for p in plans:
         with contextlib.suppress(Exception):
-            group = archive.root[f"exposures/{exposure_id}/{p.name}"]
+            group = cast("zarr.Group", archive.root[f"exposures/{exposure_id}/{p.name}"])
             for name in OUTPUTS:
                 if name in group.array_keys():
                     del group[name]

@@ -3,9 +3,9 @@
 Per exposure:
 
 1. *Plan* (client): the detectors, their physics (instrument profile, pixel size, gain,
-   read-out time: :func:`crscale.catalog.profiles.detector_physics`) and the morphology
+   read-out time: :func:`crscale.catalogue.profiles.detector_physics`) and the morphology
    rules, resolved once on the client so that every worker uses the same settings.
-2. *Detectors* (one task each): :func:`crscale.catalog.detector.catalogue_detector` reads the
+2. *Detectors* (one task each): :func:`crscale.catalogue.detector.catalogue_detector` reads the
    detector's ``image``, ``mask``, ``clean`` (the local background) and ``dq`` from the
    archive in bands of whole chunk rows, labels the CRs across band boundaries and measures
    them, and builds the detector's exposure-table row.
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crscale._logging import reporter
-from crscale.catalog.morphology import MorphologyRules
-from crscale.catalog.profiles import DetectorPhysics, detector_physics, load_profiles
+from crscale.catalogue.morphology import MorphologyRules
+from crscale.catalogue.profiles import DetectorPhysics, detector_physics, load_profiles
 from crscale.engine._catalogue_tasks import catalogue_detector_task, write_exposure_task
 from crscale.engine._stage import ExposureOutcome, StageReport, StatusBook, Window, progress_bar, window_size
 from crscale.engine.cluster import client_or_new
@@ -407,7 +407,7 @@ def _fail(
 ) -> None:
     """Record a failed exposure: no rows left, status and failure record (best effort)."""
     with contextlib.suppress(Exception):
-        remove_exposure_tables(book.arch.path, eid)
+        remove_exposure_tables(str(book.arch.path), eid)
     book.failed(eid, message, kind)
     results[eid] = ExposureCatalogue(exposure_id=eid, status="failed", message=message, n_detectors=n_det,
                                      seconds=time.perf_counter() - started)

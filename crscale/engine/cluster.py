@@ -37,7 +37,7 @@ def local_cluster_kwargs(n_workers: int | None = None) -> dict[str, Any]:
     if n_workers is not None and n_workers < 1:
         raise ClusterError(f"n_workers must be at least 1, not {n_workers}")
     cfg = config.get("cluster")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = int(cfg.get("threads_per_worker") or 1)
     most = int(config.get("cluster.max_workers"))
     n = n_workers or cfg.get("n_workers") or max(1, min(most, cores // threads))
@@ -211,6 +211,7 @@ def dask_client(
         except (OSError, TimeoutError, ValueError) as exc:
             raise ClusterError(f"cannot connect to the Dask scheduler at {scheduler} ({exc})") from exc
         try:
+            assert client.scheduler is not None  # connected above
             say(f"Dask scheduler {client.scheduler.address}, dashboard {client.dashboard_link}")
             yield client
         finally:
@@ -226,22 +227,22 @@ def dask_client(
     preload = {"distributed.worker.preload": interrupts.worker_preload(dask.config)}
     if n_gpus > 0:
         with dask.config.set(preload):
-            cluster = gpu_local_cluster(n_gpus)
+            local = gpu_local_cluster(n_gpus)
         description = f"{n_gpus} GPU worker(s), one per GPU"
     else:
         kwargs = local_cluster_kwargs(n_workers)
         with dask.config.set(
             {"distributed.nanny.pre-spawn-environ": _thread_environ(kwargs["threads_per_worker"]), **preload}
         ):
-            cluster = LocalCluster(**kwargs)
+            local = LocalCluster(**kwargs)
         description = f"{kwargs['n_workers']} workers x {kwargs['threads_per_worker']} thread(s)"
-    client = Client(cluster)
+    client = Client(local)
     try:
         say(f"Dask LocalCluster: {description}, dashboard {client.dashboard_link}")
         yield client
     finally:
         client.close()
-        cluster.close()
+        local.close()
 
 
 @contextlib.contextmanager

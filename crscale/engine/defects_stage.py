@@ -8,7 +8,7 @@ shape), on the Dask cluster:
 2. *Add* tasks sum the batches pairwise (a tree), so no process ever holds more than three
    count arrays, whatever the number of exposures, and never two masks at once.
 3. *Finish* (one task per key): add the counts already in the archive (an incremental update
-   adds only the exposures not yet counted), run the test of :mod:`crscale.catalog.defects`,
+   adds only the exposures not yet counted), run the test of :mod:`crscale.catalogue.defects`,
    merge a user-supplied bad-pixel map, and write ``defects/<key>/`` (``state: done`` last).
 
 A key is rebuilt from scratch when one of the exposures it counted was detected again (its
@@ -29,8 +29,8 @@ import numpy as np
 
 from crscale import config
 from crscale._logging import reporter
-from crscale.catalog.defects import UNVERIFIED, DefectSettings, add_user_map, find_defects
-from crscale.catalog.profiles import detector_physics, load_profiles
+from crscale.catalogue.defects import UNVERIFIED, DefectSettings, add_user_map, find_defects
+from crscale.catalogue.profiles import detector_physics, load_profiles
 from crscale.engine._defect_reduction import DefectResult, KeyPlan, run_defects
 from crscale.engine._stage import StageReport
 from crscale.io.archive import Archive
@@ -318,6 +318,7 @@ def set_user_map(
         if not attrs or not fnmatch.fnmatch(key, detector) or tuple(attrs["shape"]) != user.shape:
             continue
         counts = read_array(arch, key, "counts")
+        assert counts is not None  # a finished map has its counts
         dmap = find_defects(counts, int(attrs.get("n_exposures", 0)), settings)
         dmap.codes = add_user_map(dmap.codes, user)
         write_defect_map(
@@ -328,8 +329,9 @@ def set_user_map(
         done.append(key)
     if not done:
         raise InputError(
-            f"{source}: no detector map in {arch.path}/{DEFECTS_GROUP} matches {detector!r} "
-            f"and the map's shape {user.shape}"
+            source,
+            f"no detector map in {arch.path}/{DEFECTS_GROUP} matches {detector!r} "
+            f"and the map's shape {user.shape}",
         )
     return done
 

@@ -291,7 +291,7 @@ def _run(
         eid = work.exposure_id
         try:
             book.start(eid)  # outputs are about to be overwritten
-            remove_exposure_tables(arch.path, eid)  # rows of the old mask must not outlive it
+            remove_exposure_tables(str(arch.path), eid)  # rows of the old mask must not outlive it
             create_outputs(arch, eid, work.plans, job.settings, job.prob_dtype)
             graph = exposure_graph(
                 path, eid, work.plans, work.stats, job.settings, job.halo,

@@ -76,7 +76,7 @@ def _check_system(system: str) -> None:
         raise HPCConfigError(f"unknown batch system {system!r}; one of {', '.join(BATCH_SYSTEMS)}")
 
 
-def cluster_class(system: str) -> type:
+def cluster_class(system: str) -> type[Any]:
     """The dask-jobqueue cluster class of ``system`` (``"slurm"``, ``"pbs"``, ...)."""
     _check_system(system)
     return getattr(dask_jobqueue, BATCH_SYSTEMS[system])

@@ -70,7 +70,9 @@ def queued_job_ids(system: str, run: Callable[..., Any] = subprocess.run) -> set
 
 def interrupt_main() -> None:
     """Raise KeyboardInterrupt in the main thread, even while it waits on a lock (a real SIGINT)."""
-    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+    main = threading.main_thread().ident
+    assert main is not None  # the main thread has always started
+    signal.pthread_kill(main, signal.SIGINT)
 
 
 class JobWatch:
@@ -143,7 +145,7 @@ class JobWatch:
         while not self._stop.wait(self.interval):
             try:
                 self.check()
-            except Exception:  # noqa: BLE001 (a failed look must not end the watch)
+            except Exception:  # a failed look must not end the watch
                 logger.exception("crscale: looking at the worker jobs failed")
             if self.error:
                 return

@@ -25,15 +25,15 @@ from crscale.io.errors import CrscaleError
 JOB_FILE = "current.json"
 
 
-def job_path(archive: str | Path) -> Path:
+def job_path(archive: str | os.PathLike[str]) -> Path | storage.RemotePath:
     """Path of the job record of ``archive`` (a :class:`~crscale.io.storage.RemotePath` for a URL)."""
     return storage.location(archive) / JOBS_GROUP / JOB_FILE
 
 
-def write_job(archive: str | Path, record: dict[str, Any]) -> Path:
+def write_job(archive: str | os.PathLike[str], record: dict[str, Any]) -> Path | storage.RemotePath:
     """Write the job record of ``archive`` atomically (readers never see half a file)."""
     path = job_path(archive)
-    if storage.is_url(path):
+    if isinstance(path, storage.RemotePath):
         path.write_text(json.dumps(record, indent=2) + "\n")  # one PUT: whole or not at all
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +43,7 @@ def write_job(archive: str | Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def read_job(archive: str | Path) -> dict[str, Any] | None:
+def read_job(archive: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The job record of ``archive``, or None when no job has run on it.
 
     Returns

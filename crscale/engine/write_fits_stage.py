@@ -206,7 +206,7 @@ def write_fits_archive(
         raise OutputError(str(exc)) from exc
     names = output_names(arch)
     results: dict[str, FitsOutcome] = {}
-    calls = []
+    calls: list[Any] = []
     for eid in arch.select_exposures(exposures):
         try:
             detect = arch.status(eid).get("detect", {})

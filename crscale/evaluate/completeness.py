@@ -23,7 +23,7 @@ the painted CRs). Counting footprints centred on the usable area (not bad, not a
 The per-charge detection probability (in bins of deposited charge) is kept as the
 completeness curve, with ``charge_50_e``: the lowest charge from which on at least half of the
 injected CRs are found. The catalogue writes ``rate_corrected = rate / C`` with the two errors
-combined (:func:`crscale.catalog.rates.corrected_rate`), and ``crscale stats`` marks the energy
+combined (:func:`crscale.catalogue.rates.corrected_rate`), and ``crscale stats`` marks the energy
 spectrum below ``charge_50_e x 3.65 eV`` as incomplete.
 
 The measurement is deterministic: the random generator is seeded from the key and the
@@ -36,19 +36,18 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from scipy import ndimage
 
 from crscale import config
-from crscale.catalog.defects import DefectSettings
-from crscale.catalog.labels import STRUCTURE
-from crscale.errors import SettingsError
+from crscale.catalogue.defects import DefectSettings
+from crscale.catalogue.labels import STRUCTURE
+from crscale.errors import SettingsError, error_text
 from crscale.io.archive import Archive
 from crscale.io.catalogue_schema import EV_PER_ELECTRON
 from crscale.io.defect_store import read_defect_attrs, update_defect_attrs
-from crscale.io.errors import describe
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ def _footprint_pixels(res: Any, library: Any, j: int, shape: tuple[int, int]) ->
 
 def _cr_labels(image, mask, *, dq, codes, status, gain, saturation, background, defect_settings):
     """Catalogue one frame as the catalogue stage does; labels of the mask and which are kind cr."""
-    from crscale.catalog.detector import catalogue_detector
+    from crscale.catalogue.detector import catalogue_detector
 
     cat = catalogue_detector(image, mask, background=background, dq=dq, gain=gain, saturation=saturation,
                              defects=codes, defect_map=status, defect_settings=defect_settings)
@@ -140,7 +139,7 @@ def measure_frame(
     dq, codes : numpy.ndarray, optional
         Its DQ plane and defect codes.
     status : str, optional
-        State of the defect map (see :func:`crscale.catalog.defects.region_kinds`).
+        State of the defect map (see :func:`crscale.catalogue.defects.region_kinds`).
     gain, saturation : float
         e-/ADU and the saturation level (image units).
     model, threshold
@@ -222,7 +221,7 @@ def summarise_frames(parts: list[dict[str, Any]], edges: np.ndarray = CHARGE_EDG
     charge = np.concatenate([p["charge"] for p in parts]) if parts else np.zeros(0)
     found = np.concatenate([p["found"] for p in parts]) if parts else np.zeros(0, bool)
     value = regions / n if n else None
-    error = float(np.sqrt(max(value * (1 - value), 1.0 / n) / n)) if n else None
+    error = float(np.sqrt(max(value * (1 - value), 1.0 / n) / n)) if value is not None else None
     idx = np.clip(np.searchsorted(edges, charge, side="right") - 1, 0, edges.size - 2)
     injected = np.bincount(idx, minlength=edges.size - 1)
     detected = np.bincount(idx, weights=found.astype(np.float64), minlength=edges.size - 1)
@@ -262,22 +261,22 @@ def completeness_task(
 
     opts = zarr_options(archive)
     group = zarr.open_group(f"{archive}/exposures/{eid}/{det}", mode="r", zarr_format=3, storage_options=opts)
-    attrs = dict(group.attrs)
+    attrs: dict[str, Any] = dict(group.attrs)
     detect = attrs.get("detect") or {}
-    h, w = (int(s) for s in group["image"].shape)
+    h, w = (int(s) for s in cast(zarr.Array, group["image"]).shape)
     cy, cx = max(0, (h - settings.cutout) // 2), max(0, (w - settings.cutout) // 2)
     box = (slice(cy, cy + min(h, settings.cutout)), slice(cx, cx + min(w, settings.cutout)))
     arrays = set(group.array_keys())
     dgroup = zarr.open_group(f"{archive}/defects/{key}", mode="r", zarr_format=3, storage_options=opts)
     # The frame with its own CRs taken out (the archive's inpainted ``clean``), so that the
     # painted CRs meet the crowding of the detector's real exposures and nothing else.
-    image = np.asarray(group["image"][box], dtype=np.float32)
-    own = np.asarray(group["mask"][box]) != 0
+    image = np.asarray(cast(zarr.Array, group["image"])[box], dtype=np.float32)
+    own = np.asarray(cast(zarr.Array, group["mask"])[box]) != 0
     rng = np.random.default_rng(_seed(key, eid))
     if "clean" in arrays:
         # Inpainting is smooth: give the pixels it filled (the mask grown as the detect stage
         # grows it) the frame's noise back, or faint CRs painted there would be found too easily.
-        image = np.asarray(group["clean"][box], dtype=np.float32)
+        image = np.asarray(cast(zarr.Array, group["clean"])[box], dtype=np.float32)
         filled = ndimage.binary_dilation(own, np.ones((3, 3), bool), iterations=1)
         noise = float((detect.get("stats") or {}).get("noise") or 0.0)
         image[filled] += rng.normal(0.0, noise, int(filled.sum())).astype(np.float32)
@@ -286,8 +285,8 @@ def completeness_task(
     return measure_frame(
         image,
         None,
-        dq=np.asarray(group["dq"][box]) if "dq" in arrays else None,
-        codes=np.asarray(dgroup["codes"][box]),
+        dq=np.asarray(cast(zarr.Array, group["dq"])[box]) if "dq" in arrays else None,
+        codes=np.asarray(cast(zarr.Array, dgroup["codes"])[box]),
         status=status,
         gain=float(attrs.get("gain") or 1.0),
         saturation=attrs.get("saturation"),
@@ -344,7 +343,7 @@ def refresh_completeness(
         try:
             summary = summarise_frames([f.result() for f in futs])
         except Exception as exc:  # the detector's rates stay uncorrected; the others go on
-            log.error("completeness of %s failed: %s", key, describe(exc))
+            log.error("completeness of %s failed: %s", key, error_text(exc))
             continue
         finally:
             for f in futs:

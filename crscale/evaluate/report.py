@@ -42,6 +42,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from crscale.io.json_values import json_safe
+
 _DPI = 120
 # No software version in the PNG: the same numbers give the same bytes.
 _PNG_METADATA = {"Software": None}
@@ -59,9 +61,11 @@ _HEADERS = ["method", *(header for header, _ in _COLUMNS), "threshold"]
 # Figures read off a curve: a sweep reaches each at its own parameter value, not at "threshold".
 _CURVE_KEYS = {"tpr@fpr=1e-4", "tpr@fpr=1e-3", "precision@tpr=0.95"}
 _FPR_RANGE = (1e-6, 1e-1)
-_SWEEP_STYLE = {"marker": "o", "markersize": 4, "linewidth": 0.8}
-_NOTE_STYLE = {"textcoords": "offset points", "xytext": (4, -10), "fontsize": "x-small"}
-_QUANTITIES = (("tpr", "TPR", "-"), ("precision", "precision", "--"), ("f1", "F1", ":"))
+_SWEEP_STYLE: dict[str, Any] = {"marker": "o", "markersize": 4, "linewidth": 0.8}
+_NOTE_STYLE: dict[str, Any] = {"textcoords": "offset points", "xytext": (4, -10), "fontsize": "x-small"}
+_QUANTITIES: tuple[tuple[str, str, Any], ...] = (
+    ("tpr", "TPR", "-"), ("precision", "precision", "--"), ("f1", "F1", ":"),
+)
 _DATA_DETAILS = ("cr_rate", "repeats", "seed", "footprints")
 _POOLED_NOTE = (
     "TPR at 0.01 % and 0.1 % FPR and precision at 95 % TPR are read off each method's curve (for a sweep, "
@@ -104,19 +108,6 @@ def _floats(values: Iterable[Any] | None) -> np.ndarray:
 
 def _is_sweep(m: dict) -> bool:
     return m.get("kind") == "sweep"
-
-
-def json_safe(obj: Any) -> Any:
-    """A copy of ``obj`` that strict JSON can hold: NaN and infinities become None."""
-    if isinstance(obj, np.ndarray | np.generic):
-        obj = obj.tolist()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def _cells(m: dict) -> list[str]:

@@ -9,15 +9,20 @@ threshold) unless the method was trained on dilated masks.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from scipy import ndimage
 
+from crscale._logging import Reporter, reporter
 from crscale.evaluate.dataset import EvalImage
 from crscale.evaluate.methods import Method
 from crscale.injection.metrics import FIGURE_KEYS, confusion, roc_curve, score_summary, sweep_summary
+
+logger = logging.getLogger(__name__)
 
 _KERNEL = np.ones((3, 3), bool)
 
@@ -55,7 +60,7 @@ def evaluate_methods(
     *,
     dilate: bool = False,
     progress: bool = True,
-    log=print,
+    log: Reporter | None = None,
 ) -> EvaluationResult:
     """Run each method on each image and compute its figures.
 
@@ -72,12 +77,13 @@ def evaluate_methods(
         The 3×3 dilation convention (see the module docstring).
     progress : bool
         A progress bar per method.
-    log : callable
-        Receives a message for each method dropped.
+    log : callable, optional
+        Receives a message for each method dropped; by default it is logged at INFO.
     """
+    log = reporter(logger, log)
     from tqdm.auto import tqdm
 
-    from crscale.io.errors import describe
+    from crscale.errors import error_text
 
     result = EvaluationResult()
     truths = [ndimage.binary_dilation(im.truth, _KERNEL) if dilate else im.truth for im in images]
@@ -91,8 +97,8 @@ def evaluate_methods(
         for im, truth in zip(bar, truths, strict=True):
             try:
                 out = method.run(im)
-            except Exception as exc:  # noqa: BLE001 - any failure of a third-party method is reported
-                failed = f"failed on {im.name} ({im.path}): {describe(exc)}"
+            except Exception as exc:  # any failure of a third-party method is reported
+                failed = f"failed on {im.name} ({im.path}): {error_text(exc)}"
                 break
             t = truth[im.valid]
             if method.kind == "score":
@@ -105,7 +111,8 @@ def evaluate_methods(
                 per_image[im.name] = _per_image(score_summary(s, t, method.threshold))
             else:
                 counts = {}
-                for p, mask in out.items():
+                # a mask method returns {parameter: mask}
+                for p, mask in cast(dict[float, np.ndarray], out).items():
                     if dilate and not method.trained_dilated:
                         mask = ndimage.binary_dilation(mask, _KERNEL)
                     counts[p] = confusion(mask[im.valid], t)
@@ -123,7 +130,9 @@ def evaluate_methods(
             result.curves[method.name] = {k: np.asarray(v, float).tolist() for k, v in curve.items()}
         else:
             entry = sweep_summary(
-                {p: tuple(int(x) for x in c) for p, c in pooled_counts.items()}, method.threshold
+                {p: cast(tuple[int, int, int, int], tuple(int(x) for x in c))  # np.zeros(4) sums
+                 for p, c in pooled_counts.items()},
+                method.threshold,
             )
             rows = entry["threshold_table"]
             result.curves[method.name] = {

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from crscale.detection.stats import robust_sky_noise
+from crscale.detection.sky_noise import robust_sky_noise
 from crscale.errors import InputError
 from crscale.injection.footprints import CRFootprint, CRLibrary
 
@@ -37,7 +37,7 @@ def footprints_from_dark(
 
     1. Work in electrons: ``dark * gain``.
     2. Robust median and noise sigma of the unflagged pixels
-       (:func:`crscale.detection.stats.robust_sky_noise`: 5-sigma clipped MAD).
+       (:func:`crscale.detection.sky_noise.robust_sky_noise`: 5-sigma clipped MAD).
     3. Seeds: pixels above ``median + nsigma * sigma``.
     4. Dilate the seeds with a ``(2 * dilate + 1)`` square (3 x 3 by default), which takes in
        the faint edges of each CR.
@@ -126,7 +126,7 @@ def footprints_from_dark(
         peaks[1:] = ndimage.maximum(excess, labels, np.arange(1, n + 1))
         keep &= peaks > peak_nsigma * sigma
 
-    footprints = []
+    footprints: list[CRFootprint] = []
     for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None or not keep[lab]:
             continue
@@ -206,6 +206,7 @@ def footprints_from_dark_file(
             **kwargs,
         )
         footprints.extend(lib.footprints)
+        assert lib.noise_e is not None  # footprints_from_dark measures it
         noise[det.name] = float(lib.noise_e)
         area += lib.area_pix or 0
         exptime = exptime or det.meta.darktime or det.meta.exptime

@@ -143,7 +143,7 @@ FIGURE_KEYS = (
 TABLE_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 
 
-def _counts(tp: float, fp: float, fn: float) -> dict:
+def _counts(tp: float | np.integer, fp: float | np.integer, fn: float | np.integer) -> dict:
     return {
         "tpr": tp / max(tp + fn, 1),
         "precision": tp / max(tp + fp, 1),

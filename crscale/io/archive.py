@@ -28,9 +28,8 @@ import platform
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -41,6 +40,7 @@ from crscale._version import __version__
 from crscale.io import integrity, storage
 from crscale.io.errors import ArchiveError
 from crscale.io.fits_reader import DetectorData, Exposure
+from crscale.io.json_values import json_safe
 
 FORMAT_VERSION = "1.4"  # 1.1: detect arrays and attributes; 1.2: the catalogue (Parquet, status.catalogue)
 # 1.3: chunk integrity records (every chunk stored, crc32c; crscale.io.integrity)
@@ -72,19 +72,6 @@ def software_versions() -> dict[str, str]:
         "xarray": xarray.__version__,
         "python": platform.python_version(),
     }
-
-
-def _json_safe(value: Any) -> Any:
-    """Make nested values JSON-serialisable (numpy scalars, NaN, tuples)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def image_storage_dtype(image: np.ndarray, policy: str) -> tuple[np.dtype, str | None]:
@@ -141,7 +128,9 @@ class Archive:
         The path is not a crscale archive, or has a newer format than this crscale reads.
     """
 
-    def __init__(self, path: str | Path, mode: str = "r", *, create: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] | storage.RemotePath, mode: str = "r", *, create: bool = True
+    ) -> None:
         self.path = storage.location(path)
         self.mode = mode
         if mode not in ("r", "a"):
@@ -249,7 +238,7 @@ class Archive:
     def exposure(self, exposure_id: str) -> zarr.Group:
         """The Zarr group of one exposure."""
         try:
-            return self.root[f"exposures/{exposure_id}"]
+            return cast(zarr.Group, self.root[f"exposures/{exposure_id}"])  # the layout: a group
         except KeyError as exc:
             raise KeyError(f"no exposure {exposure_id!r} in {self.path}") from exc
 
@@ -259,7 +248,7 @@ class Archive:
 
     def detectors(self, exposure_id: str) -> list[str]:
         """Detector group names of one exposure, in source HDU order."""
-        attrs = self.exposure(exposure_id).attrs
+        attrs: Mapping[str, Any] = self.exposure(exposure_id).attrs
         return list(attrs.get("detectors", sorted(self.exposure(exposure_id).group_keys())))
 
     def iter_exposures(self) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -322,7 +311,8 @@ class Archive:
 
     def status(self, exposure_id: str) -> dict[str, Any]:
         """Per-stage status of one exposure (``{"ingest": {"state": "done", ...}}``)."""
-        return dict(self.exposure(exposure_id).attrs.get("status", {}))
+        attrs: Mapping[str, Any] = self.exposure(exposure_id).attrs
+        return dict(attrs.get("status", {}))
 
     def failures(self) -> list[dict[str, Any]]:
         """Recorded input failures, oldest first."""
@@ -331,7 +321,7 @@ class Archive:
         with warnings.catch_warnings():
             # A record folder without metadata (a full disk while it was written) is no record.
             warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
-            keys = list(self.root["failures"].group_keys())
+            keys = list(cast(zarr.Group, self.root["failures"]).group_keys())
         recs = [dict(self.root[f"failures/{k}"].attrs) for k in keys]
         return sorted(recs, key=lambda r: (r.get("time", ""), r.get("path", "")))
 
@@ -403,8 +393,9 @@ class Archive:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
         group = self.exposure(exposure_id)
-        status = dict(group.attrs.get("status", {}))
-        status[stage] = _json_safe(
+        attrs: Mapping[str, Any] = group.attrs
+        status = dict(attrs.get("status", {}))
+        status[stage] = json_safe(
             {"state": state, "time": utcnow(), "crscale_version": __version__, **info}
         )
         group.attrs["status"] = status
@@ -438,9 +429,9 @@ class Archive:
         """
         self._require_writable()
         key = _failure_key(path, stage)
-        group = self.root["failures"].require_group(key)
+        group = cast(zarr.Group, self.root["failures"]).require_group(key)
         group.attrs.put(
-            _json_safe(
+            json_safe(
                 {
                     "path": path,
                     "stage": stage,
@@ -561,9 +552,9 @@ class Archive:
                 "warnings": warnings_out,
                 "software": software_versions(),
             }
-            group.attrs.put(_json_safe(attrs))
+            group.attrs.put(json_safe(attrs))
             # Status last: a group without it was never finished.
-            group.attrs["status"] = _json_safe(
+            group.attrs["status"] = json_safe(
                 {"ingest": {"state": "done", "time": utcnow(), "crscale_version": __version__}}
             )
             self._move_into_place(staging_dir, final)
@@ -617,7 +608,7 @@ class Archive:
             "aux_sources": det.aux_sources,
             "header": det.header,
         }
-        sub.attrs.put(_json_safe(attrs))
+        sub.attrs.put(json_safe(attrs))
         return notes
 
     @staticmethod
@@ -688,13 +679,14 @@ class Archive:
             guessed: list[str] = []
             for d in dets:
                 try:
-                    det_group = self.root[f"exposures/{eid}/{d}"]
-                    shape = tuple(det_group["image"].shape)
+                    det_group = cast(zarr.Group, self.root[f"exposures/{eid}/{d}"])
+                    shape = tuple(cast(zarr.Array, det_group["image"]).shape)
                 except Exception:  # missing or unreadable detector: not counted
                     continue
                 shapes.append(shape)
                 n_pix += int(np.prod(shape))
-                guessed.extend(g for g in det_group.attrs.get("guessed", []) if g not in guessed)
+                det_attrs: Mapping[str, Any] = det_group.attrs
+                guessed.extend(g for g in det_attrs.get("guessed", []) if g not in guessed)
             rows.append(
                 {
                     "exposure_id": eid,

@@ -5,7 +5,7 @@ extension) name, on-chip binning and shape. Each key's group holds
 
 - ``counts``  uint32 (y, x): exposures in which the pixel was masked (the sufficient statistic;
   adding exposures adds to it),
-- ``codes``   uint8 (y, x): the defect map (:data:`crscale.catalog.defects.DEFECT_CODES`),
+- ``codes``   uint8 (y, x): the defect map (:data:`crscale.catalogue.defects.DEFECT_CODES`),
 - ``user``    uint8 (y, x), optional: a user-supplied bad-pixel map (non-zero: bad),
 
 and attributes (``state`` written last): ``instrument``, ``detector``, ``binning``, ``shape``,
@@ -18,14 +18,15 @@ and attributes (``state`` written last): ``instrument``, ``detector``, ``binning
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
 from crscale.io import integrity
-from crscale.io.archive import Archive, _json_safe, utcnow
+from crscale.io.archive import Archive, utcnow
+from crscale.io.json_values import json_safe
 
 #: Group of the defect maps.
 DEFECTS_GROUP = "defects"
@@ -48,17 +49,17 @@ def _group(arch: Archive, key: str, create: bool = False) -> zarr.Group | None:
             arch.root.create_group(DEFECTS_GROUP)
         except zarr.errors.ContainsGroupError:
             pass
-    parent = arch.root[DEFECTS_GROUP]
+    parent = cast(zarr.Group, arch.root[DEFECTS_GROUP])
     if key not in parent:
         return parent.create_group(key) if create else None
-    return parent[key]
+    return cast(zarr.Group, parent[key])
 
 
 def defect_keys(arch: Archive) -> list[str]:
     """Keys with a defect group (finished or not), sorted (any store: local or object storage)."""
     if DEFECTS_GROUP not in arch.root:
         return []
-    return sorted(arch.root[DEFECTS_GROUP].group_keys())
+    return sorted(cast(zarr.Group, arch.root[DEFECTS_GROUP]).group_keys())
 
 
 def read_defect_attrs(arch: Archive, key: str) -> dict[str, Any] | None:
@@ -87,7 +88,7 @@ def codes_path(archive_path: str, key: str) -> str:
 def _write(group: zarr.Group, name: str, data: np.ndarray) -> None:
     chunks = tuple(max(1, min(_CHUNK, s)) for s in data.shape)
     if name in set(group.array_keys()):
-        arr = group[name]
+        arr = cast(zarr.Array, group[name])
         if tuple(arr.shape) == data.shape and arr.dtype == data.dtype and integrity.is_recorded(arr):
             integrity.for_writing(arr)[...] = data
             return
@@ -116,11 +117,12 @@ def write_defect_map(
     map for a finished one.
     """
     group = _group(arch, key, create=True)
+    assert group is not None  # created
     old = dict(group.attrs)
-    group.attrs.put(_json_safe({**old, "state": "writing"}))
+    group.attrs.put(json_safe({**old, "state": "writing"}))
     for name, data in arrays.items():
         _write(group, name, np.ascontiguousarray(data))
-    group.attrs.put(_json_safe({**old, **attrs, "time": utcnow(), "state": "done"}))
+    group.attrs.put(json_safe({**old, **attrs, "time": utcnow(), "state": "done"}))
 
 
 def update_defect_attrs(arch: Archive, key: str, **attrs: Any) -> None:
@@ -128,4 +130,4 @@ def update_defect_attrs(arch: Archive, key: str, **attrs: Any) -> None:
     group = _group(arch, key)
     if group is None:
         raise KeyError(f"no defect map {key!r} in {arch.path}")
-    group.attrs.update(_json_safe(attrs))
+    group.attrs.update(json_safe(attrs))

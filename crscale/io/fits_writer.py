@@ -22,18 +22,18 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import zarr
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 from crscale._version import __version__
-from crscale.errors import SettingsError
+from crscale.errors import ArchiveError, InputError, SettingsError
 from crscale.io import integrity, storage
 from crscale.io.archive import Archive
 from crscale.io.dq import DQConvention, convention_for
-from crscale.io.errors import ArchiveError, InputError
 from crscale.io.fits_hdus import (
     checksummed,
     commit_hdul,
@@ -177,7 +177,7 @@ def read_plans(archive: Archive, exposure_id: str, options: WriteOptions) -> lis
     exp = archive.exposure_attrs(exposure_id)
     plans = []
     for det in archive.detectors(exposure_id):
-        group = archive.root[f"exposures/{exposure_id}/{det}"]
+        group = cast(zarr.Group, archive.root[f"exposures/{exposure_id}/{det}"])
         names = set(group.array_keys())
         needed = {"mask"} | ({"clean"} if options.pixels == "clean" else set())
         needed |= {"prob"} if options.prob else set()

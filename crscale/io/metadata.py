@@ -272,8 +272,9 @@ def extract_metadata(
         meta.exptime = exptime
         meta.keywords["exptime"] = key
     key, value = _first(headers, DARKTIME_KEYS)
-    if as_float(value) is not None and as_float(value) > 0:
-        meta.darktime = as_float(value)
+    darktime = as_float(value)
+    if key is not None and darktime is not None and darktime > 0:
+        meta.darktime = darktime
         meta.keywords["darktime"] = key
 
     # Gain: a single keyword, else the mean of the per-amplifier keywords.
@@ -287,7 +288,7 @@ def extract_metadata(
         )
     # CCDGAIN / ATODGAIN are nominal settings; measured per-amplifier values beat them.
     nominal = key in ("CCDGAIN", "ATODGAIN")
-    if gain is not None and gain > 0 and not (nominal and meta.gain_per_amp):
+    if key is not None and gain is not None and gain > 0 and not (nominal and meta.gain_per_amp):
         meta.gain = gain
         meta.keywords["gain"] = key
     elif meta.gain_per_amp:
@@ -300,7 +301,7 @@ def extract_metadata(
     meta.readnoise_per_amp = _per_amp(headers, _PER_AMP_RN)
     key, value = _first(headers, READNOISE_KEYS)
     rn = as_float(value)
-    if rn is not None and rn > 0:
+    if key is not None and rn is not None and rn > 0:
         meta.readnoise = rn
         meta.keywords["readnoise"] = key
     elif meta.readnoise_per_amp:
@@ -319,7 +320,7 @@ def extract_metadata(
     key, value = _first(headers, SATURATION_KEYS)
     sat = as_float(value)
     per_amp_sat = _per_amp(headers, _PER_AMP_SAT)
-    if sat is not None and sat > 0:
+    if key is not None and sat is not None and sat > 0:
         meta.saturation = min([sat, *per_amp_sat.values()])
         meta.keywords["saturation"] = key if not per_amp_sat else "+".join([key, *per_amp_sat])
     elif per_amp_sat:
@@ -360,7 +361,7 @@ def extract_metadata(
         meta.instrument = meta.telescope
 
     binning, key = _parse_binning(headers)
-    if binning is None or min(binning) < 1:
+    if binning is None or key is None or min(binning) < 1:
         meta.binning = [int(b) for b in fallbacks["binning"]]
         meta.guessed.append("binning")
     else:

@@ -32,7 +32,7 @@ ZARR_META = "zarr.json"
 _LISTING_CACHED = ("s3", "s3a", "gs", "gcs")
 
 
-def protocol_of(path: str | os.PathLike[str]) -> str | None:
+def protocol_of(path: str | os.PathLike[str] | RemotePath) -> str | None:
     """The URL scheme of ``path`` (``"s3"``, ``"gs"``, ``"https"``), or None for a local path."""
     if not isinstance(path, str | RemotePath):
         return None
@@ -47,7 +47,7 @@ def is_url(path: Any) -> bool:
     return isinstance(path, RemotePath) or protocol_of(path) is not None
 
 
-def storage_options(path: str | os.PathLike[str]) -> dict[str, Any]:
+def storage_options(path: str | os.PathLike[str] | RemotePath) -> dict[str, Any]:
     """The fsspec options for the filesystem of ``path``, from ``crscale.storage.<protocol>``.
 
     Returns an empty dict for local paths and for protocols without settings, so that each
@@ -68,7 +68,7 @@ def storage_options(path: str | os.PathLike[str]) -> dict[str, Any]:
     return options
 
 
-def zarr_options(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+def zarr_options(path: str | os.PathLike[str] | RemotePath) -> dict[str, Any] | None:
     """``storage_options`` for zarr, xarray and dask: None for a local path (they refuse it)."""
     return storage_options(path) if is_url(path) else None
 
@@ -87,7 +87,7 @@ def filesystem(url: str) -> tuple[Any, str]:
     return fs, path
 
 
-def location(path: str | os.PathLike[str]) -> Path | RemotePath:
+def location(path: str | os.PathLike[str] | RemotePath) -> Path | RemotePath:
     """A local absolute :class:`~pathlib.Path`, or a :class:`RemotePath` for a URL."""
     if isinstance(path, RemotePath):
         return path
@@ -339,7 +339,7 @@ def open_input(path: str, mode: str = "rb", block_size: int | None = None) -> An
         fs, key = filesystem(path)
         kwargs = {"block_size": block_size} if block_size else {}
         return fs.open(key, mode, **kwargs)
-    return open(path, mode)  # noqa: SIM115 - the caller closes it
+    return open(path, mode)  # the caller closes it
 
 
 def input_info(path: str) -> dict[str, Any] | None:

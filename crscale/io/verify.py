@@ -14,7 +14,9 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import zarr
 
 from crscale.io import integrity
 from crscale.io.archive import Archive
@@ -154,7 +156,7 @@ def _check_exposure(arch: Archive, eid: str) -> ExposureCheck:
         base = f"exposures/{eid}/{det}"
         label = f"{det}"
         try:
-            group = arch.root[base]
+            group = cast(zarr.Group, arch.root[base])
             names = sorted(group.array_keys())
         except Exception as exc:
             check.damage.append(f"{label}: unreadable detector group ({type(exc).__name__}: {exc})")

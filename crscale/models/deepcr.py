@@ -30,11 +30,11 @@ import ast
 import re
 from importlib import metadata
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
-from crscale.errors import MissingDependencyError
-from crscale.io.errors import InputError
+from crscale.errors import InputError, MissingDependencyError
 from crscale.models.card import ModelCard
 from crscale.models.unet import UNet, UNetConfig, count_parameters
 
@@ -93,8 +93,10 @@ def _mask_dict(root: Path) -> dict[str, tuple[str, float]]:
             ):
                 table = {}
                 for key, value in zip(node.value.keys, node.value.values, strict=True):
-                    cls, _args, scale = value.elts  # [NetworkClass, (in, out, hidden), scale]
-                    table[ast.literal_eval(key)] = (cls.id, float(ast.literal_eval(scale)))
+                    # deepCR's literal: "name": [NetworkClass, (in, out, hidden), scale]
+                    cls, _args, scale = cast(ast.List, value).elts
+                    entry = (cast(ast.Name, cls).id, float(ast.literal_eval(scale)))
+                    table[ast.literal_eval(cast(ast.expr, key))] = entry
                 return table
     except (OSError, SyntaxError, ValueError, AttributeError, TypeError):
         pass
@@ -245,6 +247,7 @@ def load_deepcr(name: str, device: str | torch.device = "cpu") -> tuple[UNet, Mo
 
     table = _mask_dict(root)
     cls, scale = table.get(name, ("(not in deepCR's mask_dict)", 1.0))
+    normalisation: dict[str, Any]
     if name in _MEANSTD_MODELS:
         normalisation = {
             "method": "meanstd", "units": "electrons",

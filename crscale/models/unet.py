@@ -209,6 +209,7 @@ def fold_batchnorm(model: UNet) -> UNet:
             if not isinstance(norm, nn.BatchNorm2d):
                 continue
             conv = getattr(module, conv_name)
+            assert norm.running_mean is not None and norm.running_var is not None  # tracked (eval mode)
             scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
             with torch.no_grad():
                 conv.weight.mul_(scale.reshape(-1, 1, 1, 1))

@@ -38,8 +38,8 @@ def worker_use(info: dict[str, Any]) -> list[WorkerUse]:
         metrics = w.get("metrics") or {}
         # distributed reports NVML figures twice: flat (its system monitor) and under "gpu"
         # (the worker's metric); the total comes with the startup information.
-        nvml = metrics.get("gpu") if isinstance(metrics.get("gpu"), dict) else {}
-        startup = w.get("gpu") if isinstance(w.get("gpu"), dict) else {}
+        nvml = gpu if isinstance(gpu := metrics.get("gpu"), dict) else {}
+        startup = gpu_info if isinstance(gpu_info := w.get("gpu"), dict) else {}
         util = metrics.get("gpu_utilization", nvml.get("utilization"))
         used = metrics.get("gpu_memory_used", nvml.get("memory-used"))
         total = metrics.get("gpu-memory-total", startup.get("memory-total"))
@@ -52,8 +52,8 @@ def worker_use(info: dict[str, Any]) -> list[WorkerUse]:
             memory_gib=float(metrics.get("memory") or 0.0) / gib,
             memory_limit_gib=float(w.get("memory_limit") or 0.0) / gib,
             gpu_utilization=_float(util),
-            gpu_memory_gib=None if _float(used) is None else float(used) / gib,
-            gpu_memory_total_gib=None if _float(total) is None else float(total) / gib,
+            gpu_memory_gib=None if (used_f := _float(used)) is None else used_f / gib,
+            gpu_memory_total_gib=None if (total_f := _float(total)) is None else total_f / gib,
             resources=dict(w.get("resources") or {}),
         ))
     return sorted(out, key=lambda u: u.name)

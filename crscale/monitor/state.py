@@ -150,20 +150,20 @@ class DashboardState:
                 del self._catalogue_time[e.exposure]
                 self._catalogue_todo.pop(e.exposure, None)
                 undone.append(e.exposure)
-        for e in removed:
-            self._catalogue_time.pop(e, None)
-            self._catalogue_todo.pop(e, None)
+        for eid in removed:
+            self._catalogue_time.pop(eid, None)
+            self._catalogue_todo.pop(eid, None)
         if undone:
             self.catalogue.update([], undone)
         # A first look at a large catalogue reads a few batches a tick, not all of it at once.
         deadline = time.monotonic() + self.tracker.budget_s
         while self._catalogue_todo and time.monotonic() < deadline:
             batch = list(self._catalogue_todo)[: self.catalogue.batch]
-            for e in batch:
-                del self._catalogue_todo[e]
+            for eid in batch:
+                del self._catalogue_todo[eid]
             self.catalogue.update(batch)
-            for e in self.catalogue.unreadable:  # being replaced right now: next tick
-                self._catalogue_todo[e] = None
+            for eid in self.catalogue.unreadable:  # being replaced right now: next tick
+                self._catalogue_todo[eid] = None
 
     def tick(self) -> View:
         """Read what changed and return the new :class:`View`."""
@@ -183,7 +183,7 @@ class DashboardState:
             self._throughput = self._throughput_series(job, now)
         workers: list[WorkerUse] = []
         tasks: dict[str, int] = {}
-        error = "the scheduler is not asked (scheduler=False)"
+        error: str | None = "the scheduler is not asked (scheduler=False)"
         if self.probe is not None:
             workers, tasks = self.probe.poll((job or {}).get("scheduler"), state == "running")
             error = self.probe.error

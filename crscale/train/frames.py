@@ -23,8 +23,7 @@ import numpy as np
 import yaml
 
 from crscale.detection.badpix import bad_pixel_mask
-from crscale.errors import SettingsError
-from crscale.io.errors import InputError
+from crscale.errors import InputError, SettingsError
 from crscale.io.fits_reader import read_exposure, sha256_file
 
 log = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ def bin_sum(image: np.ndarray, bad: np.ndarray, factor: int) -> tuple[np.ndarray
     h, w = (s // factor * factor for s in image.shape)
     shape = (h // factor, factor, w // factor, factor)
     img = image[:h, :w].reshape(shape).sum(axis=(1, 3))
-    b = bad[:h, :w].reshape(shape).any(axis=(1, 3))
+    b = np.asarray(bad[:h, :w].reshape(shape).any(axis=(1, 3)))
     return img, b
 
 

@@ -12,17 +12,20 @@ every epoch (safetensors + JSON, never a pickle) makes the run resumable with id
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from crscale._logging import Reporter, reporter
 from crscale.detection.api import detect
 from crscale.detection.badpix import fill_bad
 from crscale.detection.normalise import ImageStats, compute_stats, normalise
@@ -36,6 +39,8 @@ from crscale.models.store import save_model
 from crscale.models.unet import UNet, UNetConfig, count_parameters
 from crscale.train.config import TrainConfig
 from crscale.train.dataset import build_store, config_key, cr_libraries
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,7 +60,7 @@ def _architecture(arch) -> UNetConfig:
 class PatchSampler:
     """Draws training batches from the patch store (all in memory: a few hundred MB at most)."""
 
-    def __init__(self, store, config: TrainConfig, log=print):
+    def __init__(self, store, config: TrainConfig, log: Reporter | None = None):
         g = store["train"]
         self.image = g["image"][...]
         self.ignore = g["ignore"][...]
@@ -80,8 +85,9 @@ class PatchSampler:
                     img,
                     rng,
                     sky_e=sky,
-                    scale_range=tuple(aug.scale_range),
-                    add_sky_range=tuple(aug.add_sky_range),
+                    # YAML gives lists; sky_augment unpacks (and so checks) exactly two numbers
+                    scale_range=cast(tuple[float, float], tuple(aug.scale_range)),
+                    add_sky_range=cast(tuple[float, float], tuple(aug.add_sky_range)),
                     p_add=aug.p_add,
                     readnoise_e=float(self.rn[i]),
                     return_params=True,
@@ -226,7 +232,9 @@ def _load_checkpoint(path: Path, model, opt, sched, rng):
     return meta["epoch"], meta["history"], best
 
 
-def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, log=print) -> TrainResult:
+def train(
+    config: TrainConfig, *, resume: bool = True, progress: bool = True, log: Reporter | None = None
+) -> TrainResult:
     """Train a model from a :class:`TrainConfig`; see the module docstring for the recipe.
 
     The patch store (``<workdir>/patches.zarr``) is built on the first run and reused while the
@@ -236,6 +244,8 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, lo
     """
     import zarr
     from tqdm.auto import tqdm
+
+    log = reporter(logger, log)
 
     t_start = time.perf_counter()
     work = config.workdir_path
@@ -256,7 +266,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, lo
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = UNet(arch)
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's overloads
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt,

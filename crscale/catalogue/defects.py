@@ -258,7 +258,7 @@ def region_kinds(
     box_height: np.ndarray,
     box_width: np.ndarray,
     *,
-    status: str,
+    status: str | None,
     settings: DefectSettings,
 ) -> np.ndarray:
     """The ``kind`` of every catalogued region.
