@@ -191,3 +191,25 @@ def test_a_flipped_byte_in_a_catalogue_file_is_found_not_read_as_values(tmp_path
     assert any(silently_wrong(pos) for pos in range(len(raw) // 4, len(raw) // 2, 7))
     with pytest.raises(cs.ArchiveError, match="damaged catalogue file"):
         cs.read_table(path, "crs")
+
+
+def test_a_resumed_detect_over_a_leftover_output_is_quiet_and_equal(client, tmp_path):
+    """An interrupted detection can leave chunks under prob/ after the array itself was removed
+    (a worker was still writing its block). The next detect rewrites it without Zarr's
+    "Object at prob is not recognized" warning (issue #20, item 9), and with the same result."""
+    import warnings
+
+    from crscale.engine import detect_archive
+
+    path = tmp_path / "a.zarr"
+    eid, det = _ingest(path)
+    assert detect_archive(path, client=client, progress=False, echo=None).ok
+    folder = path / "exposures" / eid / det
+    prob = Archive(path).root[f"exposures/{eid}/{det}/prob"][...]
+    (folder / "prob" / "zarr.json").unlink()  # what the interrupted run leaves: chunks, no array
+    assert (folder / "prob" / "c").is_dir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert detect_archive(path, client=client, force=True, progress=False, echo=None).ok
+    assert not [w for w in caught if "not recognized" in str(w.message)], [str(w.message) for w in caught]
+    assert np.array_equal(Archive(path).root[f"exposures/{eid}/{det}/prob"][...], prob, equal_nan=True)

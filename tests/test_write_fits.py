@@ -116,6 +116,11 @@ def test_lco_mef_gets_one_crmask_per_sci(archive, native):
         assert total > 0 and ph["CRSNPIX"] == total
         assert ph["CRSMODEL"] == "crscale-default" and 0 < ph["CRSTHRES"] < 1
         assert len(ph["CRSWSHA"]) == 64 and ph["CRSDILAT"] == 1 and ph["CRSFLAGS"] == "native"
+        # The digest recorded by the detection itself (not the model file's at write time).
+        from crscale.models.store import weights_file
+
+        shipped = hashlib.sha256(weights_file("default").read_bytes()).hexdigest()
+        assert arch.status(eid)["detect"]["weights_sha256"] == ph["CRSWSHA"] == shipped
         assert any("crscale" in str(h) for h in ph["HISTORY"])
 
 

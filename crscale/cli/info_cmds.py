@@ -317,14 +317,15 @@ def format_exposure(archive, exposure_id: str) -> str:  # an Archive, imported l
 
 def _flag_agreement_lines(archive, eid: str, det: str, exp: dict, attrs: dict) -> list[str]:  # an Archive
     """The DQ convention of a detector and, once detected, crscale's agreement with prior CR flags."""
+    from crscale.io.archive import array_names
     from crscale.io.dq import convention_for, cr_flag_agreement
 
     group = archive.root[f"exposures/{eid}/{det}"]
-    if "dq" not in group.array_keys():
+    if "dq" not in array_names(group):
         return []
     conv = convention_for(exp, attrs)
     lines = [f"    dq means   {conv.name} ({conv.kind}): {conv.description}"]
-    if not conv.cosmic_ray or "mask" not in group.array_keys():
+    if not conv.cosmic_ray or "mask" not in array_names(group):
         return lines
     g = cr_flag_agreement(group["dq"][...], group["mask"][...], conv)
 

@@ -8,6 +8,7 @@ from crscale.catalogue.morphology import MorphologyRules
 from crscale.catalogue.profiles import DetectorPhysics
 from crscale.errors import ArchiveError
 from crscale.io import integrity
+from crscale.io.archive import array_names
 from crscale.io.dq import ExcludedView, convention_for
 from crscale.io.storage import zarr_options
 
@@ -34,7 +35,7 @@ def catalogue_detector_task(
     label = f"{archive}/exposures/{exposure_id}/{detector}"
     group = zarr.open_group(label, mode="r", zarr_format=3, storage_options=zarr_options(archive))
     attrs: dict[str, Any] = dict(group.attrs)
-    arrays = set(group.array_keys())
+    arrays = array_names(group)
     if "mask" not in arrays:
         raise ArchiveError(f"{exposure_id}/{detector}: no CR mask (run `crscale detect` first)")
     detect = attrs.get("detect") or {}
@@ -44,8 +45,10 @@ def catalogue_detector_task(
 
     codes = None
     if defects and defects.get("key"):
-        codes = zarr.open_group(f"{archive}/defects/{defects['key']}", mode="r", zarr_format=3,
-                                storage_options=zarr_options(archive))["codes"]
+        where = f"{archive}/defects/{defects['key']}"
+        # Checked like the exposure's own arrays: a lost chunk of codes would read as "no defect".
+        codes = integrity.checked(zarr.open_group(where, mode="r", zarr_format=3,
+                                                  storage_options=zarr_options(archive)), "codes", where)
     result = catalogue_detector(
         read("image"),
         read("mask"),

@@ -17,7 +17,7 @@ from crscale import config
 from crscale.engine.blocks import BLOCK_DTYPE, DetectSettings, block_chunks, detect_block, write_block
 from crscale.errors import SettingsError
 from crscale.io import integrity
-from crscale.io.archive import Archive
+from crscale.io.archive import Archive, array_names
 from crscale.io.dq import DQConvention, convention_for
 from crscale.io.errors import ArchiveError
 from crscale.io.storage import zarr_options
@@ -137,7 +137,7 @@ def plan_exposure(archive: Archive, exposure_id: str, target: Sequence[int], hal
                 shape=(int(image.shape[0]), int(image.shape[1])),
                 storage_chunks=storage,  # type: ignore[arg-type]
                 chunks=block_chunks(tuple(image.shape), storage, tuple(target), halo),  # type: ignore[arg-type]
-                has_dq="dq" in group.array_keys(),
+                has_dq="dq" in array_names(group),
                 gain=float(gain),
                 readnoise=attrs.get("readnoise"),
                 saturation=attrs.get("saturation"),
@@ -269,7 +269,7 @@ def create_outputs(
         spec = {"prob": (prob_dtype, np.nan), "mask": ("uint8", 0), "clean": ("float32", np.nan)}
         for name in OUTPUTS:
             if name == "clean" and not settings.inpaint:
-                if name in group.array_keys():
+                if name in array_names(group):
                     del group[name]  # a stale cleaned image from another model must not stay
                 continue
             dtype, fill = spec[name]
@@ -292,7 +292,7 @@ def remove_outputs(archive: Archive, exposure_id: str, plans: list[DetectorPlan]
         with contextlib.suppress(Exception):
             group = cast("zarr.Group", archive.root[f"exposures/{exposure_id}/{p.name}"])
             for name in OUTPUTS:
-                if name in group.array_keys():
+                if name in array_names(group):
                     del group[name]
             if "detect" in group.attrs:
                 del group.attrs["detect"]

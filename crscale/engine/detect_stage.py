@@ -346,6 +346,8 @@ def _done_meanwhile(arch: Archive, eid: str, force: bool) -> str | None:
 
 def _finish_exposure(book: StatusBook, work: InFlight, counts: list[int], job: DetectJob) -> None:
     """Detector attributes, then the exposure's status (last)."""
+    from crscale.models.store import weights_sha256
+
     settings, eid = job.settings, work.exposure_id
     for p, n_cr in zip(work.plans, counts, strict=True):
         group = book.arch.root[f"exposures/{eid}/{p.name}"]
@@ -361,6 +363,9 @@ def _finish_exposure(book: StatusBook, work: InFlight, counts: list[int], job: D
     book.done(
         eid,
         model=settings.model_name or settings.model,
+        # The digest of the weights that made the masks, recorded now: the file of a model
+        # name may later hold other weights (write-fits's CRSWSHA reads it from here).
+        weights_sha256=weights_sha256(settings.model),
         threshold=settings.threshold,
         precision=settings.precision,
         inpaint_method=settings.inpaint_method if settings.inpaint else None,

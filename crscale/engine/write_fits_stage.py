@@ -11,8 +11,6 @@ archive (``failures/``, stage ``write-fits``); they never stop the rest of the r
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import logging
 import os
 import time
@@ -90,17 +88,11 @@ def output_names(archive: Archive) -> dict[str, tuple[str, str | None]]:
     }
 
 
-@functools.lru_cache(maxsize=16)
 def _weights_sha256(model: str) -> str | None:
-    from crscale.models.store import weights_file
+    # Archives detected before the digest was recorded: the file's digest now (lazy: torch).
+    from crscale.models.store import weights_sha256
 
-    try:
-        path = weights_file(model)
-    except Exception:  # deepcr:NAME, or a model file that is gone: nothing to hash
-        return None
-    if not Path(path).is_file():
-        return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return weights_sha256(model)
 
 
 def provenance_of(detect_status: dict[str, Any]) -> Provenance:

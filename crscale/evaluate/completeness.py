@@ -45,7 +45,7 @@ from crscale import config
 from crscale.catalogue.defects import DefectSettings
 from crscale.catalogue.labels import STRUCTURE
 from crscale.errors import SettingsError, error_text
-from crscale.io.archive import Archive
+from crscale.io.archive import Archive, array_names
 from crscale.io.catalogue_schema import EV_PER_ELECTRON
 from crscale.io.defect_store import read_defect_attrs, update_defect_attrs
 
@@ -266,7 +266,7 @@ def completeness_task(
     h, w = (int(s) for s in cast(zarr.Array, group["image"]).shape)
     cy, cx = max(0, (h - settings.cutout) // 2), max(0, (w - settings.cutout) // 2)
     box = (slice(cy, cy + min(h, settings.cutout)), slice(cx, cx + min(w, settings.cutout)))
-    arrays = set(group.array_keys())
+    arrays = array_names(group)
     dgroup = zarr.open_group(f"{archive}/defects/{key}", mode="r", zarr_format=3, storage_options=opts)
     # The frame with its own CRs taken out (the archive's inpainted ``clean``), so that the
     # painted CRs meet the crowding of the detector's real exposures and nothing else.

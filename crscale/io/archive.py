@@ -52,6 +52,28 @@ _TRASH = "trash"
 JOBS_GROUP = "jobs"
 
 
+def array_names(group: zarr.Group) -> set[str]:
+    """Names of the arrays in ``group``, leftovers that are not Zarr nodes passed over quietly.
+
+    An interrupted detection can leave such a leftover: a worker that was still writing a block
+    stores its chunks under ``prob/`` after the array itself was removed. It is no array (no
+    ``zarr.json``), the next write of the array replaces it (``overwrite=True``), and Zarr's
+    "Object at prob is not recognized" warning about it would only alarm the user.
+
+    Parameters
+    ----------
+    group : zarr.Group
+        An exposure's detector group (or any group).
+
+    Returns
+    -------
+    set of str
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Object at .* is not recognized")
+        return set(group.array_keys())
+
+
 def utcnow() -> str:
     """Current UTC time as ISO 8601 with seconds."""
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")

@@ -25,7 +25,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from crscale.io import integrity
-from crscale.io.archive import Archive, utcnow
+from crscale.io.archive import Archive, array_names, utcnow
 from crscale.io.json_values import json_safe
 
 #: Group of the defect maps.
@@ -74,7 +74,7 @@ def read_defect_attrs(arch: Archive, key: str) -> dict[str, Any] | None:
 def read_array(arch: Archive, key: str, name: str) -> np.ndarray | None:
     """One array of a key's group, whole (``counts``, ``codes`` or ``user``), or None."""
     group = _group(arch, key)
-    if group is None or name not in set(group.array_keys()):
+    if group is None or name not in array_names(group):
         return None
     # An absent or corrupt chunk is refused, named (reading it would give zeros: "no defect").
     return np.asarray(integrity.checked(group, name, f"{arch.path}/{DEFECTS_GROUP}/{key}")[...])
@@ -87,7 +87,7 @@ def codes_path(archive_path: str, key: str) -> str:
 
 def _write(group: zarr.Group, name: str, data: np.ndarray) -> None:
     chunks = tuple(max(1, min(_CHUNK, s)) for s in data.shape)
-    if name in set(group.array_keys()):
+    if name in array_names(group):
         arr = cast(zarr.Array, group[name])
         if tuple(arr.shape) == data.shape and arr.dtype == data.dtype and integrity.is_recorded(arr):
             integrity.for_writing(arr)[...] = data

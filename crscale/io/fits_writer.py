@@ -32,7 +32,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from crscale._version import __version__
 from crscale.errors import ArchiveError, InputError, SettingsError
 from crscale.io import integrity, storage
-from crscale.io.archive import Archive
+from crscale.io.archive import Archive, array_names
 from crscale.io.dq import DQConvention, convention_for
 from crscale.io.fits_hdus import (
     checksummed,
@@ -178,7 +178,7 @@ def read_plans(archive: Archive, exposure_id: str, options: WriteOptions) -> lis
     plans = []
     for det in archive.detectors(exposure_id):
         group = cast(zarr.Group, archive.root[f"exposures/{exposure_id}/{det}"])
-        names = set(group.array_keys())
+        names = array_names(group)
         needed = {"mask"} | ({"clean"} if options.pixels == "clean" else set())
         needed |= {"prob"} if options.prob else set()
         if needed - names:

@@ -19,7 +19,7 @@ from typing import Any, cast
 import zarr
 
 from crscale.io import integrity
-from crscale.io.archive import Archive
+from crscale.io.archive import Archive, array_names
 
 #: Damage lines listed per array before the rest is counted.
 MAX_LISTED = 5
@@ -157,7 +157,7 @@ def _check_exposure(arch: Archive, eid: str) -> ExposureCheck:
         label = f"{det}"
         try:
             group = cast(zarr.Group, arch.root[base])
-            names = sorted(group.array_keys())
+            names = sorted(array_names(group))
         except Exception as exc:
             check.damage.append(f"{label}: unreadable detector group ({type(exc).__name__}: {exc})")
             check.damaged_arrays.append("image")

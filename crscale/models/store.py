@@ -9,6 +9,8 @@ but tensors and plain containers.)
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import hashlib
 import json
 from pathlib import Path
 
@@ -140,3 +142,29 @@ def weights_file(spec: str | Path = "default") -> Path:
         f"unknown model; shipped models: {', '.join(shipped) or 'none'}; or give a .safetensors path",
         kind="model",
     )
+
+
+@functools.lru_cache(maxsize=16)
+def weights_sha256(spec: str = "default") -> str | None:
+    """SHA-256 of a crscale model's weight file, or None where there is no file to hash.
+
+    Parameters
+    ----------
+    spec : str
+        As for :func:`weights_file`; a ``deepcr:NAME`` model, an unknown name or a file that is
+        gone give None.
+
+    Returns
+    -------
+    str or None
+        64 hexadecimal digits.
+    """
+    try:
+        path = weights_file(spec)
+    except InputError:
+        return None
+    if path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
