@@ -143,7 +143,8 @@ def catalogue_detector_task(
         read("image"),
         read("mask"),
         background=read("clean"),
-        dq=ExcludedView(read("dq"), convention_for(exposure_attrs, attrs)) if "dq" in arrays else None,
+        dq=(ExcludedView(read("dq"), convention_for(exposure_attrs, detector_attrs=attrs))
+            if "dq" in arrays else None),
         gain=physics.gain,
         saturation=attrs.get("saturation"),
         rules=rules,
@@ -258,8 +259,8 @@ def catalogue_archive(
         def get_client() -> Any:
             if not opened:
                 opened.append(
-                    stack.enter_context(client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster,
-                                                      echo=echo))
+                    stack.enter_context(client_or_new(client, scheduler=scheduler, n_workers=n_workers,
+                                                      cluster=cluster, echo=echo))
                 )
                 arch.note_format()
             return opened[0]
@@ -305,7 +306,7 @@ def _plan(
             detectors = []
             for d in arch.detectors(eid):
                 dattrs = dict(arch.root[f"exposures/{eid}/{d}"].attrs)
-                phys = detector_physics(attrs, dattrs, profiles)
+                phys = detector_physics(attrs, dattrs, profiles=profiles)
                 detectors.append((d, phys, defect_info(maps, key_of(attrs, d, dattrs, phys))))
             tokens = {d: (info or {}).get("token") for d, _p, info in detectors}
             same_detection = (

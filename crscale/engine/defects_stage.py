@@ -151,7 +151,7 @@ def plan_defects(arch: Archive, entries: Sequence[Entry]) -> dict[str, KeyPlan]:
     return plans
 
 
-def scan_archive(arch: Archive, exposures: Sequence[str] | None = None) -> list[Entry]:
+def scan_archive(arch: Archive, *, exposures: Sequence[str] | None = None) -> list[Entry]:
     """Every detector with a finished detection, with its key (see :func:`plan_defects`)."""
     profiles = load_profiles()
     out = []
@@ -163,7 +163,7 @@ def scan_archive(arch: Archive, exposures: Sequence[str] | None = None) -> list[
                 continue
             for det in arch.detectors(eid):
                 dattrs = dict(arch.root[f"exposures/{eid}/{det}"].attrs)
-                phys = detector_physics(attrs, dattrs, profiles)
+                phys = detector_physics(attrs, dattrs, profiles=profiles)
                 key = key_of(attrs, det, dattrs, phys)
                 meta = {"instrument": attrs.get("instrument"), "binning": phys.binning,
                         "shape": dattrs["shape"]}
@@ -212,7 +212,7 @@ def finish_key_task(
     if counts is not None:
         total += counts
     counted.update({e: plan.members[e] for e in plan.todo})
-    dmap = find_defects(total, len(counted), settings)
+    dmap = find_defects(total, len(counted), settings=settings)
     user = read_array(arch, plan.key, "user")
     codes = add_user_map(dmap.codes, user)
     dmap.codes = codes
@@ -284,7 +284,7 @@ def current_maps(arch: Archive) -> dict[str, dict[str, Any]]:
 
 
 def refresh_defects(
-    arch: Archive, get_client: Any, settings: DefectSettings | None = None
+    arch: Archive, get_client: Any, *, settings: DefectSettings | None = None
 ) -> tuple[DefectReport | None, dict[str, dict[str, Any]] | None]:
     """Update every defect map that misses exposures (the catalogue stage's first step).
 
@@ -369,10 +369,12 @@ def update_defects(
     Archive(archive, mode="r")
     arch = Archive(archive, mode="a")
     settings = settings or DefectSettings.from_config()
-    plans = plan_defects(arch, scan_archive(arch, exposures))
+    plans = plan_defects(arch, scan_archive(arch, exposures=exposures))
     results = [DefectResult(k, "current", len(p.members)) for k, p in plans.items() if not p.todo]
     if any(p.todo for p in plans.values()):
-        with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
+        with client_or_new(
+            client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=echo
+        ) as cl:
             arch.note_format()
             results += run_defects(cl, str(arch.path), plans, settings)
     return DefectReport(str(arch.path), sorted(results, key=lambda r: r.key), time.perf_counter() - t0)
@@ -421,7 +423,7 @@ def set_user_map(
             continue
         counts = read_array(arch, key, "counts")
         assert counts is not None  # a finished map has its counts
-        dmap = find_defects(counts, int(attrs.get("n_exposures", 0)), settings)
+        dmap = find_defects(counts, int(attrs.get("n_exposures", 0)), settings=settings)
         dmap.codes = add_user_map(dmap.codes, user)
         write_defect_map(
             arch, key, {"user": user, "codes": dmap.codes},

@@ -260,13 +260,14 @@ def detect_archive(
             time.perf_counter() - t0,
         )
 
-    with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
+    with client_or_new(client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
         arch.note_format()  # about to write 1.1 arrays
         gpu = cluster_has_gpus(cl)
         target = list(block or cfg.get("gpu_block" if gpu else "block"))
         report_settings.update(gpu=gpu, block=target)
         plugin = ModelPlugin(
-            settings.model, settings.device, settings.precision, settings.compile, gpu_only=gpu
+            settings.model, device=settings.device, precision=settings.precision, compile=settings.compile,
+            gpu_only=gpu,
         )
         cl.register_plugin(plugin, name=plugin.name)
         threads = sum(cl.nthreads().values()) or 1

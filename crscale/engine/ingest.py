@@ -152,6 +152,7 @@ def ingest_one(
     exposure_id: str,
     sha256: str,
     settings: dict[str, Any],
+    *,
     overwrite: bool = False,
 ) -> IngestResult:
     """Worker task: read one FITS exposure and write it to the archive.
@@ -383,7 +384,7 @@ def ingest(
                                        kind=p.kind)
     settings = ingest_settings(chunks=chunks, hdus=hdus)
 
-    with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
+    with client_or_new(client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
         threads = sum(cl.nthreads().values()) or 1
         window = max(8, IN_FLIGHT_PER_THREAD * threads)
         hashes: dict[str, str] = {}

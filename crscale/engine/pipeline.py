@@ -94,7 +94,7 @@ def run_pipeline(
     say = echo or (lambda _msg: None)
     report = RunReport(stages=list(stages))
     with (
-        client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl,
+        client_or_new(client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl,
         job_record(archive, cl, stages),
     ):
         exposure_ids: list[str] | None = None

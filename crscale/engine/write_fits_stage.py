@@ -220,7 +220,9 @@ def write_fits_archive(
             continue
         calls.append(((str(arch.path), eid, str(out), options, provenance_of(detect), names[eid], force), {}))
     if calls:
-        with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
+        with client_or_new(
+            client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=echo
+        ) as cl:
             window = max(4, IN_FLIGHT_PER_THREAD * (sum(cl.nthreads().values()) or 1))
             for args, outcome, lost in _windowed(cl, write_fits_task, calls, desc=STAGE,
                                                  progress=progress, window=window):

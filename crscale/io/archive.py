@@ -137,7 +137,7 @@ class Archive:
         The path is not a crscale archive, or has a newer format than this crscale reads.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | storage.RemotePath, mode: str = "r") -> None:
+    def __init__(self, path: str | os.PathLike[str] | storage.RemotePath, *, mode: str = "r") -> None:
         self.path = storage.location(path)
         self.mode = mode
         if mode not in ("r", "a"):
@@ -441,7 +441,7 @@ class Archive:
         with contextlib.suppress(Exception):
             self.record_failure(source, message, stage=stage, kind=kind, exposure_id=exposure_id)
 
-    def clear_failure(self, path: str, stage: str = "ingest") -> None:
+    def clear_failure(self, path: str, *, stage: str = "ingest") -> None:
         """Forget a failure record once the same source has been processed."""
         self._require_writable()
         key = _failure_key(path, stage)
