@@ -33,7 +33,7 @@ from scipy import ndimage
 
 import crscale
 from crscale.detection.inpaint import DEFAULT_INPAINT, INPAINT_METHODS, inpaint
-from crscale.detection.stats import robust_sky_noise
+from crscale.detection.sky_noise import robust_sky_noise
 from crscale.io import read_exposure
 from crscale.train.footprints import load_itl_footprints
 from crscale.train.inject import inject_crs

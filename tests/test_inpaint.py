@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from conftest import DECAM, EMMI, FZ, GMOS, MEF, SAAO
 from crscale.detection.inpaint import DEFAULT_INPAINT, INPAINT_METHODS, INPAINT_RADIUS, inpaint
-from crscale.detection.stats import robust_sky_noise
+from crscale.detection.sky_noise import robust_sky_noise
 from crscale.train.footprints import load_itl_footprints
 from crscale.train.inject import inject_crs
 

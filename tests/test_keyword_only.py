@@ -41,7 +41,7 @@ ALLOWED = {
         "documented as evaluate(images, masks=None, out=None, *, ...): the three inputs of an "
         "evaluation, positional in docs/api.md's example"
     ),
-    "crscale.catalog.stats.log_bins": (
+    "crscale.catalog.histograms.log_bins": (
         "log_bins(low, high, per_decade): the bins settings spell a binning as that triple, "
         "applied as log_bins(*spec)"
     ),

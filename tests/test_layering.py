@@ -17,7 +17,7 @@ PACKAGE = Path(crscale.__file__).parent
 #: siblings: neither imports the other (training and evaluation share crscale.injection), except
 #: on the top layer, the command line, whose modules are one program.
 LAYERS: list[set[str]] = [
-    {"errors", "_logging", "_version", "interrupts"},
+    {"errors", "_lazy", "_logging", "_version", "interrupts"},
     {"config"},
     {"_validate"},
     {"io"},

@@ -10,7 +10,7 @@ from astropy.io import fits
 from scipy import ndimage
 
 import crscale
-from crscale.detection.stats import robust_sky_noise
+from crscale.detection.sky_noise import robust_sky_noise
 from crscale.io.errors import InputError
 from crscale.io.fits_reader import read_exposure
 from crscale.train.footprints import (

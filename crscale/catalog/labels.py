@@ -130,6 +130,92 @@ class _Open:
         return out
 
 
+def _checked_mask(band: Band, width: int, expected_y: int) -> np.ndarray:
+    """The band's mask as bool, after checking its width and that it follows the last band."""
+    mask = np.asarray(band.mask, dtype=bool)
+    if mask.ndim != 2 or mask.shape[1] != width:
+        raise ValueError(f"band at row {band.y0} has shape {mask.shape}, expected (h, {width})")
+    if band.y0 != expected_y:
+        raise ValueError(f"bands must be consecutive: expected row {expected_y}, got {band.y0}")
+    return mask
+
+
+def _facing_pairs(
+    prev_row: np.ndarray, first_row: np.ndarray, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(representative above, provisional id below) of each touching pair across the facing rows.
+
+    ``prev_row[c + d]`` touches ``first_row[c]`` for d in -1, 0, 1 (8-connectivity).
+    """
+    width = first_row.size
+    a_parts, b_parts = [], []
+    for d in (-1, 0, 1):
+        lo, hi = max(0, -d), min(width, width - d)
+        prev = prev_row[lo + d : hi + d]
+        cur = first_row[lo:hi]
+        both = (prev > 0) & (cur > 0)
+        a_parts.append(prev[both])
+        b_parts.append(ids[cur[both] - 1])
+    return np.concatenate(a_parts), np.concatenate(b_parts)
+
+
+def _join(a: np.ndarray, b: np.ndarray, ids: np.ndarray, open_: _Open) -> tuple[np.ndarray, set[int]]:
+    """Union the components joined by the pairs ``(a, b)``: each group takes its smallest id.
+
+    The open pixels of merged components move to that representative in ``open_``. Returns the
+    band's ids mapped to their representatives, and the open representatives that were joined.
+    """
+    if not a.size:
+        return ids, set()
+    nodes, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
+    m = a.size
+    graph = coo_matrix((np.ones(m), (inverse[:m], inverse[m:])), shape=(nodes.size, nodes.size))
+    _, group = connected_components(graph, directed=False)
+    group_rep = np.full(group.max() + 1, np.iinfo(np.int64).max)
+    np.minimum.at(group_rep, group, nodes)
+    node_rep = group_rep[group]
+    for g in np.unique(group):
+        members = nodes[group == g]
+        open_.merge_into(int(group_rep[g]), (int(v) for v in members))
+    local = np.searchsorted(nodes, ids)
+    hit = (local < nodes.size) & (nodes[np.minimum(local, nodes.size - 1)] == ids)
+    return np.where(hit, node_rep[np.minimum(local, nodes.size - 1)], ids), set(a.tolist())
+
+
+def _concat_parts(
+    parts: list[tuple[int, tuple[np.ndarray, ...]]], keys: list[str]
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], dict[str, list[np.ndarray]]]:
+    """The y, x, representative and value arrays of popped open parts, as lists to concatenate."""
+    return (
+        [p[1][0] for p in parts],
+        [p[1][1] for p in parts],
+        [np.full(p[1][0].size, p[0], np.int64) for p in parts],
+        {k: [p[1][2 + i] for p in parts] for i, k in enumerate(keys)},
+    )
+
+
+def _batch(
+    parts: list[tuple[int, tuple[np.ndarray, ...]]],
+    keys: list[str],
+    width: int,
+    own: tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]] | None = None,
+) -> Components | None:
+    """Complete components from popped open ``parts`` and, first, a band's own complete pixels.
+
+    ``own`` is ``(y, x, representative, values in keys order)``; None is returned when there
+    is no pixel.
+    """
+    ys, xs, reps, vals = _concat_parts(parts, keys)
+    if own is not None:
+        ys, xs, reps = [own[0], *ys], [own[1], *xs], [own[2], *reps]
+        vals = {k: [v, *vals[k]] for k, v in zip(keys, own[3], strict=True)}
+    y_all = np.concatenate(ys) if ys else np.zeros(0, np.int64)
+    if not y_all.size:
+        return None
+    values = {k: np.concatenate(v) for k, v in vals.items()}
+    return _group(y_all, np.concatenate(xs), np.concatenate(reps), values, width)
+
+
 def label_bands(bands: Iterable[Band], width: int) -> Iterator[Components]:
     """Label a detector band by band; yield each batch of components as they complete.
 
@@ -153,47 +239,15 @@ def label_bands(bands: Iterable[Band], width: int) -> Iterator[Components]:
     next_id = 1
     expected_y = 0
     for band in bands:
-        mask = np.asarray(band.mask, dtype=bool)
-        if mask.ndim != 2 or mask.shape[1] != width:
-            raise ValueError(f"band at row {band.y0} has shape {mask.shape}, expected (h, {width})")
-        if band.y0 != expected_y:
-            raise ValueError(f"bands must be consecutive: expected row {expected_y}, got {band.y0}")
+        mask = _checked_mask(band, width, expected_y)
         expected_y += mask.shape[0]
         if keys is None:
             keys = sorted(band.values)
         lab, n = ndimage.label(mask, structure=STRUCTURE)
         ids = np.arange(next_id, next_id + n, dtype=np.int64)  # provisional id of each local label
         next_id += n
-        # Join components across the two facing rows: prev_row[c + d] touches lab[0, c].
-        first_row = lab[0]
-        a_parts, b_parts = [], []
-        for d in (-1, 0, 1):
-            lo, hi = max(0, -d), min(width, width - d)
-            prev = prev_row[lo + d : hi + d]
-            cur = first_row[lo:hi]
-            both = (prev > 0) & (cur > 0)
-            a_parts.append(prev[both])
-            b_parts.append(ids[cur[both] - 1])
-        a = np.concatenate(a_parts)
-        b = np.concatenate(b_parts)
         open_before = set(open_.parts)
-        if a.size:
-            nodes, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
-            m = a.size
-            graph = coo_matrix((np.ones(m), (inverse[:m], inverse[m:])), shape=(nodes.size, nodes.size))
-            _, group = connected_components(graph, directed=False)
-            group_rep = np.full(group.max() + 1, np.iinfo(np.int64).max)
-            np.minimum.at(group_rep, group, nodes)
-            node_rep = group_rep[group]
-            for g in np.unique(group):
-                members = nodes[group == g]
-                open_.merge_into(int(group_rep[g]), (int(v) for v in members))
-            local = np.searchsorted(nodes, ids)
-            hit = (local < nodes.size) & (nodes[np.minimum(local, nodes.size - 1)] == ids)
-            ids = np.where(hit, node_rep[np.minimum(local, nodes.size - 1)], ids)
-            joined = set(a.tolist())
-        else:
-            joined = set()
+        ids, joined = _join(*_facing_pairs(prev_row, lab[0], ids), ids, open_)
         # Pixels of this band, tagged with their representative.
         ys, xs = np.nonzero(lab)
         rep = ids[lab[ys, xs] - 1]
@@ -205,37 +259,18 @@ def label_bands(bands: Iterable[Band], width: int) -> Iterator[Components]:
         done_open = [r for r in open_before if r not in joined]
         merged_reps = set(open_.parts) - set(done_open)
         finished = [r for r in merged_reps if r not in touching]
-        batch = open_.pop(done_open + finished)
+        parts = open_.pop(done_open + finished)
         keep = np.isin(rep, np.fromiter(touching, np.int64, len(touching)))
         for r in np.unique(rep[keep]).tolist():
             sel = rep == r
             open_.add(r, (ys[sel] + band.y0, xs[sel]) + tuple(v[sel] for v in vals))
-        out_y = [ys[~keep] + band.y0] + [p[1][0] for p in batch]
-        out_x = [xs[~keep]] + [p[1][1] for p in batch]
-        out_rep = [rep[~keep]] + [np.full(p[1][0].size, p[0], np.int64) for p in batch]
-        out_v = {
-            k: [v[~keep]] + [p[1][2 + i] for p in batch]
-            for i, (k, v) in enumerate(zip(keys, vals, strict=True))
-        }
-        y_all = np.concatenate(out_y)
-        if y_all.size:
-            yield _group(
-                y_all,
-                np.concatenate(out_x),
-                np.concatenate(out_rep),
-                {k: np.concatenate(v) for k, v in out_v.items()},
-                width,
-            )
-    rest = open_.pop(list(open_.parts))
-    if rest:
-        keys = keys or []
-        yield _group(
-            np.concatenate([p[1][0] for p in rest]),
-            np.concatenate([p[1][1] for p in rest]),
-            np.concatenate([np.full(p[1][0].size, p[0], np.int64) for p in rest]),
-            {k: np.concatenate([p[1][2 + i] for p in rest]) for i, k in enumerate(keys)},
-            width,
-        )
+        own = (ys[~keep] + band.y0, xs[~keep], rep[~keep], [v[~keep] for v in vals])
+        batch = _batch(parts, keys, width, own)
+        if batch is not None:
+            yield batch
+    rest = _batch(open_.pop(list(open_.parts)), keys or [], width)
+    if rest is not None:
+        yield rest
 
 
 def label_whole(mask: np.ndarray) -> tuple[np.ndarray, int]:

@@ -1,7 +1,8 @@
 """Survey-scale statistics of a CR catalogue: what ``crscale stats ARCHIVE`` prints and plots.
 
 Two sources, both read with dask in one :func:`dask.compute` call (so each Parquet file is
-read once, on the active scheduler or distributed client):
+read once, on the active scheduler or distributed client), summed into the fixed histograms
+of :mod:`crscale.catalog.histograms`:
 
 * the **CR table** (one row per CR, up to ~10⁹ rows): reduced partition by partition to
   histograms with *fixed* log-spaced bins, so the whole table is summarised in one pass and
@@ -29,22 +30,24 @@ import numpy as np
 import pandas as pd
 
 from crscale.catalog.defects import KINDS
-from crscale.errors import SettingsError
+
+# DEFAULT_BINS and log_bins are imported from here too (docs/catalogue.md, the notebooks).
+from crscale.catalog.histograms import (  # noqa: F401
+    DEFAULT_BINS,
+    N_EXTRA,
+    Histogram,
+    bin_edges,
+    log_bins,
+    slots,
+)
 from crscale.io import storage
 from crscale.io.catalogue_schema import CLASSES
 from crscale.io.catalogue_store import rates_dataset, read_table_dask
+from crscale.io.json_values import json_safe
 from crscale.io.storage import is_url
 
 #: Quantities of the CR table that are histogrammed, with their units.
 CR_QUANTITIES: dict[str, str] = {"n_pixels": "pix", "length": "pix", "energy_ev": "eV"}
-
-#: Default fixed bins: (low edge, high edge, bins per decade), log-spaced.
-DEFAULT_BINS: dict[str, tuple[float, float, int]] = {
-    "n_pixels": (1.0, 1e4, 10),
-    "length": (1.0, 1e3, 10),
-    "energy_ev": (1e2, 1e9, 10),
-    "rate": (1e-4, 1e2, 10),
-}
 
 #: Label of CRs and rows whose instrument is unknown.
 UNKNOWN = "unknown"
@@ -57,118 +60,6 @@ _EXPOSURE_COLUMNS = [
 #: Kinds other than ``cr`` counted apart in the CR table (artefacts; not in the histograms).
 _ARTEFACTS = tuple(k for k in KINDS if k != "cr")
 _GROUPS = ("all", *CLASSES)
-# Slots of a per-quantity count vector: missing (NaN), <= 0, (0, lo), the bins, > hi.
-_N_EXTRA = 3
-
-
-def log_bins(low: float, high: float, per_decade: int = 10) -> np.ndarray:
-    """Log-spaced bin edges from ``low`` to ``high`` (both included).
-
-    Parameters
-    ----------
-    low, high : float
-        First and last edge, ``0 < low < high``.
-    per_decade : int
-        Bins per factor of 10 (rounded so that the edges land on ``low`` and ``high``).
-
-    Returns
-    -------
-    numpy.ndarray
-        The edges, strictly increasing.
-    """
-    if not 0 < low < high:
-        raise SettingsError(f"log bins need 0 < low < high, not {low}, {high}")
-    n = max(1, round(per_decade * math.log10(high / low)))
-    return np.logspace(math.log10(low), math.log10(high), n + 1)
-
-
-def _edges(bins: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
-    out = {q: log_bins(*spec) for q, spec in DEFAULT_BINS.items()}
-    for q, spec in (bins or {}).items():
-        if q not in out:
-            raise SettingsError(f"bins for unknown quantity {q!r}; one of {', '.join(out)}")
-        edges = np.asarray(spec, dtype=np.float64)
-        if edges.ndim != 1 or edges.size < 2 or not np.all(np.diff(edges) > 0) or edges[0] <= 0:
-            raise SettingsError(f"bins[{q!r}]: edges must be positive and strictly increasing")
-        out[q] = edges
-    return out
-
-
-@dataclass
-class Histogram:
-    """Counts of one quantity in fixed bins, with what fell outside them.
-
-    ``counts[i]`` counts ``edges[i] <= v < edges[i + 1]`` (the last bin includes its upper
-    edge, as :func:`numpy.histogram`). Every value is counted exactly once:
-    ``n == counts.sum() + n_missing + n_nonpositive + n_below + n_above``.
-    """
-
-    quantity: str
-    unit: str
-    edges: np.ndarray
-    counts: np.ndarray
-    n_missing: int = 0  #: NaN / null values
-    n_nonpositive: int = 0  #: values <= 0 (no place on a log axis)
-    n_below: int = 0  #: 0 < v < edges[0]
-    n_above: int = 0  #: v > edges[-1]
-
-    @classmethod
-    def from_slots(cls, quantity: str, unit: str, edges: np.ndarray, slots: np.ndarray) -> Histogram:
-        """Build from the slot vector ``[missing, <= 0, below, bins..., above]``."""
-        slots = np.asarray(slots, dtype=np.int64)
-        return cls(quantity, unit, np.asarray(edges, dtype=np.float64), slots[_N_EXTRA:-1].copy(),
-                   int(slots[0]), int(slots[1]), int(slots[2]), int(slots[-1]))
-
-    @classmethod
-    def of_values(cls, quantity: str, unit: str, edges: np.ndarray, values: np.ndarray) -> Histogram:
-        """Histogram of values held in memory (the small per-row rate columns)."""
-        return cls.from_slots(quantity, unit, edges, _slot_counts(np.asarray(values, np.float64), edges))
-
-    @property
-    def n(self) -> int:
-        """All values, counted or not in the bins."""
-        return int(self.counts.sum()) + self.n_missing + self.n_nonpositive + self.n_below + self.n_above
-
-    @property
-    def median(self) -> float:
-        """Median of the positive values, interpolated log-linearly inside its bin.
-
-        Values below / above the binned range take part in the ranks; a median that falls
-        among them is returned as the first / last edge (a bound). NaN when there are no
-        positive values.
-        """
-        below = self.n_below
-        total = below + int(self.counts.sum()) + self.n_above
-        if total == 0:
-            return math.nan
-        half = total / 2.0
-        if half <= below:
-            return float(self.edges[0])
-        cum = below + np.cumsum(self.counts)
-        i = int(np.searchsorted(cum, half, side="left"))
-        if i >= self.counts.size:
-            return float(self.edges[-1])
-        before = cum[i] - self.counts[i]
-        frac = (half - before) / self.counts[i]
-        lo, hi = self.edges[i], self.edges[i + 1]
-        return float(lo * (hi / lo) ** frac)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return {
-            "quantity": self.quantity,
-            "unit": self.unit,
-            "edges": [float(e) for e in self.edges],
-            "counts": [int(c) for c in self.counts],
-            "n": self.n,
-            "n_missing": self.n_missing,
-            "n_nonpositive": self.n_nonpositive,
-            "n_below": self.n_below,
-            "n_above": self.n_above,
-            "median": _json_float(self.median),
-        }
-
-
 @dataclass
 class InstrumentStats:
     """Rates and counts of one instrument (or of all: ``instrument="all"``)."""
@@ -209,8 +100,8 @@ class InstrumentStats:
         """JSON-safe form."""
         out: dict[str, Any] = {}
         for name in self.__dataclass_fields__:
-            out[name] = _json_value(getattr(self, name))
-        out["class_fractions"] = _json_value(self.class_fractions)
+            out[name] = json_safe(getattr(self, name))
+        out["class_fractions"] = json_safe(self.class_fractions)
         out["guessed"] = self.guessed
         return out
 
@@ -249,11 +140,11 @@ class CatalogueStats:
             "exposures": self.exposures,
             "n_cr": self.n_cr,
             "class_counts": dict(self.class_counts),
-            "class_fractions": _json_value(self.class_fractions),
+            "class_fractions": json_safe(self.class_fractions),
             "n_unclassified": self.n_unclassified,
             "artefacts": dict(self.artefacts),
             "energy_incomplete_below_ev": self.energy_incomplete_below_ev,
-            "medians": _json_value(self.medians),
+            "medians": json_safe(self.medians),
             "total": self.total.to_dict(),
             "instruments": {k: v.to_dict() for k, v in self.instruments.items()},
             "histograms": {q: {g: h.to_dict() for g, h in by.items()} for q, by in self.histograms.items()},
@@ -312,52 +203,15 @@ def _table_row(s: InstrumentStats, name: str | None = None) -> list[str]:
             str(s.n_unverified), rate, corrected, *fractions]
 
 
-def _json_float(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def _json_value(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _json_value(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, np.ndarray)):
-        return [_json_value(x) for x in v]
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return _json_float(float(v))
-    return v
-
-
 # ---------------------------------------------------------------------------------------------
 # The CR table: one small vector of counts per partition, summed over the partitions.
-
-
-def _slot_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Counts in the slots ``[missing, <= 0, (0, lo), bins..., > hi]``."""
-    return np.bincount(_slots(values, edges), minlength=edges.size + _N_EXTRA)
-
-
-def _slots(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    nbins = edges.size - 1
-    # searchsorted(side="right") - 1 is the bin of edges[i] <= v < edges[i+1]; v == edges[-1]
-    # belongs to the last bin as in numpy.histogram.
-    idx = np.searchsorted(edges, values, side="right") - 1
-    idx = np.where(values == edges[-1], nbins - 1, idx)
-    slot = idx + _N_EXTRA
-    slot = np.where(values > edges[-1], nbins + _N_EXTRA, slot)
-    slot = np.where(values < edges[0], 2, slot)
-    slot = np.where(values <= 0, 1, slot)
-    slot = np.where(np.isnan(values), 0, slot)
-    return slot.astype(np.intp)
 
 
 def _column_names(edges: Mapping[str, np.ndarray]) -> list[str]:
     names = ["n_rows", *(f"class|{c}" for c in CLASSES), "class|other", *(f"kind|{k}" for k in _ARTEFACTS)]
     for q, e in edges.items():
         for g in _GROUPS:
-            names += [f"{q}|{g}|{i}" for i in range(e.size + _N_EXTRA)]
+            names += [f"{q}|{g}|{i}" for i in range(e.size + N_EXTRA)]
     return names
 
 
@@ -381,9 +235,9 @@ def _cr_partition_counts(pdf: pd.DataFrame, edges: Mapping[str, np.ndarray]) -> 
     per_class = np.bincount(code, minlength=len(CLASSES) + 1)
     parts = [np.array([len(pdf)], dtype=np.int64), per_class.astype(np.int64), artefacts]
     for q, e in edges.items():
-        nslot = e.size + _N_EXTRA
+        nslot = e.size + N_EXTRA
         values = pdf[q].to_numpy(dtype=np.float64, na_value=np.nan)
-        by_class = np.bincount(code * nslot + _slots(values, e), minlength=(len(CLASSES) + 1) * nslot)
+        by_class = np.bincount(code * nslot + slots(values, e), minlength=(len(CLASSES) + 1) * nslot)
         by_class = by_class.reshape(len(CLASSES) + 1, nslot)
         parts.append(by_class.sum(axis=0))  # "all", unclassified rows included
         parts.extend(by_class[: len(CLASSES)])
@@ -417,7 +271,7 @@ def _unpack_cr_counts(sums: pd.Series, edges: Mapping[str, np.ndarray]) -> dict[
     histograms: dict[str, dict[str, Histogram]] = {}
     for q, unit in CR_QUANTITIES.items():
         e = edges[q]
-        nslot = e.size + _N_EXTRA
+        nslot = e.size + N_EXTRA
         histograms[q] = {}
         for g in _GROUPS:
             histograms[q][g] = Histogram.from_slots(q, unit, e, v[pos:pos + nslot])
@@ -535,7 +389,7 @@ def summarise(
     """
     import dask
 
-    edges = _edges(bins)
+    edges = bin_edges(bins)
     exposures = list(exposures) if exposures is not None else None
     cr_sums = _cr_counts(archive, exposures, edges)
     # The exposure table is one row per exposure x detector: small enough to come back whole

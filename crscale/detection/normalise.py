@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from crscale.detection.stats import robust_sky_noise
+from crscale.detection.sky_noise import robust_sky_noise
 
 #: Statistics are estimated on a regular sub-grid of at most this many pixels: the median of
 #: 2 Mpix is as good a sky estimate as that of 16 Mpix and costs an eighth of the time.
@@ -69,7 +69,7 @@ def compute_stats(
     """Robust statistics of a whole detector image, for :func:`normalise`.
 
     Sky = median and noise = 1.4826 × MAD of the finite pixels not in ``bad``, with iterated
-    5σ clipping (:func:`crscale.detection.stats.robust_sky_noise`), on a regular sub-grid of
+    5σ clipping (:func:`crscale.detection.sky_noise.robust_sky_noise`), on a regular sub-grid of
     at most ``max_pixels`` pixels (stride :func:`stats_step`).
 
     Raises

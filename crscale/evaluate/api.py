@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crscale._logging import Reporter, reporter
 from crscale.errors import OutputError, SettingsError
 from crscale.evaluate.dataset import (
     EVAL_CR_RATE,
@@ -26,6 +28,8 @@ from crscale.evaluate.methods import (
     crscale_method,
 )
 from crscale.evaluate.runner import evaluate_methods, frame_targets, targets
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,7 +81,7 @@ def evaluate(
     progress: bool = True,
     update_cards: bool = False,
     command: str = "",
-    log=print,
+    log: Reporter | None = None,
 ) -> EvaluationReport:
     """Evaluate crscale models and baselines on labelled real images.
 
@@ -123,13 +127,15 @@ def evaluate(
         Shipped models' cards are left alone.
     command : str
         The command line, recorded in ``run.json`` and the report.
-    log : callable
-        Receives the messages (skipped files and methods, the summary line).
+    log : callable, optional
+        Receives the messages (skipped files and methods, the summary line); by default they
+        are logged at INFO on ``crscale.evaluate.api`` (the CLI prints them).
 
     Returns
     -------
     EvaluationReport
     """
+    log = reporter(logger, log)
     if cr_rate <= 0 or repeats < 1:
         raise SettingsError(f"--cr-rate must be > 0 and --repeats >= 1, not {cr_rate:g} and {repeats}")
     if not sigclips or min(sigclips) <= 0:
@@ -209,7 +215,7 @@ def evaluate(
             "footprints": footprints if mode == "injected" else "",
             "dark_nsigma": dark_nsigma if mode == "injected" and darks else None,
         },
-        "images": [im.describe() for im in data],
+        "images": [im.provenance() for im in data],
         "skipped": skipped + missing + result.skipped,
         "settings": {
             "models": list(models),
@@ -255,7 +261,7 @@ def evaluate(
 
 def card_path(model: str) -> Path:
     """The JSON model card of a crscale model given by shipped name, ``"default"`` or path."""
-    from crscale.io.errors import InputError
+    from crscale.errors import InputError
     from crscale.models.store import weights_file
 
     card = weights_file(model).with_suffix(".json")
@@ -295,7 +301,7 @@ def update_card(model: str, metrics: dict, name: str, run: dict) -> Path:
             if other != name
         },
     }
-    from crscale.evaluate.report import json_safe
+    from crscale.io.json_values import json_safe
 
     card.evaluation = json_safe(card.evaluation)
     card.write(path)

@@ -44,11 +44,10 @@ from scipy import ndimage
 from crscale import config
 from crscale.catalog.defects import DefectSettings
 from crscale.catalog.labels import STRUCTURE
-from crscale.errors import SettingsError
+from crscale.errors import SettingsError, error_text
 from crscale.io.archive import Archive
 from crscale.io.catalogue_schema import EV_PER_ELECTRON
 from crscale.io.defect_store import read_defect_attrs, update_defect_attrs
-from crscale.io.errors import describe
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +343,7 @@ def refresh_completeness(
         try:
             summary = summarise_frames([f.result() for f in futs])
         except Exception as exc:  # the detector's rates stay uncorrected; the others go on
-            log.error("completeness of %s failed: %s", key, describe(exc))
+            log.error("completeness of %s failed: %s", key, error_text(exc))
             continue
         finally:
             for f in futs:

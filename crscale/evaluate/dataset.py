@@ -17,18 +17,21 @@ used.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from crscale._logging import Reporter, reporter
 from crscale.detection.badpix import bad_pixel_mask
-from crscale.errors import SettingsError
+from crscale.errors import InputError, SettingsError
 from crscale.io.dq import DQConvention, match_convention
-from crscale.io.errors import InputError
 from crscale.io.fits_reader import DetectorData, read_exposure
-from crscale.io.inputs import FITS_SUFFIXES
+from crscale.io.inputs import fits_files, fits_stem
+
+logger = logging.getLogger(__name__)
 
 #: Default mean number of injected CRs per pixel (0.35 % of the pixels for the ITL footprints).
 EVAL_CR_RATE = 5.0e-4
@@ -81,7 +84,7 @@ class EvalImage:
         """Pixels that count."""
         return int(self.valid.sum())
 
-    def describe(self) -> dict:
+    def provenance(self) -> dict:
         """Provenance for the report."""
         return {
             "name": self.name,
@@ -97,25 +100,8 @@ class EvalImage:
 
 
 def _stem(path: Path) -> str:
-    name = path.name
-    for suf in sorted(FITS_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return path.stem
-
-
-def fits_files(entries: list[str | Path]) -> list[Path]:
-    """FITS files named by files and directories (searched recursively, sorted)."""
-    out: list[Path] = []
-    for e in entries:
-        p = Path(e)
-        if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.is_file() and q.name.lower().endswith(FITS_SUFFIXES))
-        elif p.exists():
-            out.append(p)
-        else:
-            raise InputError(p, "no such file or directory", kind="missing")
-    return out
+    stem = fits_stem(path.name)
+    return path.stem if stem == path.name else stem
 
 
 def image_files(images: list[str | Path]) -> tuple[list[Path], dict[str, str]]:
@@ -302,7 +288,7 @@ def injected_set(
     own_crs: str = "astroscrappy",
     dark_nsigma: float = 3.0,
     skipped: list[dict] | None = None,
-    log=print,
+    log: Reporter | None = None,
 ) -> list[EvalImage]:
     """Real images with real CR footprints injected at known places (the truth).
 
@@ -327,9 +313,10 @@ def injected_set(
         Threshold of the dark frames' CR pixels, in σ above the median.
     skipped : list, optional
         Unreadable images and darks are appended as ``{"path", "problem"}``; without it they raise.
-    log : callable
-        Receives messages about darks left out.
+    log : callable, optional
+        Receives messages about darks left out; by default they are logged at INFO.
     """
+    log = reporter(logger, log)
     from crscale.injection.darks import footprints_from_dark_file
     from crscale.injection.footprints import load_itl_footprints
     from crscale.injection.inject import inject_crs

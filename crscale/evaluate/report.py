@@ -42,6 +42,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from crscale.io.json_values import json_safe
+
 _DPI = 120
 # No software version in the PNG: the same numbers give the same bytes.
 _PNG_METADATA = {"Software": None}
@@ -106,19 +108,6 @@ def _floats(values: Iterable[Any] | None) -> np.ndarray:
 
 def _is_sweep(m: dict) -> bool:
     return m.get("kind") == "sweep"
-
-
-def json_safe(obj: Any) -> Any:
-    """A copy of ``obj`` that strict JSON can hold: NaN and infinities become None."""
-    if isinstance(obj, np.ndarray | np.generic):
-        obj = obj.tolist()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def _cells(m: dict) -> list[str]:

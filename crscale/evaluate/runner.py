@@ -9,6 +9,7 @@ threshold) unless the method was trained on dilated masks.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import cast
@@ -16,9 +17,12 @@ from typing import cast
 import numpy as np
 from scipy import ndimage
 
+from crscale._logging import Reporter, reporter
 from crscale.evaluate.dataset import EvalImage
 from crscale.evaluate.methods import Method
 from crscale.injection.metrics import FIGURE_KEYS, confusion, roc_curve, score_summary, sweep_summary
+
+logger = logging.getLogger(__name__)
 
 _KERNEL = np.ones((3, 3), bool)
 
@@ -56,7 +60,7 @@ def evaluate_methods(
     *,
     dilate: bool = False,
     progress: bool = True,
-    log=print,
+    log: Reporter | None = None,
 ) -> EvaluationResult:
     """Run each method on each image and compute its figures.
 
@@ -73,12 +77,13 @@ def evaluate_methods(
         The 3×3 dilation convention (see the module docstring).
     progress : bool
         A progress bar per method.
-    log : callable
-        Receives a message for each method dropped.
+    log : callable, optional
+        Receives a message for each method dropped; by default it is logged at INFO.
     """
+    log = reporter(logger, log)
     from tqdm.auto import tqdm
 
-    from crscale.io.errors import describe
+    from crscale.errors import error_text
 
     result = EvaluationResult()
     truths = [ndimage.binary_dilation(im.truth, _KERNEL) if dilate else im.truth for im in images]
@@ -93,7 +98,7 @@ def evaluate_methods(
             try:
                 out = method.run(im)
             except Exception as exc:  # any failure of a third-party method is reported
-                failed = f"failed on {im.name} ({im.path}): {describe(exc)}"
+                failed = f"failed on {im.name} ({im.path}): {error_text(exc)}"
                 break
             t = truth[im.valid]
             if method.kind == "score":

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from crscale.detection.stats import robust_sky_noise
+from crscale.detection.sky_noise import robust_sky_noise
 from crscale.errors import InputError
 from crscale.injection.footprints import CRFootprint, CRLibrary
 
@@ -37,7 +37,7 @@ def footprints_from_dark(
 
     1. Work in electrons: ``dark * gain``.
     2. Robust median and noise sigma of the unflagged pixels
-       (:func:`crscale.detection.stats.robust_sky_noise`: 5-sigma clipped MAD).
+       (:func:`crscale.detection.sky_noise.robust_sky_noise`: 5-sigma clipped MAD).
     3. Seeds: pixels above ``median + nsigma * sigma``.
     4. Dilate the seeds with a ``(2 * dilate + 1)`` square (3 x 3 by default), which takes in
        the faint edges of each CR.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crscale.detection.stats import robust_sky_noise
+from crscale.detection.sky_noise import robust_sky_noise
 from crscale.injection.footprints import CRFootprint, CRLibrary
 
 #: CRs per pixel in 1,500 s of dark on an LSST ITL CCD (1,764 CRs on 16.288 Mpix).
@@ -130,7 +130,7 @@ def inject_crs(
         (:data:`ITL_RATE_1500S` is the rate of 1,500 s of dark on an ITL CCD).
     noise_e : float, optional
         Noise sigma of the image in electrons, used with ``rescale_noise``; estimated with
-        :func:`crscale.detection.stats.robust_sky_noise` when not given.
+        :func:`crscale.detection.sky_noise.robust_sky_noise` when not given.
     rescale_noise : bool, optional
         Multiply the footprint values by ``noise_e / library.noise_e``: the dark-frame
         recipe, which keeps the contrast of the CRs against the noise the same as in the

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from crscale.detection.badpix import bad_pixel_mask
-from crscale.detection.stats import robust_sky_noise
+from crscale.detection.sky_noise import robust_sky_noise
 from crscale.errors import InputError
 from crscale.io.fits_reader import read_exposure, sha256_file
 

@@ -40,6 +40,7 @@ from crscale._version import __version__
 from crscale.io import integrity, storage
 from crscale.io.errors import ArchiveError
 from crscale.io.fits_reader import DetectorData, Exposure
+from crscale.io.json_values import json_safe
 
 FORMAT_VERSION = "1.4"  # 1.1: detect arrays and attributes; 1.2: the catalogue (Parquet, status.catalogue)
 # 1.3: chunk integrity records (every chunk stored, crc32c; crscale.io.integrity)
@@ -71,19 +72,6 @@ def software_versions() -> dict[str, str]:
         "xarray": xarray.__version__,
         "python": platform.python_version(),
     }
-
-
-def _json_safe(value: Any) -> Any:
-    """Make nested values JSON-serialisable (numpy scalars, NaN, tuples)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def image_storage_dtype(image: np.ndarray, policy: str) -> tuple[np.dtype, str | None]:
@@ -376,7 +364,7 @@ class Archive:
         group = self.exposure(exposure_id)
         attrs: Mapping[str, Any] = group.attrs
         status = dict(attrs.get("status", {}))
-        status[stage] = _json_safe(
+        status[stage] = json_safe(
             {"state": state, "time": utcnow(), "crscale_version": __version__, **info}
         )
         group.attrs["status"] = status
@@ -412,7 +400,7 @@ class Archive:
         key = _failure_key(path, stage)
         group = cast(zarr.Group, self.root["failures"]).require_group(key)
         group.attrs.put(
-            _json_safe(
+            json_safe(
                 {
                     "path": path,
                     "stage": stage,
@@ -533,9 +521,9 @@ class Archive:
                 "warnings": warnings_out,
                 "software": software_versions(),
             }
-            group.attrs.put(_json_safe(attrs))
+            group.attrs.put(json_safe(attrs))
             # Status last: a group without it was never finished.
-            group.attrs["status"] = _json_safe(
+            group.attrs["status"] = json_safe(
                 {"ingest": {"state": "done", "time": utcnow(), "crscale_version": __version__}}
             )
             self._move_into_place(staging_dir, final)
@@ -589,7 +577,7 @@ class Archive:
             "aux_sources": det.aux_sources,
             "header": det.header,
         }
-        sub.attrs.put(_json_safe(attrs))
+        sub.attrs.put(json_safe(attrs))
         return notes
 
     @staticmethod

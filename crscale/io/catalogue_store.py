@@ -27,10 +27,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from crscale.errors import OutputExistsError, SettingsError
+from crscale.errors import ArchiveError, OutputExistsError, SettingsError
 from crscale.io import storage
 from crscale.io.catalogue_schema import CR_SCHEMA, EXPOSURE_SCHEMA
-from crscale.io.errors import ArchiveError
 
 #: Tables of the catalogue and their schemas.
 TABLES: dict[str, pa.Schema] = {"crs": CR_SCHEMA, "exposures": EXPOSURE_SCHEMA}

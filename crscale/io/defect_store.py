@@ -25,7 +25,8 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from crscale.io import integrity
-from crscale.io.archive import Archive, _json_safe, utcnow
+from crscale.io.archive import Archive, utcnow
+from crscale.io.json_values import json_safe
 
 #: Group of the defect maps.
 DEFECTS_GROUP = "defects"
@@ -118,10 +119,10 @@ def write_defect_map(
     group = _group(arch, key, create=True)
     assert group is not None  # created
     old = dict(group.attrs)
-    group.attrs.put(_json_safe({**old, "state": "writing"}))
+    group.attrs.put(json_safe({**old, "state": "writing"}))
     for name, data in arrays.items():
         _write(group, name, np.ascontiguousarray(data))
-    group.attrs.put(_json_safe({**old, **attrs, "time": utcnow(), "state": "done"}))
+    group.attrs.put(json_safe({**old, **attrs, "time": utcnow(), "state": "done"}))
 
 
 def update_defect_attrs(arch: Archive, key: str, **attrs: Any) -> None:
@@ -129,4 +130,4 @@ def update_defect_attrs(arch: Archive, key: str, **attrs: Any) -> None:
     group = _group(arch, key)
     if group is None:
         raise KeyError(f"no defect map {key!r} in {arch.path}")
-    group.attrs.update(_json_safe(attrs))
+    group.attrs.update(json_safe(attrs))

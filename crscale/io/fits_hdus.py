@@ -18,8 +18,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
+from crscale.errors import InputError
 from crscale.io import storage
-from crscale.io.errors import InputError
 
 _CHECKSUM_NOTE = "crscale write-fits"
 _UMASK = os.umask(0o022)

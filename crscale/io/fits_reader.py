@@ -23,12 +23,9 @@ from astropy.utils.exceptions import AstropyUserWarning
 from crscale import config
 from crscale.io import storage
 from crscale.io.errors import InputError
+from crscale.io.inputs import fits_stem
 from crscale.io.metadata import DetectorMeta, extract_metadata, header_to_json
 
-_FITS_SUFFIXES = (
-    ".fits", ".fit", ".fts", ".fz", ".gz",
-    ".fits.fz", ".fits.gz", ".fit.fz", ".fit.gz", ".fts.fz", ".fts.gz",
-)
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
@@ -151,13 +148,7 @@ def sha256_file(path: str | Path, *, block: int = 1 << 20) -> str:
 
 def exposure_id_from_path(path: str | Path) -> str:
     """Derive an archive-safe exposure id from a file name (its suffixes removed)."""
-    name = Path(path).name
-    lowered = name.lower()
-    for suffix in sorted(_FITS_SUFFIXES, key=len, reverse=True):
-        if lowered.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return sanitize_name(name) or "exposure"
+    return sanitize_name(fits_stem(Path(path).name)) or "exposure"
 
 
 def sanitize_name(name: str) -> str:

@@ -30,11 +30,10 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 from crscale._version import __version__
-from crscale.errors import SettingsError
+from crscale.errors import ArchiveError, InputError, SettingsError
 from crscale.io import integrity, storage
 from crscale.io.archive import Archive
 from crscale.io.dq import DQConvention, convention_for
-from crscale.io.errors import ArchiveError, InputError
 from crscale.io.fits_hdus import (
     checksummed,
     commit_hdul,

@@ -12,14 +12,20 @@ import glob
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 from crscale import config
+from crscale.errors import InputError
 from crscale.io import storage
 
 MANIFEST_SUFFIXES = (".txt", ".lst", ".list", ".manifest")
-#: Name endings of the FITS files that training and evaluation take from directories.
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz", ".fz")
+#: Name endings of FITS files, longest first where one ends another: what an exposure id or a
+#: file's stem leaves out. Which files a directory yields is ``crscale.ingest.patterns``.
+FITS_SUFFIXES = (
+    ".fits", ".fit", ".fts", ".fz", ".gz",
+    ".fits.fz", ".fits.gz", ".fit.fz", ".fit.gz", ".fts.fz", ".fts.gz",
+)
 _GLOB_CHARS = set("*?[")
 
 
@@ -258,3 +264,53 @@ def expand_inputs(
 
 def _real(path: str) -> str:
     return path if storage.is_url(path) else os.path.realpath(path)
+
+
+def fits_stem(name: str) -> str:
+    """A file name without its FITS suffix (:data:`FITS_SUFFIXES`; the longest that matches)."""
+    lowered = name.lower()
+    for suffix in sorted(FITS_SUFFIXES, key=len, reverse=True):
+        if lowered.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def fits_files(
+    entries: Sequence[str | os.PathLike[str]], *, missing: str = "no such file or directory"
+) -> list[Path]:
+    """The FITS files named by files, directories and glob patterns, each entry's files sorted.
+
+    :func:`expand_inputs` finds them (directories searched recursively for
+    ``crscale.ingest.patterns``), without companion rules: every file found is returned, a
+    data-quality file too. Used where files are taken as they are (training images, darks,
+    masks); an entry that matches nothing but exists (an empty folder) yields no file.
+
+    Parameters
+    ----------
+    entries : sequence of str or path
+        Files, directories and glob patterns.
+    missing : str, optional
+        The problem named when an entry does not exist.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files: a named file as given, the files of a directory or pattern sorted.
+
+    Raises
+    ------
+    crscale.errors.InputError
+        For an entry that is neither a file, a directory nor a glob pattern.
+    """
+    out: list[Path] = []
+    for entry in entries:
+        path = Path(entry).expanduser()
+        if _GLOB_CHARS & set(str(entry)) or path.is_dir():
+            specs, _ = expand_inputs([str(path)], companions={})
+            out += sorted(Path(s.path) for s in specs)
+        elif path.exists():
+            out.append(path)
+        else:
+            raise InputError(path, missing, kind="missing")
+    return out
+

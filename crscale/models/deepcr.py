@@ -34,8 +34,7 @@ from typing import Any, cast
 
 import torch
 
-from crscale.errors import MissingDependencyError
-from crscale.io.errors import InputError
+from crscale.errors import InputError, MissingDependencyError
 from crscale.models.card import ModelCard
 from crscale.models.unet import UNet, UNetConfig, count_parameters
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from crscale.io.errors import InputError
+from crscale.errors import InputError
 from crscale.models.card import ModelCard
 from crscale.models.unet import UNet, count_parameters
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import glob
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from crscale.errors import SettingsError
-from crscale.io.errors import InputError
-from crscale.io.inputs import FITS_SUFFIXES
+from crscale.errors import InputError, SettingsError
+from crscale.io.inputs import fits_files
 
 
 @dataclass
@@ -118,18 +116,7 @@ class TrainConfig:
 
     def expand(self, entries: list[str]) -> list[Path]:
         """FITS files named by files, directories (searched recursively) and globs."""
-        out: list[Path] = []
-        for e in entries:
-            p = self.resolve(e)
-            if any(c in str(e) for c in "*?["):
-                out += sorted(Path(m) for m in glob.glob(str(p), recursive=True))
-            elif p.is_dir():
-                out += sorted(q for q in p.rglob("*") if q.name.lower().endswith(FITS_SUFFIXES))
-            elif p.exists():
-                out.append(p)
-            else:
-                raise InputError(p, "training image not found", kind="missing")
-        return out
+        return fits_files([self.resolve(e) for e in entries], missing="training image not found")
 
     @property
     def workdir_path(self) -> Path:

@@ -7,11 +7,13 @@ images get real CR footprints injected, with their exact truth.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+from crscale._logging import Reporter, reporter
 from crscale.errors import InputError, SettingsError
 from crscale.injection.darks import footprints_from_dark_file
 from crscale.injection.footprints import CRLibrary, load_itl_footprints
@@ -19,14 +21,17 @@ from crscale.injection.inject import inject_crs
 from crscale.injection.sources import SourceImage, load_source_images
 from crscale.train.config import TrainConfig
 
+logger = logging.getLogger(__name__)
+
 STORE_VERSION = 1
 
 
-def cr_libraries(config: TrainConfig, *, log=print) -> list[CRLibrary]:
+def cr_libraries(config: TrainConfig, *, log: Reporter | None = None) -> list[CRLibrary]:
     """The CR footprint libraries of a config: the bundled ITL set and/or the user's darks.
 
     A dark that cannot be read, or in which no CR is found, is left out with a message.
     """
+    log = reporter(logger, log)
     libs: list[CRLibrary] = []
     if config.use_itl:
         libs.append(load_itl_footprints())
@@ -45,7 +50,7 @@ def cr_libraries(config: TrainConfig, *, log=print) -> list[CRLibrary]:
     return libs
 
 
-def build_store(config: TrainConfig, path: str | Path, *, log=print) -> zarr.Group:
+def build_store(config: TrainConfig, path: str | Path, *, log: Reporter | None = None) -> zarr.Group:
     """Write the patch store: training patches and injected validation images.
 
     Layout: ``train/image`` (N, P, P) float32 electrons, ``train/ignore`` (own CRs and bad
@@ -55,6 +60,7 @@ def build_store(config: TrainConfig, path: str | Path, *, log=print) -> zarr.Gro
     drown the rest); ``val/<i>/{image,truth,valid,bad}`` whole validation images with real CR
     footprints injected at ``val_cr_rate``. The attrs record the sources and their sha256.
     """
+    log = reporter(logger, log)
     train_paths = config.expand(config.train_images)
     val_paths = config.expand(config.val_images)
     overlap = {p.resolve() for p in train_paths} & {p.resolve() for p in val_paths}
@@ -141,10 +147,10 @@ def build_store(config: TrainConfig, path: str | Path, *, log=print) -> zarr.Gro
             "crscale_patch_store": STORE_VERSION,
             "patch": P,
             "train_sources": [
-                {**_describe(im), "own_cr_pixels": int(im.own_cr.sum()), "patches": int(c)}
+                {**_provenance(im), "own_cr_pixels": int(im.own_cr.sum()), "patches": int(c)}
                 for im, c in zip(train, counts, strict=True)
             ],
-            "val_sources": [_describe(im) for im in val],
+            "val_sources": [_provenance(im) for im in val],
             "skipped_sources": skipped,
             "config_key": config_key(config),
         }
@@ -156,7 +162,7 @@ def build_store(config: TrainConfig, path: str | Path, *, log=print) -> zarr.Gro
     return root
 
 
-def _describe(im: SourceImage) -> dict:
+def _provenance(im: SourceImage) -> dict:
     """Provenance of a source image for the store's attrs and the model card."""
     return {
         "name": im.name,

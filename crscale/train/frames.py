@@ -23,8 +23,7 @@ import numpy as np
 import yaml
 
 from crscale.detection.badpix import bad_pixel_mask
-from crscale.errors import SettingsError
-from crscale.io.errors import InputError
+from crscale.errors import InputError, SettingsError
 from crscale.io.fits_reader import read_exposure, sha256_file
 
 log = logging.getLogger(__name__)

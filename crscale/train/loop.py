@@ -12,6 +12,7 @@ every epoch (safetensors + JSON, never a pickle) makes the run resumable with id
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -24,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from crscale._logging import Reporter, reporter
 from crscale.detection.api import detect
 from crscale.detection.badpix import fill_bad
 from crscale.detection.normalise import ImageStats, compute_stats, normalise
@@ -37,6 +39,8 @@ from crscale.models.store import save_model
 from crscale.models.unet import UNet, UNetConfig, count_parameters
 from crscale.train.config import TrainConfig
 from crscale.train.dataset import build_store, config_key, cr_libraries
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,7 +60,7 @@ def _architecture(arch) -> UNetConfig:
 class PatchSampler:
     """Draws training batches from the patch store (all in memory: a few hundred MB at most)."""
 
-    def __init__(self, store, config: TrainConfig, *, log=print):
+    def __init__(self, store, config: TrainConfig, *, log: Reporter | None = None):
         g = store["train"]
         self.image = g["image"][...]
         self.ignore = g["ignore"][...]
@@ -228,7 +232,9 @@ def _load_checkpoint(path: Path, model, opt, sched, rng):
     return meta["epoch"], meta["history"], best
 
 
-def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, log=print) -> TrainResult:
+def train(
+    config: TrainConfig, *, resume: bool = True, progress: bool = True, log: Reporter | None = None
+) -> TrainResult:
     """Train a model from a :class:`TrainConfig`; see the module docstring for the recipe.
 
     The patch store (``<workdir>/patches.zarr``) is built on the first run and reused while the
@@ -238,6 +244,8 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, lo
     """
     import zarr
     from tqdm.auto import tqdm
+
+    log = reporter(logger, log)
 
     t_start = time.perf_counter()
     work = config.workdir_path
