@@ -8,10 +8,10 @@ exposures of ``--size``^2 real frames mirror-tiled, with real LSST ITL CRs injec
   imports the catalogue code on each worker) and warm ones (as in ``crscale run``, where the
   detection stage ran on them first); exposures per second, cluster start-up reported apart;
 - baseline in the same run: a plain loop in one process calling
-  :func:`crscale.catalog.detector.catalogue_detector` on every detector and writing the same
+  :func:`crscale.catalogue.detector.catalogue_detector` on every detector and writing the same
   Parquet files (what a user's script would do), and the detection stage's own time.
 
-Part 2, **aggregation** (``crscale stats``'s :func:`crscale.catalog.stats.summarise`) over a
+Part 2, **aggregation** (``crscale stats``'s :func:`crscale.catalogue.stats.summarise`) over a
 synthetic catalogue of ``--exposures`` exposures x ``--crs`` CRs (default 10,000 x 500 = 5 M rows)
 written in the archive layout (one Parquet file per exposure and table). Rows are real: each CR
 row is one of the 1,764 real ITL footprints measured by crscale's own feature code, drawn at
@@ -80,10 +80,10 @@ def catalogue_engine(archive: Path) -> dict:
 
 def catalogue_loop(archive: Path) -> dict:
     """One process, no Dask: the same per-detector work and the same files."""
-    from crscale.catalog.detector import catalogue_detector
-    from crscale.catalog.morphology import MorphologyRules
-    from crscale.catalog.profiles import detector_physics
-    from crscale.catalog.rates import exposure_row
+    from crscale.catalogue.detector import catalogue_detector
+    from crscale.catalogue.morphology import MorphologyRules
+    from crscale.catalogue.profiles import detector_physics
+    from crscale.catalogue.rates import exposure_row
     from crscale.engine.catalogue_stage import write_exposure_task
     from crscale.io.archive import Archive
 
@@ -118,8 +118,8 @@ def catalogue_loop(archive: Path) -> dict:
 
 def real_rows() -> dict[str, np.ndarray]:
     """crscale's features of each real ITL footprint, measured alone (the rows to resample)."""
-    from crscale.catalog.features import cr_features
-    from crscale.catalog.labels import Band, label_bands
+    from crscale.catalogue.features import cr_features
+    from crscale.catalogue.labels import Band, label_bands
     from crscale.train.footprints import load_itl_footprints
 
     library = load_itl_footprints()
@@ -239,7 +239,7 @@ def aggregate_child(archive: str, mode: str, out: str) -> None:
     if mode == "dask":
         from distributed import Client, LocalCluster
 
-        from crscale.catalog.stats import summarise
+        from crscale.catalogue.stats import summarise
 
         with (
             LocalCluster(
@@ -256,7 +256,7 @@ def aggregate_child(archive: str, mode: str, out: str) -> None:
         result = {"n_cr": stats.n_cr + sum(stats.artefacts.values()), "rate": stats.total.rate,
                   "startup": startup, "workers_gb": workers}
     else:
-        from crscale.catalog.stats import DEFAULT_BINS, log_bins
+        from crscale.catalogue.stats import DEFAULT_BINS, log_bins
         from crscale.io.catalogue_store import read_table
 
         t1 = time.perf_counter()

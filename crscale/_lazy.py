@@ -1,7 +1,7 @@
 """Lazy re-exports for a package's ``__init__`` (PEP 562), as ``lazy_loader.attach`` does.
 
 A subpackage names its public objects in ``__all__`` without importing the modules that hold
-them until one is used: ``import crscale.catalog.labels`` on a Dask worker must not pay for
+them until one is used: ``import crscale.catalogue.labels`` on a Dask worker must not pay for
 pandas, dask.dataframe and torch that other parts of the package need.
 """
 

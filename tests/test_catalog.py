@@ -11,12 +11,12 @@ from astropy.io import fits
 from scipy import ndimage
 
 from crscale import sample_data_dir
-from crscale.catalog.detector import catalogue_detector
-from crscale.catalog.features import cr_features
-from crscale.catalog.labels import Band, label_bands, label_whole
-from crscale.catalog.morphology import MorphologyRules, classify
-from crscale.catalog.profiles import detector_physics
-from crscale.catalog.rates import effective_exptime, exposure_row
+from crscale.catalogue.detector import catalogue_detector
+from crscale.catalogue.features import cr_features
+from crscale.catalogue.labels import Band, label_bands, label_whole
+from crscale.catalogue.morphology import MorphologyRules, classify
+from crscale.catalogue.profiles import detector_physics
+from crscale.catalogue.rates import effective_exptime, exposure_row
 from crscale.detection.inpaint import inpaint
 from crscale.train.footprints import load_itl_footprints
 

@@ -9,8 +9,8 @@ import dask
 import numpy as np
 import pytest
 
-from crscale.catalog.plots import PLOT_FILES, write_plots
-from crscale.catalog.stats import exposure_rates, log_bins, summarise
+from crscale.catalogue.plots import PLOT_FILES, write_plots
+from crscale.catalogue.stats import exposure_rates, log_bins, summarise
 from crscale.io.catalogue_store import as_table, write_exposure_tables
 from crscale.io.errors import ArchiveError
 

@@ -14,7 +14,7 @@ from astropy.io import fits
 from scipy import ndimage
 
 from crscale import sample_data_dir
-from crscale.catalog.defects import (
+from crscale.catalogue.defects import (
     DEFECT_KINDS,
     DefectSettings,
     find_defects,

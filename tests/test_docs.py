@@ -170,8 +170,8 @@ def test_cli_reference_covers_every_command():
 
 # ---------------------------------------------------------------- the API page's signatures
 def _api_objects() -> dict:
-    from crscale.catalog.detector import catalogue_detector
-    from crscale.catalog.stats import exposure_rates, summarise
+    from crscale.catalogue.detector import catalogue_detector
+    from crscale.catalogue.stats import exposure_rates, summarise
     from crscale.detection import get_predictor
     from crscale.engine import dask_client, detect_archive, ingest, run_pipeline
     from crscale.engine.catalogue_stage import catalogue_archive

@@ -23,7 +23,8 @@ LAYERS: list[set[str]] = [
     {"io"},
     {"models"},
     {"detection"},
-    {"injection", "catalog"},
+    {"injection", "catalogue"},
+    {"catalog"},  # the deprecated spelling of crscale.catalogue
     {"engine"},
     {"train", "evaluate"},
     {"monitor"},

@@ -12,7 +12,7 @@ import pytest
 from test_catalog_stats import DOT, SPOT, TRACK, WORM, write_exposure
 
 from conftest import EMMI, GMOS, SAAO
-from crscale.catalog.stats import exposure_rates
+from crscale.catalogue.stats import exposure_rates
 from crscale.cli import main
 from crscale.engine.monitor import archive_progress
 from crscale.io import Archive, read_exposure

@@ -30,7 +30,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from crscale.catalog.stats import summarise
+from crscale.catalogue.stats import summarise
 from crscale.engine.jobs import read_job, write_job
 from crscale.engine.monitor import RateFollower, archive_progress, job_alive, rates_so_far, watch
 from crscale.io import Archive

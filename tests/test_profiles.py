@@ -7,7 +7,7 @@ import pytest
 from astropy.io import fits
 
 from conftest import DECAM, EMMI, FZ, GMOS, MEF, SAAO
-from crscale.catalog.profiles import (
+from crscale.catalogue.profiles import (
     DetectorPhysics,
     detector_physics,
     load_profiles,

@@ -1,32 +1,55 @@
-"""CR catalogue: labelling, per-CR features, morphology, per-exposure rates, statistics.
+"""Deprecated spelling of :mod:`crscale.catalogue`, kept importable for a deprecation period.
 
-- :func:`catalogue_detector`: the CRs of one detector's image and mask (labelled band by band);
-- instrument profiles: :func:`load_profiles`, :func:`match_profile`, :func:`detector_physics`,
-  :func:`profiles_table`;
-- :class:`MorphologyRules`, :class:`DefectSettings`: the settings the catalogue applies;
-- :func:`summarise`, :func:`exposure_rates`: survey statistics of an archive's catalogue
-  (``crscale stats``).
-
-The names are imported on first use, so that importing one module of the package stays cheap.
+crscale spells catalogue one way: the package is ``crscale.catalogue``. ``crscale.catalog``
+and its modules (``crscale.catalog.stats``, ``crscale.catalog.profiles``, ...) are the same
+module objects under the old name, so code written for it keeps working unchanged.
 """
 
-from crscale._lazy import attach
+from __future__ import annotations
 
-_EXPORTS = {
-    "DefectSettings": "crscale.catalog.defects",
-    "DetectorCatalogue": "crscale.catalog.detector",
-    "catalogue_detector": "crscale.catalog.detector",
-    "MorphologyRules": "crscale.catalog.morphology",
-    "classify": "crscale.catalog.morphology",
-    "DetectorPhysics": "crscale.catalog.physics",
-    "InstrumentProfile": "crscale.catalog.profiles",
-    "detector_physics": "crscale.catalog.physics",
-    "load_profiles": "crscale.catalog.profiles",
-    "match_profile": "crscale.catalog.profiles",
-    "profiles_table": "crscale.catalog.profiles",
-    "CatalogueStats": "crscale.catalog.stats",
-    "exposure_rates": "crscale.catalog.stats",
-    "summarise": "crscale.catalog.stats",
-}
-__getattr__, __dir__ = attach(__name__, _EXPORTS)
-__all__ = sorted(_EXPORTS)
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+from typing import Any
+
+import crscale.catalogue as _new
+
+_OLD, _NEW = __name__ + ".", "crscale.catalogue."
+
+
+class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds ``crscale.catalog.X`` as the module ``crscale.catalogue.X`` itself (not a copy)."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, Any] = {}
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if not fullname.startswith(_OLD):
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
+        module = importlib.import_module(_NEW + spec.name[len(_OLD):])
+        self._specs[spec.name] = module.__spec__
+        return module
+
+    def exec_module(self, module: Any) -> None:
+        # Already executed under its new name; the import system has just set the alias's
+        # spec on it, so its own is put back.
+        module.__spec__ = self._specs.pop(module.__spec__.name, module.__spec__)
+
+
+if not any(isinstance(f, _Alias) for f in sys.meta_path):
+    sys.meta_path.insert(0, _Alias())
+
+__path__ = []  # a package, so that its submodules are looked up (by _Alias)
+__all__ = list(_new.__all__)
+
+
+def __getattr__(name: str) -> Any:
+    return getattr(_new, name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | set(globals()))

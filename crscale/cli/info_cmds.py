@@ -98,8 +98,8 @@ def add_sample_data(sub: Any) -> None:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """``crscale stats``; returns the exit status."""
-    from crscale.catalog.plots import write_plots
-    from crscale.catalog.stats import exposure_rates, summarise
+    from crscale.catalogue.plots import write_plots
+    from crscale.catalogue.stats import exposure_rates, summarise
     from crscale.engine.cluster import client_or_new
     from crscale.io.storage import is_url, location
 

@@ -112,7 +112,7 @@ def _frame(path: str, hdu: str | None) -> Any:
 
 def cmd_defects(args: argparse.Namespace) -> int:
     """``crscale defects``; returns the exit status."""
-    from crscale.catalog.defects import map_from_calibration
+    from crscale.catalogue.defects import map_from_calibration
     from crscale.engine.defects_stage import set_user_map, update_defects
     from crscale.errors import CrscaleError
 

@@ -3,9 +3,9 @@
 Per exposure:
 
 1. *Plan* (client): the detectors, their physics (instrument profile, pixel size, gain,
-   read-out time: :func:`crscale.catalog.profiles.detector_physics`) and the morphology
+   read-out time: :func:`crscale.catalogue.profiles.detector_physics`) and the morphology
    rules, resolved once on the client so that every worker uses the same settings.
-2. *Detectors* (one task each): :func:`crscale.catalog.detector.catalogue_detector` reads the
+2. *Detectors* (one task each): :func:`crscale.catalogue.detector.catalogue_detector` reads the
    detector's ``image``, ``mask``, ``clean`` (the local background) and ``dq`` from the
    archive in bands of whole chunk rows, labels the CRs across band boundaries and measures
    them, and builds the detector's exposure-table row.
@@ -29,8 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from crscale.catalog.morphology import MorphologyRules
-from crscale.catalog.profiles import DetectorPhysics, detector_physics, load_profiles
+from crscale.catalogue.morphology import MorphologyRules
+from crscale.catalogue.profiles import DetectorPhysics, detector_physics, load_profiles
 from crscale.engine.cluster import client_or_new
 from crscale.engine.defects_stage import defect_info, key_of, refresh_defects
 from crscale.engine.outcomes import StageOutcomes, abandon
@@ -121,8 +121,8 @@ def catalogue_detector_task(
     """
     import zarr
 
-    from crscale.catalog.detector import catalogue_detector
-    from crscale.catalog.rates import exposure_row
+    from crscale.catalogue.detector import catalogue_detector
+    from crscale.catalogue.rates import exposure_row
 
     label = f"{archive}/exposures/{exposure_id}/{detector}"
     group = zarr.open_group(label, mode="r", zarr_format=3, storage_options=zarr_options(archive))

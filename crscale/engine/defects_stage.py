@@ -8,7 +8,7 @@ shape), on the Dask cluster:
 2. *Add* tasks sum the batches pairwise (a tree), so no process ever holds more than three
    count arrays, whatever the number of exposures, and never two masks at once.
 3. *Finish* (one task per key): add the counts already in the archive (an incremental update
-   adds only the exposures not yet counted), run the test of :mod:`crscale.catalog.defects`,
+   adds only the exposures not yet counted), run the test of :mod:`crscale.catalogue.defects`,
    merge a user-supplied bad-pixel map, and write ``defects/<key>/`` (``state: done`` last).
 
 A key is rebuilt from scratch when one of the exposures it counted was detected again (its
@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from crscale import config
-from crscale.catalog.defects import UNVERIFIED, DefectSettings, add_user_map, find_defects
-from crscale.catalog.profiles import detector_physics, load_profiles
+from crscale.catalogue.defects import UNVERIFIED, DefectSettings, add_user_map, find_defects
+from crscale.catalogue.profiles import detector_physics, load_profiles
 from crscale.io.archive import Archive
 from crscale.io.defect_store import (
     DEFECTS_GROUP,

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from crscale.catalog.stats import UNKNOWN, exposure_rates
+from crscale.catalogue.stats import UNKNOWN, exposure_rates
 from crscale.engine.blocks import PROGRESS_TOPIC
 from crscale.engine.jobs import read_job
 from crscale.io.archive import STAGES, Archive
@@ -132,7 +132,7 @@ class RateFollower:
         The archive.
     per : {"exposure", "detector"}
         One row per exposure (CRs and area x time summed over its detectors; rows as
-        :func:`crscale.catalog.stats.exposure_rates`) or per exposure x detector (rows as
+        :func:`crscale.catalogue.stats.exposure_rates`) or per exposure x detector (rows as
         :func:`crscale.io.catalogue_store.rates_dataset` with ``per="detector"``).
     clock : callable
         Seconds, for the ``seen_s`` column (default :func:`time.monotonic`).
@@ -173,7 +173,7 @@ class RateFollower:
         -------
         pandas.DataFrame
             The rows of every exposure catalogued so far, sorted by completion then time,
-            with the columns of :func:`crscale.catalog.stats.exposure_rates` (plus
+            with the columns of :func:`crscale.catalogue.stats.exposure_rates` (plus
             ``detector`` with ``per="detector"``) and ``seen_s``: the seconds after this
             follower was made at which the exposure's rows were first read (completion order).
         """

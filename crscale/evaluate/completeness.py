@@ -23,7 +23,7 @@ the painted CRs). Counting footprints centred on the usable area (not bad, not a
 The per-charge detection probability (in bins of deposited charge) is kept as the
 completeness curve, with ``charge_50_e``: the lowest charge from which on at least half of the
 injected CRs are found. The catalogue writes ``rate_corrected = rate / C`` with the two errors
-combined (:func:`crscale.catalog.rates.corrected_rate`), and ``crscale stats`` marks the energy
+combined (:func:`crscale.catalogue.rates.corrected_rate`), and ``crscale stats`` marks the energy
 spectrum below ``charge_50_e x 3.65 eV`` as incomplete.
 
 The measurement is deterministic: the random generator is seeded from the key and the
@@ -42,8 +42,8 @@ import numpy as np
 from scipy import ndimage
 
 from crscale import config
-from crscale.catalog.defects import DefectSettings
-from crscale.catalog.labels import STRUCTURE
+from crscale.catalogue.defects import DefectSettings
+from crscale.catalogue.labels import STRUCTURE
 from crscale.errors import SettingsError, error_text
 from crscale.io.archive import Archive
 from crscale.io.catalogue_schema import EV_PER_ELECTRON
@@ -100,7 +100,7 @@ def _footprint_pixels(res: Any, library: Any, j: int, shape: tuple[int, int]) ->
 
 def _cr_labels(image, mask, *, dq, codes, status, gain, saturation, background, defect_settings):
     """Catalogue one frame as the catalogue stage does; labels of the mask and which are kind cr."""
-    from crscale.catalog.detector import catalogue_detector
+    from crscale.catalogue.detector import catalogue_detector
 
     cat = catalogue_detector(image, mask, background=background, dq=dq, gain=gain, saturation=saturation,
                              defects=codes, defect_map=status, defect_settings=defect_settings)
@@ -139,7 +139,7 @@ def measure_frame(
     dq, codes : numpy.ndarray, optional
         Its DQ plane and defect codes.
     status : str, optional
-        State of the defect map (see :func:`crscale.catalog.defects.region_kinds`).
+        State of the defect map (see :func:`crscale.catalogue.defects.region_kinds`).
     gain, saturation : float
         e-/ADU and the saturation level (image units).
     model, threshold

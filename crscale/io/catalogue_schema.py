@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-#: Morphology classes, in the order of the rules (rules in :mod:`crscale.catalog.morphology`).
+#: Morphology classes, in the order of the rules (rules in :mod:`crscale.catalogue.morphology`).
 CLASSES = ("dot", "spot", "track", "worm")
 
 #: Energy to make one electron-hole pair in silicon (eV).

@@ -5,7 +5,7 @@ extension) name, on-chip binning and shape. Each key's group holds
 
 - ``counts``  uint32 (y, x): exposures in which the pixel was masked (the sufficient statistic;
   adding exposures adds to it),
-- ``codes``   uint8 (y, x): the defect map (:data:`crscale.catalog.defects.DEFECT_CODES`),
+- ``codes``   uint8 (y, x): the defect map (:data:`crscale.catalogue.defects.DEFECT_CODES`),
 - ``user``    uint8 (y, x), optional: a user-supplied bad-pixel map (non-zero: bad),
 
 and attributes (``state`` written last): ``instrument``, ``detector``, ``binning``, ``shape``,

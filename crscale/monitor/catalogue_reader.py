@@ -3,7 +3,7 @@
 :class:`CatalogueFollower` is told by the archive tracker which exposures were (re)catalogued
 or un-catalogued since the last tick, and reads only their Parquet files: the exposure table
 for the rate (CRs and area x time summed over the exposure's detectors, the same sums as
-:func:`crscale.catalog.stats.exposure_rates`) and the morphology counts, and, where the CR
+:func:`crscale.catalogue.stats.exposure_rates`) and the morphology counts, and, where the CR
 table has a ``kind`` column (CRs told from detector defects), the counts per kind. Files of
 many exposures are read in one Arrow dataset scan (a first look at a large catalogue).
 """

@@ -1,7 +1,7 @@
 """The physical values of one detector of one exposure, resolved from its attributes and profile.
 
 Header values (pixel size, binning, gain) win over the instrument profile's
-(:mod:`crscale.catalog.profiles`); what comes from a profile that lists it as a guess, or from
+(:mod:`crscale.catalogue.profiles`); what comes from a profile that lists it as a guess, or from
 the ``generic`` profile, is recorded as guessed.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from crscale.catalog.profiles import InstrumentProfile, match_profile
+from crscale.catalogue.profiles import InstrumentProfile, match_profile
 from crscale.io.metadata import as_float
 
 __all__ = ["DetectorPhysics", "detector_physics"]
@@ -90,7 +90,7 @@ def detector_physics(
         ``guessed``, ``binning``, ``pixel_size_um``, ...). Its ``instrument`` / ``telescope``
         take precedence over the exposure's.
     profiles : list of InstrumentProfile, optional
-        Default :func:`~crscale.catalog.profiles.load_profiles`.
+        Default :func:`~crscale.catalogue.profiles.load_profiles`.
 
     Returns
     -------

@@ -71,7 +71,7 @@ def classify(
     Parameters
     ----------
     n_pixels, length, straightness : numpy.ndarray
-        Per-CR features (see :mod:`crscale.catalog.features`).
+        Per-CR features (see :mod:`crscale.catalogue.features`).
     rules : MorphologyRules, optional
         Thresholds; default from the config.
 

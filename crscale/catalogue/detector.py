@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from crscale.catalog.defects import DefectSettings, region_kinds
-from crscale.catalog.features import cr_features
-from crscale.catalog.labels import Band, label_bands
-from crscale.catalog.morphology import MorphologyRules
+from crscale.catalogue.defects import DefectSettings, region_kinds
+from crscale.catalogue.features import cr_features
+from crscale.catalogue.labels import Band, label_bands
+from crscale.catalogue.morphology import MorphologyRules
 from crscale.detection.badpix import bad_pixel_mask
 from crscale.detection.inpaint import DEFAULT_INPAINT, INPAINT_RADIUS, inpaint
 
@@ -135,11 +135,11 @@ def catalogue_detector(
         Inpainting value for pixels with no good neighbour (default: the median of the usable
         pixels of the first band).
     defects : array-like, optional
-        The detector's defect codes (:data:`crscale.catalog.defects.DEFECT_CODES`, 0: none):
+        The detector's defect codes (:data:`crscale.catalogue.defects.DEFECT_CODES`, 0: none):
         regions mostly on defects get the defect's kind, defect pixels leave the usable area.
     defect_map : str, optional
         State of that map, ``"verified"`` or ``"unverified"`` (see
-        :func:`crscale.catalog.defects.region_kinds`). None (no defect information, e.g.
+        :func:`crscale.catalogue.defects.region_kinds`). None (no defect information, e.g.
         one image in memory): no region is marked ``unverified``.
     defect_settings : DefectSettings, optional
         Default from the config.

@@ -1,4 +1,4 @@
-"""PNG plots of a catalogue's statistics (from :func:`crscale.catalog.stats.summarise`).
+"""PNG plots of a catalogue's statistics (from :func:`crscale.catalogue.stats.summarise`).
 
 The figures are :class:`matplotlib.figure.Figure` objects drawn on an Agg canvas directly:
 pyplot and ``matplotlib.use`` are never touched, so calling this from a Jupyter session leaves
@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from crscale.catalog.stats import CatalogueStats, Histogram
+from crscale.catalogue.stats import CatalogueStats, Histogram
 from crscale.io.catalogue_schema import CLASSES
 
 #: The files :func:`write_plots` writes, in order.
@@ -190,9 +190,9 @@ def write_plots(
     Parameters
     ----------
     stats : CatalogueStats
-        From :func:`crscale.catalog.stats.summarise`.
+        From :func:`crscale.catalogue.stats.summarise`.
     rates : pandas.DataFrame or None
-        Per-exposure rates (:func:`crscale.catalog.stats.exposure_rates`): columns
+        Per-exposure rates (:func:`crscale.catalogue.stats.exposure_rates`): columns
         ``time``, ``rate``, ``rate_err``, ``instrument``. None: the time series is drawn empty.
     out_dir : str or path
         Folder for the files (created if missing).

@@ -2,7 +2,7 @@
 
 A value falls into one *slot* of a count vector ``[missing, <= 0, (0, lo), the bins..., > hi]``,
 so that histograms of partitions of any size add up slot by slot
-(:mod:`crscale.catalog.stats` sums them over the CR table).
+(:mod:`crscale.catalogue.stats` sums them over the CR table).
 """
 
 from __future__ import annotations

@@ -51,9 +51,9 @@ __all__ = [
     "profiles_table",
 ]
 
-# The per-detector resolution moved to crscale.catalog.physics; its names still import from here.
+# The per-detector resolution moved to crscale.catalogue.physics; its names still import from here.
 __getattr__, __dir__ = attach(__name__, {
-    "DetectorPhysics": "crscale.catalog.physics", "detector_physics": "crscale.catalog.physics",
+    "DetectorPhysics": "crscale.catalogue.physics", "detector_physics": "crscale.catalogue.physics",
 })
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
@@ -261,7 +261,7 @@ def _build(entry: dict[str, Any], where: str) -> InstrumentProfile:
 def load_profiles() -> list[InstrumentProfile]:
     """Return the instrument profiles in matching order: user entries, then shipped ones.
 
-    The shipped table (``crscale/catalog/profiles.yaml``) is combined with the user entries
+    The shipped table (``crscale/catalogue/profiles.yaml``) is combined with the user entries
     in dask config key ``crscale.catalogue.profiles`` (a list of entries of the same form):
 
     * a user entry named like a shipped profile overrides that profile field by field

@@ -2,7 +2,7 @@
 
 Two sources, both read with dask in one :func:`dask.compute` call (so each Parquet file is
 read once, on the active scheduler or distributed client), summed into the fixed histograms
-of :mod:`crscale.catalog.histograms`:
+of :mod:`crscale.catalogue.histograms`:
 
 * the **CR table** (one row per CR, up to ~10⁹ rows): reduced partition by partition to
   histograms with *fixed* log-spaced bins, so the whole table is summarised in one pass and
@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crscale.catalog.defects import KINDS
+from crscale.catalogue.defects import KINDS
 
 # DEFAULT_BINS and log_bins are imported from here too (docs/catalogue.md, the notebooks).
-from crscale.catalog.histograms import (  # noqa: F401
+from crscale.catalogue.histograms import (  # noqa: F401
     DEFAULT_BINS,
     N_EXTRA,
     Histogram,
@@ -444,7 +444,7 @@ def _energy_limit(archive: str | os.PathLike) -> float | None:
 
 
 def exposure_rates(archive: str | os.PathLike, *, exposures: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per-exposure CR rates as a pandas DataFrame (for :func:`crscale.catalog.plots.write_plots`).
+    """Per-exposure CR rates as a pandas DataFrame (for :func:`crscale.catalogue.plots.write_plots`).
 
     The rows of :func:`crscale.io.catalogue_store.rates_dataset` (``per="exposure"``: CRs and
     area x time summed over each exposure's detectors), sorted by time.

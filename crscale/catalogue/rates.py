@@ -1,7 +1,7 @@
 """Per exposure x detector: CR counts, sensitive area, effective exposure time and the CR rate.
 
 - **Sensitive area** = usable pixels (finite, not DQ-flagged, not saturated) x the binned
-  pixel area from the instrument profile (:mod:`crscale.catalog.profiles`).
+  pixel area from the instrument profile (:mod:`crscale.catalogue.profiles`).
 - **Effective exposure time**: CRs hit the silicon whether the shutter is open or not, from
   the clearing of the CCD to the moment each pixel is read. That is ``DARKTIME`` where the
   header gives it (the exposure plus shutter overheads), else ``EXPTIME``, plus the time a
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from crscale import config
-from crscale.catalog.defects import DEFECT_KINDS
-from crscale.catalog.detector import DetectorCatalogue
+from crscale.catalogue.defects import DEFECT_KINDS
+from crscale.catalogue.detector import DetectorCatalogue
 from crscale.io.catalogue_schema import CLASSES
 
 
@@ -56,7 +56,7 @@ def exposure_row(
         Names.
     result : DetectorCatalogue
         The detector's CRs and pixel counts.
-    physics : crscale.catalog.profiles.DetectorPhysics
+    physics : crscale.catalogue.profiles.DetectorPhysics
         Pixel size, binning, read-out time, gain and which of them are guesses.
     exposure_attrs, detector_attrs : dict
         The archive's attributes of the exposure and the detector (exptime, darktime, dates,

@@ -25,8 +25,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from crscale.catalog.labels import Components
-from crscale.catalog.morphology import MorphologyRules, classify
+from crscale.catalogue.labels import Components
+from crscale.catalogue.morphology import MorphologyRules, classify
 from crscale.io.catalogue_schema import EV_PER_ELECTRON
 
 _SQRT2 = float(np.sqrt(2.0))
