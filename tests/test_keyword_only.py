@@ -41,7 +41,7 @@ ALLOWED = {
         "documented as evaluate(images, masks=None, out=None, *, ...): the three inputs of an "
         "evaluation, positional in docs/api.md's example"
     ),
-    "crscale.catalog.histograms.log_bins": (
+    "crscale.catalogue.histograms.log_bins": (
         "log_bins(low, high, per_decade): the bins settings spell a binning as that triple, "
         "applied as log_bins(*spec)"
     ),
@@ -120,7 +120,7 @@ def test_the_walk_finds_the_public_api():
     # A broken walk must not pass the check below by finding nothing.
     assert len(found) > 200
     for name in ("crscale.detection.detect", "crscale.engine.ingest", "crscale.io.archive.Archive.__init__",
-                 "crscale.models.store.load_model", "crscale.catalog.rates.corrected_rate"):
+                 "crscale.models.store.load_model", "crscale.catalogue.rates.corrected_rate"):
         assert name in found, name
 
 
