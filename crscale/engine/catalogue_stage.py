@@ -23,60 +23,49 @@ of two detections.
 from __future__ import annotations
 
 import contextlib
-import sys
+import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
+from crscale._logging import reporter
 from crscale.catalogue.morphology import MorphologyRules
 from crscale.catalogue.profiles import DetectorPhysics, detector_physics, load_profiles
+from crscale.engine._catalogue_tasks import catalogue_detector_task, write_exposure_task
+from crscale.engine._stage import ExposureOutcome, StageReport, StatusBook, Window, progress_bar, window_size
 from crscale.engine.cluster import client_or_new
 from crscale.engine.defects_stage import defect_info, key_of, refresh_defects
-from crscale.engine.outcomes import StageOutcomes, abandon
 from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables, table_file
-from crscale.io.dq import ExcludedView, convention_for
-from crscale.io.errors import ArchiveError, describe
-from crscale.io.storage import zarr_options
+from crscale.io.errors import describe
+from crscale.io.lease import Leases
 
-#: Exposures submitted at a time per worker thread: the scheduler is never starved, and an
-#: archive of any size never becomes one huge graph.
-EXPOSURES_IN_FLIGHT_PER_THREAD = 4
+logger = logging.getLogger(__name__)
+
+STAGE = "catalogue"
+#: The exposure attributes every exposure-table row carries.
+ROW_ATTRS = ("instrument", "telescope", "date_obs", "mjd_obs", "exptime")
 
 
-@dataclass
-class ExposureCatalogue:
-    """Outcome for one exposure."""
+@dataclass(kw_only=True)
+class ExposureCatalogue(ExposureOutcome):
+    """Outcome of the catalogue stage for one exposure (see :class:`ExposureOutcome`)."""
 
-    exposure_id: str
-    status: str  # done | skipped | failed
-    message: str = ""
-    n_detectors: int = 0
     n_cr: int = 0
-    seconds: float = 0.0
 
 
-@dataclass
-class CatalogueReport(StageOutcomes):
-    """All outcomes of a catalogue run, in archive order."""
+@dataclass(kw_only=True)
+class CatalogueReport(StageReport):
+    """All outcomes of a catalogue run, in archive order, and the settings used."""
 
-    archive: str
     results: list[ExposureCatalogue]
-    seconds: float = 0.0
-    settings: dict[str, Any] = field(default_factory=dict)
     defects: Any = None  #: the DefectReport of the defect update run first, if any
     redone_for_defects: list[str] = field(default_factory=list)  #: recatalogued: their defect map changed
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
+    def _more(self) -> dict[str, Any]:
         return {
-            "archive": self.archive,
-            "seconds": self.seconds,
-            "counts": self.counts(),
-            "settings": self.settings,
-            "results": [asdict(r) for r in self.results],
             "defects": self.defects.to_dict() if self.defects is not None else None,
             "redone_for_defects": self.redone_for_defects,
         }
@@ -105,89 +94,6 @@ class CatalogueReport(StageOutcomes):
         return "\n".join(lines)
 
 
-def catalogue_detector_task(
-    archive: str,
-    exposure_id: str,
-    detector: str,
-    physics: DetectorPhysics,
-    rules: MorphologyRules,
-    exposure_attrs: dict[str, Any],
-    defects: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Worker task: the CR columns and the exposure-table row of one detector.
-
-    ``defects`` (None: no defect information) names the detector's defect map: ``key``,
-    ``status`` and ``completeness`` (see :mod:`crscale.engine.defects_stage`).
-    """
-    import zarr
-
-    from crscale.catalogue.detector import catalogue_detector
-    from crscale.catalogue.rates import exposure_row
-
-    label = f"{archive}/exposures/{exposure_id}/{detector}"
-    group = zarr.open_group(label, mode="r", zarr_format=3, storage_options=zarr_options(archive))
-    attrs: dict[str, Any] = dict(group.attrs)
-    arrays = set(group.array_keys())
-    if "mask" not in arrays:
-        raise ArchiveError(f"{exposure_id}/{detector}: no CR mask (run `crscale detect` first)")
-    detect = attrs.get("detect") or {}
-
-    def read(name: str) -> Any:  # reads refuse absent or corrupt chunks, naming them
-        return integrity.checked(group, name, label) if name in arrays else None
-
-    codes = None
-    if defects and defects.get("key"):
-        codes = zarr.open_group(f"{archive}/defects/{defects['key']}", mode="r", zarr_format=3,
-                                storage_options=zarr_options(archive))["codes"]
-    result = catalogue_detector(
-        read("image"),
-        read("mask"),
-        background=read("clean"),
-        dq=(ExcludedView(read("dq"), convention_for(exposure_attrs, detector_attrs=attrs))
-            if "dq" in arrays else None),
-        gain=physics.gain,
-        saturation=attrs.get("saturation"),
-        rules=rules,
-        fallback=(detect.get("stats") or {}).get("sky"),
-        defects=codes,
-        defect_map=(defects or {}).get("status"),
-    )
-    row = exposure_row(
-        exposure_id,
-        detector,
-        result,
-        physics,
-        exposure_attrs=exposure_attrs,
-        detector_attrs=attrs,
-        model=detect.get("model"),
-        threshold=detect.get("threshold"),
-        completeness=(defects or {}).get("completeness"),
-    )
-    columns = {"exposure": exposure_id, "detector": detector, **result.columns}
-    return columns, row
-
-
-def write_exposure_task(archive: str, exposure_id: str, *parts: tuple[dict[str, Any], dict[str, Any]]) -> int:
-    """Worker task: write one exposure's Parquet files from its detectors' results; returns n_cr."""
-    import numpy as np
-
-    from crscale.io.catalogue_schema import CR_SCHEMA
-    from crscale.io.catalogue_store import as_table, write_exposure_tables
-
-    columns: dict[str, Any] = {}
-    for f in CR_SCHEMA:
-        pieces = []
-        for cols, _row in parts:
-            n = cols["id"].size
-            value = cols[f.name]
-            pieces.append(np.full(n, value, dtype=object) if isinstance(value, str) else np.asarray(value))
-        columns[f.name] = np.concatenate(pieces) if pieces else np.zeros(0)
-    crs = as_table(columns, "crs")
-    rows = as_table([row for _cols, row in parts], "exposures")
-    write_exposure_tables(archive, exposure_id, crs, rows)
-    return int(sum(row["n_cr"] for _cols, row in parts))
-
-
 def catalogue_archive(
     archive: str,
     *,
@@ -198,7 +104,7 @@ def catalogue_archive(
     exposures: Sequence[str] | None = None,
     force: bool = False,
     progress: bool = True,
-    echo: Callable[[str], None] | None = print,
+    echo: Callable[[str], None] | None = None,
     completeness: Callable[..., Any] | None = None,
 ) -> CatalogueReport:
     """Run the catalogue stage over an archive (or some of its exposures) on a Dask cluster.
@@ -207,15 +113,8 @@ def catalogue_archive(
     ----------
     archive : str or path
         The crscale archive.
-    client : distributed.Client, optional
-        Use this client; default: connect to ``scheduler`` or start a LocalCluster.
-    scheduler : str, optional
-        Scheduler address or scheduler file, when no ``client`` is given.
-    n_workers : int, optional
-        Workers of the LocalCluster started otherwise.
-    cluster : str, optional
-        Kind of cluster started when neither ``client`` nor ``scheduler`` is given: ``"local"``
-        or a batch system (``"slurm"``, ``"pbs"``, ...); default ``crscale.cluster.kind``.
+    client, scheduler, n_workers, cluster : optional
+        The Dask cluster, as for :func:`crscale.engine.detect_stage.detect_archive`.
     exposures : sequence of str, optional
         Only these exposures (default: every exposure whose detection is done).
     force : bool
@@ -223,7 +122,7 @@ def catalogue_archive(
     progress : bool
         A progress bar on stderr.
     echo : callable, optional
-        Where messages go; ``None`` for silence.
+        Where messages go; default: this module's logger (INFO).
     completeness : callable, optional
         ``completeness(archive, get_client, maps) -> maps``, run after the defect maps are
         updated: fills in each detector's completeness (the CLI passes
@@ -242,8 +141,8 @@ def catalogue_archive(
         Bad instrument profiles or morphology settings in the config.
     """
     t0 = time.perf_counter()
-    Archive(archive, mode="r")  # never create an empty archive
-    arch = Archive(archive, mode="a")
+    say = reporter(logger, echo)
+    arch = Archive(archive, mode="a", create=False)
     path = str(arch.path)
     profiles = load_profiles()
     rules = MorphologyRules.from_config()
@@ -251,7 +150,7 @@ def catalogue_archive(
     ids = arch.select_exposures(exposures)
 
     results: dict[str, ExposureCatalogue] = {}
-    plans: dict[str, tuple[dict[str, Any], list[tuple[str, DetectorPhysics, Any]], str]] = {}
+    plans: dict[str, ExposurePlan] = {}
     redone: list[str] = []
     with contextlib.ExitStack() as stack:
         opened: list[Any] = []
@@ -260,35 +159,72 @@ def catalogue_archive(
             if not opened:
                 opened.append(
                     stack.enter_context(client_or_new(client, scheduler=scheduler, n_workers=n_workers,
-                                                      cluster=cluster, echo=echo))
+                                                      cluster=cluster,
+                                                      echo=say))
                 )
                 arch.note_format()
             return opened[0]
 
+        # The defect maps are made from the exposures detected by now: one detected later (by a
+        # concurrent run) is left to a later catalogue run, never catalogued without its map.
+        detected = _detect_times(arch, ids)
         defect_report, maps = refresh_defects(arch, get_client)
         if completeness is not None:
             maps = completeness(arch, get_client, maps)
-        _plan(arch, ids, profiles, maps, force, results, plans, redone)
+        book = StatusBook(arch=arch, stage=STAGE, leases=Leases(arch.path))
+        _plan(book, ids, profiles, maps, force, results, plans, redone, detected)
         if plans:
-            _run(get_client(), arch, plans, rules, results, progress)
-    report = CatalogueReport(
-        path, [results[e] for e in ids if e in results], time.perf_counter() - t0, settings,
-        defect_report, [e for e in redone if e in plans],
+            try:
+                _run(get_client(), book, plans, rules, results, progress, force)
+            finally:
+                book.close()
+    return CatalogueReport(
+        archive=path,
+        results=[results[e] for e in ids if e in results],
+        settings=settings,
+        seconds=time.perf_counter() - t0,
+        defects=defect_report,
+        redone_for_defects=[e for e in redone if e in plans and results[e].status != "skipped"],
     )
-    return report
+
+
+@dataclass(kw_only=True)
+class DetectorWork:
+    """One detector of a planned exposure: its physics and its defect map (see defect_info)."""
+
+    name: str
+    physics: DetectorPhysics
+    defects: dict[str, Any] | None
+
+
+@dataclass(kw_only=True)
+class ExposurePlan:
+    """What the catalogue of one exposure is made from, and, once submitted, when it started."""
+
+    exposure_id: str
+    attrs: dict[str, Any]  #: the exposure attributes the rows carry
+    detectors: list[DetectorWork]
+    detect_time: str | None  #: of the detection catalogued (a later one makes this stale)
+    started: float = 0.0
+
+    def tokens(self) -> dict[str, Any]:
+        """Per detector, the token of the defect map and completeness its rows used."""
+        return {d.name: (d.defects or {}).get("token") for d in self.detectors}
 
 
 def _plan(
-    arch: Archive,
+    book: StatusBook,
     ids: list[str],
     profiles: Any,
     maps: dict[str, dict[str, Any]] | None,
     force: bool,
     results: dict[str, ExposureCatalogue],
-    plans: dict[str, tuple[dict[str, Any], list[tuple[str, DetectorPhysics, Any]], str]],
+    plans: dict[str, ExposurePlan],
     redone: list[str],
+    detected: dict[str, Any],
 ) -> None:
     """What each exposure needs: skipped when its catalogue is current, else planned."""
+    arch = book.arch
     path = str(arch.path)
     for eid in ids:
         started = time.perf_counter()
@@ -296,145 +232,173 @@ def _plan(
             attrs = arch.exposure_attrs(eid)
             status = attrs.get("status", {})
             detect = status.get("detect", {})
-            damaged = integrity.damaged_input(status, "catalogue")
+            damaged = integrity.damaged_input(status, STAGE)
             if damaged:
-                results[eid] = ExposureCatalogue(eid, "failed", f"exposure {eid!r}: {damaged}")
+                results[eid] = ExposureCatalogue(exposure_id=eid, status="failed",
+                                                 message=f"exposure {eid!r}: {damaged}")
                 continue
-            if detect.get("state") != "done":
-                continue  # nothing to catalogue (yet)
-            done = status.get("catalogue", {})
+            if detect.get("state") != "done" or detected.get(eid) != detect.get("time"):
+                continue  # nothing to catalogue (yet), or detected since the defect maps were made
+            done = status.get(STAGE, {})
             detectors = []
             for d in arch.detectors(eid):
                 dattrs = dict(arch.root[f"exposures/{eid}/{d}"].attrs)
-                phys = detector_physics(attrs, dattrs, profiles=profiles)
-                detectors.append((d, phys, defect_info(maps, key_of(attrs, d, dattrs, phys))))
-            tokens = {d: (info or {}).get("token") for d, _p, info in detectors}
+                phys = detector_physics(attrs, dattrs, profiles)
+                info = defect_info(maps, key_of(attrs, d, dattrs, phys))
+                detectors.append(DetectorWork(name=d, physics=phys, defects=info))
+            plan = ExposurePlan(
+                exposure_id=eid,
+                attrs={k: attrs.get(k) for k in ROW_ATTRS},
+                detectors=detectors,
+                detect_time=detect.get("time"),
+            )
             same_detection = (
                 done.get("state") == "done"
                 and done.get("detect_time") == detect.get("time")
                 and table_file(path, "exposures", eid).is_file()
             )
-            current = same_detection and (maps is None or done.get("defects") == tokens)
+            current = same_detection and (maps is None or done.get("defects") == plan.tokens())
             if current and not force:
-                results[eid] = ExposureCatalogue(eid, "skipped", "catalogue up to date")
+                results[eid] = ExposureCatalogue(exposure_id=eid, status="skipped",
+                                                 message="catalogue up to date")
                 continue
             if same_detection and not force:
                 redone.append(eid)
         except Exception as exc:  # this exposure's metadata only: record it, go on
             message = f"exposure {eid!r}: cannot read its metadata in {path} ({describe(exc)})"
-            _fail(arch, eid, message, "archive", started, 0, results)
+            _fail(book, eid, message, "archive", started, 0, results)
             continue
-        exp_attrs = {k: attrs.get(k) for k in ("instrument", "telescope", "date_obs", "mjd_obs", "exptime")}
-        plans[eid] = (exp_attrs, detectors, detect.get("time"))
+        plans[eid] = plan
+
+
+def _detect_times(arch: Archive, ids: list[str]) -> dict[str, Any]:
+    """``{exposure: status.detect.time}`` of the exposures whose detection is done."""
+    out = {}
+    for eid in ids:
+        with contextlib.suppress(Exception):  # unreadable metadata: _plan records it
+            detect = arch.status(eid).get("detect", {})
+            if detect.get("state") == "done":
+                out[eid] = detect.get("time")
+    return out
+
+
+def _submit(cl: Any, book: StatusBook, plan: ExposurePlan, rules: MorphologyRules) -> Any:
+    """Mark the exposure running; submit its detector tasks and the write task that joins them."""
+    path = str(book.arch.path)
+    eid = plan.exposure_id
+    book.start(eid)
+    stamp = time.time_ns()
+    parts = [
+        cl.submit(
+            catalogue_detector_task,
+            path,
+            eid,
+            d.name,
+            d.physics,
+            rules,
+            plan.attrs,
+            d.defects,
+            pure=False,
+            key=f"crscale-catalogue-{eid}-{d.name}-{stamp}",
+        )
+        for d in plan.detectors
+    ]
+    return cl.submit(
+        write_exposure_task, path, eid, *parts, pure=False, key=f"crscale-catalogue-write-{eid}-{stamp}"
+    )
 
 
 def _run(
     cl: Any,
-    arch: Archive,
-    plans: dict[str, tuple[dict[str, Any], list[tuple[str, DetectorPhysics, Any]], str]],
+    book: StatusBook,
+    plans: dict[str, ExposurePlan],
     rules: MorphologyRules,
     results: dict[str, ExposureCatalogue],
     progress: bool,
+    force: bool,
 ) -> None:
     """Submit exposures in a window of a few per worker thread; finish each as it completes."""
-    from distributed import as_completed
-    from tqdm.auto import tqdm
+    window: Window[ExposurePlan] = Window(window_size(cl))
+    pending = iter(plans.values())
+    bar = progress_bar(len(plans), STAGE, "exp", progress)
 
-    path = str(arch.path)
-    limit = max(2, EXPOSURES_IN_FLIGHT_PER_THREAD * (sum(cl.nthreads().values()) or 1))
-    pending = iter(plans.items())
-    started: dict[str, float] = {}
-    owner: dict[str, str] = {}
-    ac = as_completed()
-    bar = tqdm(total=len(plans), desc="catalogue", unit="exp", file=sys.stderr, disable=not progress)
-
-    def submit() -> bool:
-        item = next(pending, None)
-        if item is None:
-            return False
-        eid, (exp_attrs, detectors, _detect_time) = item
-        started[eid] = time.perf_counter()
-        try:
-            arch.set_status(eid, "catalogue", "running")
-        except Exception as exc:
-            _fail(
-                arch,
-                eid,
-                f"exposure {eid!r}: cannot start: {describe(exc)}",
-                "archive",
-                started[eid],
-                len(detectors),
-                results,
-            )
-            bar.update(1)
-            return True
-        stamp = time.time_ns()
-        parts = [
-            cl.submit(
-                catalogue_detector_task,
-                path,
-                eid,
-                det,
-                phys,
-                rules,
-                exp_attrs,
-                info,
-                pure=False,
-                key=f"crscale-catalogue-{eid}-{det}-{stamp}",
-            )
-            for det, phys, info in detectors
-        ]
-        fut = cl.submit(
-            write_exposure_task, path, eid, *parts, pure=False, key=f"crscale-catalogue-write-{eid}-{stamp}"
-        )
-        owner[fut.key] = eid
-        ac.add(fut)
-        return True
+    def refill() -> None:
+        while window.has_room():
+            plan = next(pending, None)
+            if plan is None:
+                return
+            plan.started = time.perf_counter()
+            busy = book.claim(plan.exposure_id) or (None if force else _done_meanwhile(book.arch, plan))
+            if busy:  # another run on this archive is at it, or has done it since we looked
+                book.release(plan.exposure_id)
+                results[plan.exposure_id] = ExposureCatalogue(exposure_id=plan.exposure_id, status="skipped",
+                                                              message=busy)
+                bar.update(1)
+                continue
+            try:
+                future = _submit(cl, book, plan, rules)
+            except Exception as exc:
+                message = f"exposure {plan.exposure_id!r}: cannot start: {describe(exc)}"
+                _fail(book, plan.exposure_id, message, "archive", plan.started, len(plan.detectors), results)
+                bar.update(1)
+                continue
+            window.add(future, plan, load=1)
 
     try:
-        while ac.count() < limit and submit():
-            pass
-        for fut in ac:
-            eid = owner.pop(fut.key)
-            n_det = len(plans[eid][1])
-            try:
-                n_cr = int(fut.result())
-                arch.set_status(
-                    eid,
-                    "catalogue",
-                    "done",
-                    detect_time=plans[eid][2],
-                    n_cr=n_cr,
-                    n_detectors=n_det,
-                    defects={d: (info or {}).get("token") for d, _p, info in plans[eid][1]},
-                    seconds=round(time.perf_counter() - started[eid], 3),
-                )
-            except Exception as exc:
-                _fail(arch, eid, f"exposure {eid!r}: {describe(exc)}", "error", started[eid], n_det, results)
-                integrity.note_damage(arch, eid, exc)
-            else:
-                source = arch.exposure_attrs(eid).get("source", {}).get("path")
-                if source:
-                    with contextlib.suppress(OSError):
-                        arch.clear_failure(source, stage="catalogue")
-                results[eid] = ExposureCatalogue(
-                    eid, "done", "", n_det, n_cr, time.perf_counter() - started[eid]
-                )
-            finally:
-                fut.release()
+        refill()
+        for done in window.completed():
+            window.release(1)
+            _finish(book, done.item, done.value, done.error, results)
             bar.update(1)
-            while ac.count() < limit and submit():
-                pass
+            refill()
     except BaseException as exc:
         # Interrupted (a signal, Ctrl-C) or failing here: nothing may stay `running`.
-        abandon(cl, ac.futures, arch, "catalogue", set(started) - set(results), exc)
+        book.abandon(cl, window.futures, exc)
         raise
     finally:
         bar.close()
 
 
+def _done_meanwhile(arch: Archive, plan: ExposurePlan) -> str | None:
+    """Why not to catalogue after all: another run catalogued this detection since we looked."""
+    with contextlib.suppress(Exception):
+        done = arch.status(plan.exposure_id).get(STAGE, {})
+        if done.get("state") == "done" and done.get("detect_time") == plan.detect_time \
+                and done.get("defects") == plan.tokens():
+            return "catalogued by another run on this archive meanwhile"
+    return None
+
+
+def _finish(
+    book: StatusBook,
+    plan: ExposurePlan,
+    n_cr: Any,
+    error: Exception | None,
+    results: dict[str, ExposureCatalogue],
+) -> None:
+    """The exposure's status ``done`` (last, after its tables), or its failure."""
+    eid, n_det = plan.exposure_id, len(plan.detectors)
+    try:
+        if error is not None:
+            raise error
+        book.done(
+            eid,
+            detect_time=plan.detect_time,
+            n_cr=int(n_cr),
+            n_detectors=n_det,
+            defects=plan.tokens(),
+            seconds=round(time.perf_counter() - plan.started, 3),
+        )
+    except Exception as exc:
+        _fail(book, eid, f"exposure {eid!r}: {describe(exc)}", "error", plan.started, n_det, results)
+        integrity.note_damage(book.arch, eid, exc)
+        return
+    results[eid] = ExposureCatalogue(exposure_id=eid, status="done", n_detectors=n_det, n_cr=int(n_cr),
+                                     seconds=time.perf_counter() - plan.started)
+
+
 def _fail(
-    arch: Archive,
+    book: StatusBook,
     eid: str,
     message: str,
     kind: str,
@@ -444,6 +408,10 @@ def _fail(
 ) -> None:
     """Record a failed exposure: no rows left, status and failure record (best effort)."""
     with contextlib.suppress(Exception):
-        remove_exposure_tables(str(arch.path), eid)
-    arch.record_exposure_failure(eid, "catalogue", message, kind)
-    results[eid] = ExposureCatalogue(eid, "failed", message, n_det, 0, time.perf_counter() - started)
+        remove_exposure_tables(str(book.arch.path), eid)
+    book.failed(eid, message, kind)
+    results[eid] = ExposureCatalogue(exposure_id=eid, status="failed", message=message, n_detectors=n_det,
+                                     seconds=time.perf_counter() - started)
+
+
+__all__ = ["CatalogueReport", "ExposureCatalogue", "catalogue_archive", "write_exposure_task"]

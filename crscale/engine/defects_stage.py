@@ -17,18 +17,22 @@ detect time changed) or left the archive: a mask cannot be subtracted once it ch
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
 from crscale import config
+from crscale._logging import reporter
 from crscale.catalogue.defects import UNVERIFIED, DefectSettings, add_user_map, find_defects
 from crscale.catalogue.profiles import detector_physics, load_profiles
+from crscale.engine._defect_reduction import DefectResult, KeyPlan, run_defects
+from crscale.engine._stage import StageReport
 from crscale.io.archive import Archive
 from crscale.io.defect_store import (
     DEFECTS_GROUP,
@@ -38,55 +42,18 @@ from crscale.io.defect_store import (
     read_defect_attrs,
     write_defect_map,
 )
-from crscale.io.errors import ArchiveError, InputError, describe
+from crscale.io.errors import InputError, describe
+from crscale.io.lease import Leases
 
 log = logging.getLogger(__name__)
 
-#: Masks one count task reads (one after the other, into one array).
-EXPOSURES_PER_TASK = 32
+@dataclass(kw_only=True)
+class DefectReport(StageReport):
+    """All keys of a defect update, and the settings of the test."""
 
+    STATUSES: ClassVar[tuple[str, ...]] = ("verified", "unverified", "current", "failed")
 
-@dataclass
-class KeyPlan:
-    """What one detector key needs."""
-
-    key: str
-    instrument: str | None
-    detector: str
-    binning: tuple[int, int]
-    shape: tuple[int, int]
-    members: dict[str, str] = field(default_factory=dict)  #: exposure -> detect time (all with a mask)
-    todo: list[str] = field(default_factory=list)  #: exposures to count now
-    rebuild: bool = False
-
-
-@dataclass
-class DefectResult:
-    """Outcome for one key."""
-
-    key: str
-    status: str  # verified | unverified | failed | current
-    n_exposures: int = 0
-    n_added: int = 0
-    rebuilt: bool = False
-    changed: bool = False
-    n_by_kind: dict[str, int] = field(default_factory=dict)
-    digest: str | None = None
-    message: str = ""
-
-
-@dataclass
-class DefectReport:
-    """All keys of a defect update."""
-
-    archive: str
     results: list[DefectResult]
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True when no key failed."""
-        return not any(r.status == "failed" for r in self.results)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -137,7 +104,8 @@ def plan_defects(arch: Archive, entries: Sequence[Entry]) -> dict[str, KeyPlan]:
         plan = plans.get(key)
         if plan is None:
             plan = plans[key] = KeyPlan(
-                key, meta.get("instrument"), det, tuple(meta["binning"]), tuple(meta["shape"])
+                key=key, instrument=meta.get("instrument"), detector=det,
+                binning=tuple(meta["binning"]), shape=tuple(meta["shape"]),
             )
         plan.members[eid] = str(detect_time)
     for key, plan in plans.items():
@@ -163,7 +131,7 @@ def scan_archive(arch: Archive, *, exposures: Sequence[str] | None = None) -> li
                 continue
             for det in arch.detectors(eid):
                 dattrs = dict(arch.root[f"exposures/{eid}/{det}"].attrs)
-                phys = detector_physics(attrs, dattrs, profiles=profiles)
+                phys = detector_physics(attrs, dattrs, profiles)
                 key = key_of(attrs, det, dattrs, phys)
                 meta = {"instrument": attrs.get("instrument"), "binning": phys.binning,
                         "shape": dattrs["shape"]}
@@ -171,106 +139,6 @@ def scan_archive(arch: Archive, *, exposures: Sequence[str] | None = None) -> li
         except Exception as exc:  # one exposure's metadata: the others go on
             log.warning("defects: exposure %r skipped: %s", eid, describe(exc))
     return out
-
-
-def count_masks_task(archive: str, items: Sequence[tuple[str, str]], shape: tuple[int, int]) -> np.ndarray:
-    """Worker task: in how many of these masks each pixel is set (uint32)."""
-    import zarr
-
-    from crscale.io.storage import zarr_options
-
-    total = np.zeros(shape, np.uint32)
-    for eid, det in items:
-        mask = zarr.open_array(f"{archive}/exposures/{eid}/{det}/mask", mode="r", zarr_format=3,
-                               storage_options=zarr_options(archive))
-        if tuple(mask.shape) != tuple(shape):
-            raise ArchiveError(f"{eid}/{det}: mask shape {tuple(mask.shape)} is not the detector's {shape}")
-        step = int(mask.chunks[0])
-        for y0 in range(0, shape[0], step):  # whole chunk rows: one band in memory
-            total[y0 : y0 + step] += np.asarray(mask[y0 : y0 + step]) != 0
-    return total
-
-
-def add_counts_task(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Worker task: the sum of two count arrays."""
-    a += b
-    return a
-
-
-def finish_key_task(
-    archive: str,
-    plan: KeyPlan,
-    counts: np.ndarray | None,
-    settings: DefectSettings,
-) -> DefectResult:
-    """Worker task: add to the stored counts, find the defects, write the key's map."""
-    arch = Archive(archive, mode="a")
-    old = read_defect_attrs(arch, plan.key) or {}
-    stored = None if plan.rebuild else read_array(arch, plan.key, "counts")
-    counted = {} if plan.rebuild or stored is None else dict(old.get("contributions") or {})
-    total = np.zeros(plan.shape, np.uint32) if stored is None else stored.astype(np.uint32)
-    if counts is not None:
-        total += counts
-    counted.update({e: plan.members[e] for e in plan.todo})
-    dmap = find_defects(total, len(counted), settings=settings)
-    user = read_array(arch, plan.key, "user")
-    codes = add_user_map(dmap.codes, user)
-    dmap.codes = codes
-    digest = dmap.digest()
-    write_defect_map(
-        arch,
-        plan.key,
-        {"counts": total, "codes": codes},
-        {
-            "instrument": plan.instrument,
-            "detector": plan.detector,
-            "binning": list(plan.binning),
-            "shape": list(plan.shape),
-            "n_exposures": len(counted),
-            "contributions": counted,
-            "status": dmap.status,
-            "p_cr": dmap.p_cr,
-            "k_min": dmap.k_min,
-            "k_line": dmap.k_line,
-            "settings": settings.to_dict(),
-            "n_by_kind": dmap.counts_by_kind(),
-            "digest": digest,
-        },
-    )
-    return DefectResult(
-        plan.key, dmap.status, len(counted), len(plan.todo), plan.rebuild,
-        digest != old.get("digest"), dmap.counts_by_kind(), digest,
-    )
-
-
-def run_defects(
-    cl: Any, archive: str, plans: dict[str, KeyPlan], settings: DefectSettings
-) -> list[DefectResult]:
-    """Submit the count trees and finish tasks of the keys with work; gather them."""
-    futures = {}
-    for key, plan in plans.items():
-        if not plan.todo:
-            continue
-        items = [(e, plan.detector) for e in plan.todo]
-        level = [
-            cl.submit(count_masks_task, archive, items[i : i + EXPOSURES_PER_TASK], plan.shape, pure=False)
-            for i in range(0, len(items), EXPOSURES_PER_TASK)
-        ]
-        while len(level) > 1:
-            pairs = [level[i : i + 2] for i in range(0, len(level), 2)]
-            level = [cl.submit(add_counts_task, *p, pure=False) if len(p) == 2 else p[0] for p in pairs]
-        futures[key] = cl.submit(finish_key_task, archive, plan, level[0], settings, pure=False)
-    results = []
-    for key, fut in futures.items():
-        try:
-            results.append(fut.result())
-        except Exception as exc:
-            message = f"detector {key!r}: {describe(exc)}"
-            log.error("defects: %s", message)
-            results.append(DefectResult(key, "failed", message=message))
-        finally:
-            fut.release()
-    return results
 
 
 def current_maps(arch: Archive) -> dict[str, dict[str, Any]]:
@@ -306,14 +174,43 @@ def refresh_defects(
     """
     if not config.get("defects.enabled"):
         return None, None
-    t0 = time.perf_counter()
-    settings = settings or DefectSettings.from_config()
-    plans = plan_defects(arch, scan_archive(arch))
-    results = [DefectResult(k, "current", len(p.members)) for k, p in plans.items() if not p.todo]
-    if any(p.todo for p in plans.values()):
-        results += run_defects(get_client(), str(arch.path), plans, settings)
-    report = DefectReport(str(arch.path), sorted(results, key=lambda r: r.key), time.perf_counter() - t0)
+    report = _update(arch, get_client, settings or DefectSettings.from_config(), None)
     return report, current_maps(arch)
+
+
+def _update(
+    arch: Archive, get_client: Any, settings: DefectSettings, exposures: Sequence[str] | None
+) -> DefectReport:
+    """Plan every key, run those with work (``get_client()`` only then), report them all.
+
+    Each key is updated under its lease (crscale.io.lease, scope ``defects``): a key another
+    run is updating is waited for, then planned again, so that two runs never write one map at
+    once and neither reads a map the other is rewriting.
+    """
+    t0 = time.perf_counter()
+    leases = Leases(arch.path, scope="defects")
+    results: dict[str, DefectResult] = {}
+    try:
+        while True:
+            plans = plan_defects(arch, scan_archive(arch, exposures=exposures))
+            for k, p in plans.items():
+                if not p.todo:
+                    results.setdefault(k, DefectResult(key=k, status="current", n_exposures=len(p.members)))
+            work = {k: p for k, p in plans.items() if p.todo}
+            mine = {k: p for k, p in work.items() if leases.acquire(k, stage="defects") is not None}
+            if mine:
+                results.update((r.key, r) for r in run_defects(get_client(), str(arch.path), mine, settings))
+                for k in mine:
+                    leases.release(k)
+            busy = [k for k in work if k not in mine]
+            for k in busy or leases.held_by_others():  # a map being rewritten is not read meanwhile
+                leases.wait_while_held(k)
+            if not busy:
+                break
+    finally:
+        leases.release_all()
+    return DefectReport(archive=str(arch.path), results=sorted(results.values(), key=lambda r: r.key),
+                        settings=settings.to_dict(), seconds=time.perf_counter() - t0)
 
 
 def defect_info(maps: dict[str, dict[str, Any]] | None, key: str) -> dict[str, Any] | None:
@@ -357,7 +254,7 @@ def update_defects(
     settings : DefectSettings, optional
         Default from the config (``crscale.defects``).
     echo : callable, optional
-        Where the cluster's messages go.
+        Where the cluster's messages go; default: this module's logger (INFO).
 
     Returns
     -------
@@ -365,19 +262,19 @@ def update_defects(
     """
     from crscale.engine.cluster import client_or_new
 
-    t0 = time.perf_counter()
-    Archive(archive, mode="r")
-    arch = Archive(archive, mode="a")
-    settings = settings or DefectSettings.from_config()
-    plans = plan_defects(arch, scan_archive(arch, exposures=exposures))
-    results = [DefectResult(k, "current", len(p.members)) for k, p in plans.items() if not p.todo]
-    if any(p.todo for p in plans.values()):
-        with client_or_new(
-            client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=echo
-        ) as cl:
-            arch.note_format()
-            results += run_defects(cl, str(arch.path), plans, settings)
-    return DefectReport(str(arch.path), sorted(results, key=lambda r: r.key), time.perf_counter() - t0)
+    arch = Archive(archive, mode="a", create=False)
+    with contextlib.ExitStack() as stack:
+        opened: list[Any] = []
+
+        def get_client() -> Any:
+            if not opened:
+                opened.append(stack.enter_context(client_or_new(
+                    client, scheduler=scheduler, n_workers=n_workers, cluster=cluster,
+                    echo=reporter(log, echo))))
+                arch.note_format()
+            return opened[0]
+
+        return _update(arch, get_client, settings or DefectSettings.from_config(), exposures)
 
 
 def set_user_map(
@@ -441,4 +338,4 @@ def set_user_map(
 
 
 __all__ = ["UNVERIFIED", "DefectReport", "DefectResult", "KeyPlan", "current_maps", "plan_defects",
-           "run_defects", "scan_archive", "set_user_map", "update_defects"]
+           "scan_archive", "set_user_map", "update_defects"]

@@ -26,16 +26,15 @@ go on.
 from __future__ import annotations
 
 import contextlib
-import sys
+import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from crscale import config
-from crscale.engine.blocks import PROGRESS_TOPIC, DetectSettings, engine_halo
-from crscale.engine.cluster import client_or_new, cluster_has_gpus
-from crscale.engine.detect_graph import (
+from crscale._logging import reporter
+from crscale.engine._detect_graph import (
     DetectorPlan,
     create_outputs,
     detect_settings,
@@ -44,112 +43,20 @@ from crscale.engine.detect_graph import (
     plan_exposure,
     remove_outputs,
 )
-from crscale.engine.outcomes import StageOutcomes, abandon
+from crscale.engine._detect_report import DetectReport, ExposureDetection, Progress
+from crscale.engine._stage import StatusBook, Window, window_size
+from crscale.engine.blocks import PROGRESS_TOPIC, DetectSettings, engine_halo
+from crscale.engine.cluster import client_or_new, cluster_has_gpus
 from crscale.engine.plugin import ModelPlugin
 from crscale.io import integrity
 from crscale.io.archive import Archive
 from crscale.io.catalogue_store import remove_exposure_tables
 from crscale.io.errors import describe
+from crscale.io.lease import Leases
 
+logger = logging.getLogger(__name__)
 
-@dataclass
-class ExposureDetection:
-    """Outcome of the detection stage for one exposure.
-
-    Attributes
-    ----------
-    exposure_id : str
-    status : {"done", "skipped", "failed"}
-    message : str
-        The problem (failed) or a note.
-    n_detectors, n_pixels, n_cr_pixels, n_blocks : int
-    seconds : float
-        Wall time from submission to the status being written.
-    """
-
-    exposure_id: str
-    status: str
-    message: str = ""
-    n_detectors: int = 0
-    n_pixels: int = 0
-    n_cr_pixels: int = 0
-    n_blocks: int = 0
-    seconds: float = 0.0
-
-
-@dataclass
-class DetectReport(StageOutcomes):
-    """All outcomes of a detection run, in archive order, and the settings used."""
-
-    archive: str
-    results: list[ExposureDetection]
-    settings: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def pixels_done(self) -> int:
-        """Pixels processed in this run."""
-        return sum(r.n_pixels for r in self.by_status("done"))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return {
-            "archive": self.archive,
-            "seconds": self.seconds,
-            "counts": self.counts(),
-            "settings": self.settings,
-            "pixels_done": self.pixels_done,
-            "results": [asdict(r) for r in self.results],
-        }
-
-    def summary(self) -> str:
-        """A few lines for the terminal."""
-        c = self.counts()
-        done = self.by_status("done")
-        mpix = self.pixels_done / 1e6
-        rate = mpix / self.seconds if self.seconds > 0 else 0.0
-        n_cr = sum(r.n_cr_pixels for r in done)
-        lines = [
-            f"detect: {c['done']} exposure(s) done, {c['skipped']} already done (skipped), "
-            f"{c['failed']} failed; {mpix:.1f} Mpix in {self.seconds:.1f} s = {rate:.2f} Mpix/s; "
-            f"{n_cr:,} CR pixels (model {self.settings.get('model_name') or self.settings.get('model')}, "
-            f"threshold {self.settings.get('threshold')})"
-        ]
-        for r in self.by_status("failed"):
-            lines.append(f"  FAILED: {r.message}")
-        return "\n".join(lines)
-
-
-class _Progress:
-    """Two bars, exposures and blocks; blocks advance on the workers' events."""
-
-    def __init__(self, n_exposures: int, enabled: bool) -> None:
-        from tqdm.auto import tqdm
-
-        kw = {"file": sys.stderr, "dynamic_ncols": True, "disable": not enabled}
-        self.exposures = tqdm(total=n_exposures, desc="exposures", unit="exp", position=0, **kw)
-        self.blocks = tqdm(total=0, desc="blocks", unit="block", position=1, **kw)
-        self.pixels = 0
-        self.t0 = time.perf_counter()
-
-    def add_blocks(self, n: int) -> None:
-        self.blocks.total += n
-        self.blocks.refresh()
-
-    def on_event(self, event: Any) -> None:
-        msg = event[1] if isinstance(event, tuple) else event
-        if self.blocks.n < self.blocks.total:  # a recomputed block (worker lost) counts once
-            self.blocks.update(1)
-        self.pixels += int(msg.get("pixels", 0)) if isinstance(msg, dict) else 0
-        rate = self.pixels / max(time.perf_counter() - self.t0, 1e-9) / 1e6
-        self.blocks.set_postfix_str(f"{rate:.2f} Mpix/s", refresh=False)
-
-    def exposure_done(self) -> None:
-        self.exposures.update(1)
-
-    def close(self) -> None:
-        self.blocks.close()
-        self.exposures.close()
+STAGE = "detect"
 
 
 def detect_archive(
@@ -171,7 +78,7 @@ def detect_archive(
     block: Sequence[int] | None = None,
     tile: int | None = None,
     progress: bool = True,
-    echo: Callable[[str], None] | None = print,
+    echo: Callable[[str], None] | None = None,
 ) -> DetectReport:
     """Run the detection stage over an archive (or some of its exposures) on a Dask cluster.
 
@@ -201,7 +108,7 @@ def detect_archive(
     progress : bool
         Progress bars on stderr.
     echo : callable, optional
-        Where messages go; ``None`` for silence.
+        Where messages go; default: this module's logger (INFO).
 
     Returns
     -------
@@ -214,8 +121,8 @@ def detect_archive(
         The archive cannot be opened, or an exposure asked for is not in it.
     """
     t0 = time.perf_counter()
-    Archive(archive, mode="r")  # detection needs an existing archive: never create an empty one
-    arch = Archive(archive, mode="a")
+    say = reporter(logger, echo)
+    arch = Archive(archive, mode="a", create=False)
     settings, model_config = detect_settings(
         model=model,
         threshold=threshold,
@@ -230,234 +137,241 @@ def detect_archive(
     cfg = config.get("detect")
     prob_dtype = str(config.get("detect.prob_dtype"))
 
+    book = StatusBook(arch=arch, stage=STAGE, leases=Leases(arch.path))
     ids = arch.select_exposures(exposures)
     results: dict[str, ExposureDetection] = {}
+    todo = _select(book, ids, force, results)
+    report_settings = {**settings.to_dict(), "halo": halo, "prob_dtype": prob_dtype}
+    if todo:
+        with client_or_new(client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl:
+            arch.note_format()  # about to write 1.1 arrays
+            gpu = cluster_has_gpus(cl)
+            target = list(block or cfg.get("gpu_block" if gpu else "block"))
+            job = DetectJob(settings=settings, halo=halo, block=target, gpu=gpu, prob_dtype=prob_dtype,
+                            force=force)
+            report_settings.update(gpu=gpu, block=job.block)
+            plugin = ModelPlugin(
+                settings.model, device=settings.device, precision=settings.precision,
+                compile=settings.compile,
+            gpu_only=gpu,
+            )
+            cl.register_plugin(plugin, name=plugin.name)
+            bar = Progress(len(todo), progress)
+            cl.subscribe_topic(PROGRESS_TOPIC, bar.on_event)
+            try:
+                limit = window_size(cl, config.get("detect.blocks_in_flight_per_thread"))
+                _run(cl, book, todo, job, limit, results, bar)
+            finally:
+                book.close()
+                with contextlib.suppress(Exception):
+                    cl.unsubscribe_topic(PROGRESS_TOPIC)
+                bar.close()
+    return DetectReport(
+        archive=str(arch.path),
+        results=[results[e] for e in ids if e in results],
+        settings=report_settings,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _select(
+    book: StatusBook, ids: list[str], force: bool, results: dict[str, ExposureDetection]
+) -> list[str]:
+    """The exposures to detect; those skipped, or failed before starting, go into ``results``."""
+    arch = book.arch
     todo: list[str] = []
     for eid in ids:
         try:
             status = arch.status(eid)
         except Exception as exc:  # unreadable exposure metadata: record it, go on with the rest
             message = f"exposure {eid!r}: cannot read its metadata in {arch.path} ({describe(exc)})"
-            results[eid] = ExposureDetection(eid, "failed", message)
-            arch.record_exposure_failure(eid, "detect", message, "archive")
+            results[eid] = ExposureDetection(exposure_id=eid, status="failed", message=message)
+            book.failed(eid, message, "archive")
             continue
-        damaged = integrity.damaged_input(status, "detect")
+        damaged = integrity.damaged_input(status, STAGE)
         if damaged:
-            results[eid] = ExposureDetection(eid, "failed", f"exposure {eid!r}: {damaged}")
+            results[eid] = ExposureDetection(exposure_id=eid, status="failed",
+                                             message=f"exposure {eid!r}: {damaged}")
             continue
         if status.get("ingest", {}).get("state") != "done":
             continue
-        if status.get("detect", {}).get("state") == "done" and not force:
-            results[eid] = ExposureDetection(eid, "skipped", "detection already done")
+        if status.get(STAGE, {}).get("state") == "done" and not force:
+            results[eid] = ExposureDetection(exposure_id=eid, status="skipped",
+                                             message="detection already done")
         else:
             todo.append(eid)
-    report_settings = {**settings.to_dict(), "halo": halo, "prob_dtype": prob_dtype}
-    if not todo:
-        return DetectReport(
-            str(arch.path),
-            [results[e] for e in ids if e in results],
-            report_settings,
-            time.perf_counter() - t0,
-        )
+    return todo
 
-    with client_or_new(client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
-        arch.note_format()  # about to write 1.1 arrays
-        gpu = cluster_has_gpus(cl)
-        target = list(block or cfg.get("gpu_block" if gpu else "block"))
-        report_settings.update(gpu=gpu, block=target)
-        plugin = ModelPlugin(
-            settings.model, device=settings.device, precision=settings.precision, compile=settings.compile,
-            gpu_only=gpu,
-        )
-        cl.register_plugin(plugin, name=plugin.name)
-        threads = sum(cl.nthreads().values()) or 1
-        limit = max(1, int(config.get("detect.blocks_in_flight_per_thread")) * threads)
-        bar = _Progress(len(todo), progress)
-        cl.subscribe_topic(PROGRESS_TOPIC, bar.on_event)
-        try:
-            _run(cl, arch, todo, settings, halo, target, gpu, prob_dtype, limit, results, bar)
-        finally:
-            with contextlib.suppress(Exception):
-                cl.unsubscribe_topic(PROGRESS_TOPIC)
-            bar.close()
 
-    report = DetectReport(
-        str(arch.path), [results[e] for e in ids if e in results], report_settings, time.perf_counter() - t0
-    )
-    return report
+@dataclass(kw_only=True)
+class DetectJob:
+    """What every exposure of one detection run is processed with (resolved on the client)."""
+
+    settings: DetectSettings
+    halo: int
+    block: list[int]  #: target block shape (y, x)
+    gpu: bool
+    prob_dtype: str
+    force: bool = False  #: redo exposures whose detection is done
+
+
+@dataclass(kw_only=True)
+class InFlight:
+    """One exposure on the cluster: its statistics task first, then its blocks."""
+
+    exposure_id: str
+    plans: list[DetectorPlan]
+    started: float
+    phase: str = "stats"  #: "stats", then "blocks"
+    stats: dict[str, Any] | None = None  #: the detectors' statistics, once computed
+
+    @property
+    def n_blocks(self) -> int:
+        """Blocks of all its detectors (the window's load while it is in flight)."""
+        return sum(p.n_blocks for p in self.plans)
+
+    def outcome(self, status: str, *, message: str = "", n_cr_pixels: int = 0) -> ExposureDetection:
+        """Its result, timed up to now."""
+        return ExposureDetection(
+            exposure_id=self.exposure_id,
+            status=status,
+            message=message,
+            n_detectors=len(self.plans),
+            n_pixels=sum(p.shape[0] * p.shape[1] for p in self.plans),
+            n_cr_pixels=n_cr_pixels,
+            n_blocks=self.n_blocks,
+            seconds=time.perf_counter() - self.started,
+        )
 
 
 def _run(
     cl: Any,
-    arch: Archive,
+    book: StatusBook,
     todo: list[str],
-    settings: DetectSettings,
-    halo: int,
-    target: list[int],
-    gpu: bool,
-    prob_dtype: str,
+    job: DetectJob,
     limit: int,
     results: dict[str, ExposureDetection],
-    bar: _Progress,
+    bar: Progress,
 ) -> None:
     """Feed exposures through statistics → blocks → finish, keeping about ``limit`` blocks in flight."""
-    from distributed import as_completed
-
-    pending = iter(todo)
-    ac = as_completed()
-    state: dict[str, tuple[str, str, list[DetectorPlan], float]] = {}  # future key -> phase
-    stats_of: dict[str, Any] = {}  # exposure id -> its detectors' statistics, while in flight
-    in_flight = 0
-    running: set[str] = set()  # exposures whose status is `running`
+    arch = book.arch
     path = str(arch.path)
+    pending = iter(todo)
+    window: Window[InFlight] = Window(limit)
 
-    def fail(eid: str, plans: list[DetectorPlan], message: str, kind: str, started: float) -> None:
-        running.discard(eid)
-        remove_outputs(arch, eid, plans)
-        arch.record_exposure_failure(eid, "detect", message, kind)
-        results[eid] = ExposureDetection(
-            eid,
-            "failed",
-            message,
-            len(plans),
-            sum(p.shape[0] * p.shape[1] for p in plans),
-            n_blocks=sum(p.n_blocks for p in plans),
-            seconds=time.perf_counter() - started,
-        )
+    def fail(work: InFlight, message: str, kind: str) -> None:
+        window.release(work.n_blocks)
+        remove_outputs(arch, work.exposure_id, work.plans)
+        book.failed(work.exposure_id, message, kind)
+        results[work.exposure_id] = work.outcome("failed", message=message)
         bar.exposure_done()
 
     def refill() -> None:
-        nonlocal in_flight
-        while in_flight < limit or not state:
+        while window.has_room():
             eid = next(pending, None)
             if eid is None:
                 return
-            started = time.perf_counter()
+            busy = book.claim(eid) or _done_meanwhile(arch, eid, job.force)
+            if busy:  # another run on this archive is at it, or has done it since we looked
+                book.release(eid)
+                results[eid] = ExposureDetection(exposure_id=eid, status="skipped", message=busy)
+                bar.exposure_done()
+                continue
+            work = InFlight(exposure_id=eid, plans=[], started=time.perf_counter())
             try:
-                plans = plan_exposure(arch, eid, target, halo)
+                work.plans = plan_exposure(arch, eid, job.block, job.halo)
             except Exception as exc:  # unreadable metadata of this exposure only
-                fail(eid, [], f"exposure {eid!r}: {exc}", "archive", started)
+                fail(work, f"exposure {eid!r}: {exc}", "archive")
                 continue
             future = cl.submit(
-                detector_stats, path, eid, plans, pure=False, key=f"crscale-stats-{eid}-{time.time_ns()}"
+                detector_stats, path, eid, work.plans, pure=False, key=f"crscale-stats-{eid}-{time.time_ns()}"
             )
-            state[future.key] = ("stats", eid, plans, started)
-            n = sum(p.n_blocks for p in plans)
-            in_flight += n
-            bar.add_blocks(n)
-            ac.add(future)
+            window.add(future, work, load=work.n_blocks)
+            bar.add_blocks(work.n_blocks)
+
+    def start_blocks(work: InFlight) -> None:
+        eid = work.exposure_id
+        try:
+            book.start(eid)  # outputs are about to be overwritten
+            remove_exposure_tables(str(arch.path), eid)  # rows of the old mask must not outlive it
+            create_outputs(arch, eid, work.plans, job.settings, job.prob_dtype)
+            assert work.stats is not None  # computed before the blocks start
+            graph = exposure_graph(
+                path, eid, work.plans, work.stats, job.settings, job.halo,
+                gpu=job.gpu, prob_dtype=job.prob_dtype,
+            )
+        except Exception as exc:
+            fail(work, f"exposure {eid!r}: cannot start detection: {describe(exc)}", "archive")
+            return
+        work.phase = "blocks"
+        # Unoptimised on GPU clusters: blockwise fusion drops the GPU annotations.
+        window.add(cl.compute(graph, optimize_graph=not job.gpu), work)
+
+    def finish(work: InFlight, counts: list[int]) -> None:
+        try:
+            _finish_exposure(book, work, counts, job)
+        except Exception as exc:
+            message = f"exposure {work.exposure_id!r}: cannot record the results: {describe(exc)}"
+            fail(work, message, "archive")
+            return
+        window.release(work.n_blocks)
+        results[work.exposure_id] = work.outcome("done", n_cr_pixels=int(sum(counts)))
+        bar.exposure_done()
 
     try:
         refill()
-        for future in ac:
-            phase, eid, plans, started = state.pop(future.key)
-            n_blocks = sum(p.n_blocks for p in plans)
-            try:
-                value = future.result()
-            except Exception as exc:
-                in_flight -= n_blocks
-                stats_of.pop(eid, None)
-                fail(eid, plans, f"exposure {eid!r}: {describe(exc)}", "error", started)
-                integrity.note_damage(arch, eid, exc)
-                refill()
-                continue
-            finally:
-                future.release()
-            if phase == "stats":
-                try:
-                    arch.set_status(eid, "detect", "running")  # outputs are about to be overwritten
-                    running.add(eid)
-                    remove_exposure_tables(str(arch.path), eid)  # rows of the old mask must not outlive it
-                    create_outputs(arch, eid, plans, settings, prob_dtype)
-                    graph = exposure_graph(
-                        path, eid, plans, value, settings, halo, gpu=gpu, prob_dtype=prob_dtype
-                    )
-                except Exception as exc:
-                    in_flight -= n_blocks
-                    fail(
-                        eid,
-                        plans,
-                        f"exposure {eid!r}: cannot start detection: {describe(exc)}",
-                        "archive",
-                        started,
-                    )
-                    refill()
-                    continue
-                # Unoptimised on GPU clusters: blockwise fusion drops the GPU annotations.
-                nxt = cl.compute(graph, optimize_graph=not gpu)
-                state[nxt.key] = ("blocks", eid, plans, started)
-                stats_of[eid] = value
-                ac.add(nxt)
-                continue
-            in_flight -= n_blocks
-            try:
-                _finish_exposure(
-                    arch, eid, plans, stats_of.pop(eid), [int(c) for c in value], settings, halo, started
-                )
-            except Exception as exc:
-                fail(
-                    eid,
-                    plans,
-                    f"exposure {eid!r}: cannot record the results: {describe(exc)}",
-                    "archive",
-                    started,
-                )
+        for done in window.completed():
+            work = done.item
+            if done.error is not None:
+                fail(work, f"exposure {work.exposure_id!r}: {describe(done.error)}", "error")
+                integrity.note_damage(arch, work.exposure_id, done.error)
+            elif work.phase == "stats":
+                work.stats = done.value
+                start_blocks(work)
             else:
-                running.discard(eid)
-                results[eid] = ExposureDetection(
-                    eid,
-                    "done",
-                    "",
-                    len(plans),
-                    sum(p.shape[0] * p.shape[1] for p in plans),
-                    int(sum(value)),
-                    n_blocks,
-                    time.perf_counter() - started,
-                )
-                bar.exposure_done()
+                finish(work, [int(c) for c in done.value])
             refill()
-
     except BaseException as exc:
         # Interrupted (a signal, Ctrl-C) or failing here: nothing may stay `running`.
-        abandon(cl, ac.futures, arch, "detect", running, exc)
+        book.abandon(cl, window.futures, exc)
         raise
 
-def _finish_exposure(
-    arch: Archive,
-    eid: str,
-    plans: list[DetectorPlan],
-    stats: dict[str, Any],
-    counts: list[int],
-    settings: DetectSettings,
-    halo: int,
-    started: float,
-) -> None:
+
+def _done_meanwhile(arch: Archive, eid: str, force: bool) -> str | None:
+    """Why not to detect ``eid`` after all: another run finished it since the run looked."""
+    if force:
+        return None
+    with contextlib.suppress(Exception):
+        if arch.status(eid).get(STAGE, {}).get("state") == "done":
+            return "detected by another run on this archive meanwhile"
+    return None
+
+
+def _finish_exposure(book: StatusBook, work: InFlight, counts: list[int], job: DetectJob) -> None:
     """Detector attributes, then the exposure's status (last)."""
-    for p, n_cr in zip(plans, counts, strict=True):
-        group = arch.root[f"exposures/{eid}/{p.name}"]
+    settings, eid = job.settings, work.exposure_id
+    assert work.stats is not None  # computed before the blocks ran
+    for p, n_cr in zip(work.plans, counts, strict=True):
+        group = book.arch.root[f"exposures/{eid}/{p.name}"]
         group.attrs["detect"] = {
             "model": settings.model_name or settings.model,
             "threshold": settings.threshold,
             "n_cr_pixels": int(n_cr),
             "cr_pixel_fraction": n_cr / float(p.shape[0] * p.shape[1]),
-            "stats": stats[p.name].to_dict(),
-            "halo": halo,
+            "stats": work.stats[p.name].to_dict(),
+            "halo": job.halo,
             "blocks": [list(c) for c in p.chunks],
         }
-    arch.set_status(
+    book.done(
         eid,
-        "detect",
-        "done",
         model=settings.model_name or settings.model,
         threshold=settings.threshold,
         precision=settings.precision,
         inpaint_method=settings.inpaint_method if settings.inpaint else None,
         inpaint_dilate=settings.inpaint_dilate,
         n_cr_pixels=int(sum(counts)),
-        seconds=round(time.perf_counter() - started, 3),
+        seconds=round(time.perf_counter() - work.started, 3),
     )
-    source = arch.exposure_attrs(eid).get("source", {}).get("path")
-    if source:
-        with contextlib.suppress(OSError):
-            arch.clear_failure(source, stage="detect")
 
+
+__all__ = ["DetectReport", "ExposureDetection", "detect_archive"]

@@ -9,115 +9,32 @@ exceptions, so one bad file never stops the run; the client records them in the 
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import logging
 import os
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from distributed import Client, as_completed
-from tqdm.auto import tqdm
+from distributed import Client
 
 from crscale import config
+from crscale._logging import reporter
+from crscale.engine._ingest_report import IngestReport, IngestResult
+from crscale.engine._stage import Call, windowed
 from crscale.engine.cluster import client_or_new
+from crscale.errors import ArchiveError, InputError
 from crscale.io import integrity
 from crscale.io.archive import Archive
-from crscale.io.errors import ArchiveError, InputError
 from crscale.io.fits_reader import exposure_id_from_path, read_exposure, sha256_file
 from crscale.io.inputs import InputSpec, expand_inputs
+from crscale.io.lease import Leases, describe_holder
 
-#: Futures kept in flight per worker thread; bounds scheduler memory on huge inputs.
-IN_FLIGHT_PER_THREAD = 4
+logger = logging.getLogger(__name__)
+
 #: Staging left this long is from a dead run (one exposure is written in seconds).
 STALE_STAGING_SECONDS = 3600.0
-
-
-@dataclass
-class IngestResult:
-    """What happened to one input file.
-
-    Attributes
-    ----------
-    path : str
-        The input file.
-    status : {"done", "skipped", "duplicate", "failed"}
-        Outcome.
-    exposure_id : str or None
-        Archive id (for done, skipped and duplicates: the id holding that content).
-    message : str
-        Human-readable detail (the problem, for failures).
-    kind : str
-        Class of failure (``"corrupt"``, ``"truncated"``, ``"no-image"``, ``"archive"``...).
-    sha256 : str or None
-        Checksum of the file.
-    warnings : list of str
-        Metadata warnings (guessed keywords, NaN pixels ...).
-    n_detectors, n_pixels, nbytes : int
-        Size of what was written.
-    seconds : float
-        Worker time spent.
-    """
-
-    path: str
-    status: str
-    exposure_id: str | None = None
-    message: str = ""
-    kind: str = ""
-    sha256: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    n_detectors: int = 0
-    n_pixels: int = 0
-    nbytes: int = 0
-    seconds: float = 0.0
-
-
-@dataclass
-class IngestReport:
-    """All results of an ingest run, in input order."""
-
-    archive: str
-    results: list[IngestResult]
-    seconds: float = 0.0
-
-    def by_status(self, status: str) -> list[IngestResult]:
-        """Results with the given status."""
-        return [r for r in self.results if r.status == status]
-
-    @property
-    def ok(self) -> bool:
-        """True when no input failed."""
-        return not self.by_status("failed")
-
-    def counts(self) -> dict[str, int]:
-        """Number of results per status."""
-        return {s: len(self.by_status(s)) for s in ("done", "skipped", "duplicate", "failed")}
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return {"archive": self.archive, "seconds": self.seconds, "counts": self.counts(),
-                "results": [asdict(r) for r in self.results]}
-
-    def summary(self) -> str:
-        """A few lines for the terminal."""
-        c = self.counts()
-        done = self.by_status("done")
-        mpix = sum(r.n_pixels for r in done) / 1e6
-        mb = sum(r.nbytes for r in done) / 1e6
-        lines = [
-            f"ingest: {c['done']} ingested, {c['skipped']} already in the archive, "
-            f"{c['duplicate']} duplicate(s), {c['failed']} failed "
-            f"({mpix:.1f} Mpix, {mb:.1f} MB read, {self.seconds:.1f} s)"
-        ]
-        for r in self.by_status("duplicate"):
-            lines.append(f"  duplicate: {r.path}: {r.message}")
-        for r in self.by_status("failed"):
-            lines.append(f"  FAILED: {r.message}")
-        n_warn = sum(1 for r in done if r.warnings)
-        if n_warn:
-            lines.append(f"  {n_warn} exposure(s) with header warnings (see `crscale info`)")
-        return "\n".join(lines)
 
 
 def ingest_settings(
@@ -138,7 +55,7 @@ def ingest_settings(
     }
 
 
-def hash_file(path: str) -> tuple[str, str | None, str]:
+def _hash_file(path: str) -> tuple[str, str | None, str]:
     """Worker task: ``(path, sha256 or None, error message)``."""
     try:
         return path, sha256_file(path), ""
@@ -218,50 +135,14 @@ def _ingested_meanwhile(archive_path: str, exposure_id: str, sha256: str) -> boo
     return done and attrs.get("source", {}).get("sha256") == sha256
 
 
-def _windowed(
-    client: Client,
-    func: Callable[..., Any],
-    calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-    *,
-    desc: str,
-    progress: bool,
-    window: int,
-) -> Iterable[tuple[tuple[Any, ...], Any, BaseException | None]]:
-    """Run ``func`` over ``calls`` with at most ``window`` tasks in flight.
+@dataclass(kw_only=True)
+class Planned:
+    """A file to ingest: where it goes, and whether it replaces what is there."""
 
-    Yields ``(args, result, None)``, or ``(args, None, error)`` when the task itself was
-    lost (a worker killed more often than the scheduler allows, a cancelled future), so
-    that the caller records that file as failed and the run goes on.
-    """
-    bar = tqdm(total=len(calls), desc=desc, unit="file", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
-    pending = iter(calls)
-    ac = as_completed()
-    args_of = {}
-
-    def submit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        future = client.submit(func, *args, pure=False, **kwargs)
-        args_of[future.key] = args
-        ac.add(future)
-
-    for args, kwargs in itertools.islice(pending, window):
-        submit(args, kwargs)
-    try:
-        for future in ac:
-            args = args_of.pop(future.key)
-            try:
-                value, error = future.result(), None
-            except Exception as exc:  # the task was lost, not a bad file: record, go on
-                value, error = None, exc
-            finally:
-                future.release()
-                bar.update(1)
-            yield args, value, error
-            nxt = next(pending, None)
-            if nxt is not None:
-                submit(*nxt)
-    finally:
-        bar.close()
+    spec: InputSpec
+    exposure_id: str
+    sha256: str
+    overwrite: bool
 
 
 def _plan(
@@ -269,22 +150,14 @@ def _plan(
     hashes: dict[str, str],
     archive: Archive,
     force: bool,
-) -> tuple[list[tuple[InputSpec, str, str, bool]], list[IngestResult]]:
-    """Decide what to do with each hashed file: (spec, id, sha, overwrite) or a result."""
-    done_index: dict[str, str] = {}  # sha256 -> exposure id
-    source_of: dict[str, str] = {}  # exposure id -> source path
-    taken: set[str] = set()
-    damaged: dict[str, str] = {}  # sha256 -> id of an exposure whose arrays are damaged
-    for eid, attrs in archive.iter_exposures():  # one pass over the archive's attrs
-        taken.add(eid)
-        state = attrs.get("status", {}).get("ingest", {}).get("state")
-        if state == "done":
-            done_index[attrs["source"]["sha256"]] = eid
-            source_of[eid] = attrs["source"]["path"]
-        elif state == integrity.DAMAGED:  # found damaged: ingesting its source repairs it in place
-            damaged[attrs["source"]["sha256"]] = eid
+) -> tuple[list[Planned], list[IngestResult]]:
+    """Decide what to do with each hashed file: ingest it (planned) or settle it (a result)."""
+    # Done exposures first; a damaged one (found by verify or a read) is repaired in place by
+    # ingesting its source again.
+    index = archive.index_by_sha256(states=("done", integrity.DAMAGED))
+    taken = set(archive.exposure_ids())
     first_in_run: dict[str, tuple[str, str | None]] = {}  # sha -> (path, exposure id)
-    todo: list[tuple[InputSpec, str, str, bool]] = []
+    todo: list[Planned] = []
     settled: list[IngestResult] = []
     for spec in specs:
         sha = hashes.get(spec.path)
@@ -293,34 +166,32 @@ def _plan(
         if sha in first_in_run:
             first_path, first_id = first_in_run[sha]
             settled.append(IngestResult(
-                spec.path, "duplicate", first_id, f"same content (SHA-256) as {first_path} "
-                "in this run; not ingested twice", "duplicate", sha))
+                path=spec.path, status="duplicate", exposure_id=first_id, kind="duplicate", sha256=sha,
+                message=f"same content (SHA-256) as {first_path} in this run; not ingested twice"))
             continue
-        if sha in damaged and sha not in done_index:
-            first_in_run[sha] = (spec.path, damaged[sha])
-            todo.append((spec, damaged[sha], sha, True))
-            continue
-        existing = done_index.get(sha)
-        first_in_run[sha] = (spec.path, existing)
-        if existing is not None and not force:
-            if os.path.realpath(source_of[existing]) == os.path.realpath(spec.path):
-                settled.append(IngestResult(spec.path, "skipped", existing,
-                                            "already ingested", "", sha))
+        existing = index.get(sha)
+        if existing is not None:
+            attrs = archive.exposure_attrs(existing)
+            first_in_run[sha] = (spec.path, existing)
+            if attrs.get("status", {}).get("ingest", {}).get("state") != "done" or force:
+                todo.append(Planned(spec=spec, exposure_id=existing, sha256=sha, overwrite=True))
+                continue
+            source = attrs["source"]["path"]
+            if os.path.realpath(source) == os.path.realpath(spec.path):
+                settled.append(IngestResult(path=spec.path, status="skipped", exposure_id=existing,
+                                            message="already ingested", sha256=sha))
             else:
                 settled.append(IngestResult(
-                    spec.path, "duplicate", existing,
-                    f"same content (SHA-256) as {source_of[existing]}, already ingested as "
-                    f"{existing!r}; not ingested twice", "duplicate", sha))
-            continue
-        if existing is not None:
-            todo.append((spec, existing, sha, True))
+                    path=spec.path, status="duplicate", exposure_id=existing, kind="duplicate", sha256=sha,
+                    message=f"same content (SHA-256) as {source}, already ingested as "
+                    f"{existing!r}; not ingested twice"))
             continue
         eid = exposure_id_from_path(spec.path)
         if eid in taken:
             eid = f"{eid}_{sha[:8]}"
         taken.add(eid)
         first_in_run[sha] = (spec.path, eid)
-        todo.append((spec, eid, sha, False))
+        todo.append(Planned(spec=spec, exposure_id=eid, sha256=sha, overwrite=False))
     return todo, settled
 
 
@@ -336,7 +207,7 @@ def ingest(
     hdus: Sequence[str | int] | None = None,
     chunks: Sequence[int] | None = None,
     progress: bool = True,
-    echo: Callable[[str], None] | None = print,
+    echo: Callable[[str], None] | None = None,
 ) -> IngestReport:
     """Ingest FITS files into a crscale archive, in parallel with dask.
 
@@ -366,7 +237,7 @@ def ingest(
     progress : bool
         Show progress bars on stderr.
     echo : callable, optional
-        Where messages go; ``None`` for silence.
+        Where messages go; default: this module's logger (INFO).
 
     Returns
     -------
@@ -374,59 +245,102 @@ def ingest(
         One result per input; ``report.ok`` is False when any input failed.
     """
     t0 = time.perf_counter()
-    say = echo or (lambda _msg: None)
+    say = reporter(logger, echo)
     arch = Archive(archive, mode="a")
     arch.clean_staging(older_than=STALE_STAGING_SECONDS)
     specs, problems = expand_inputs(inputs)
     results: dict[str, IngestResult] = {}
     for p in problems:
-        results[p.path] = IngestResult(p.path, "failed", message=f"{p.path}: {p.problem}",
+        results[p.path] = IngestResult(path=p.path, status="failed", message=f"{p.path}: {p.problem}",
                                        kind=p.kind)
     settings = ingest_settings(chunks=chunks, hdus=hdus)
 
-    with client_or_new(client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl:
-        threads = sum(cl.nthreads().values()) or 1
-        window = max(8, IN_FLIGHT_PER_THREAD * threads)
-        hashes: dict[str, str] = {}
-        if specs:
-            for (path,), value, lost in _windowed(
-                cl, hash_file, [((s.path,), {}) for s in specs], desc="hashing",
-                progress=progress, window=window,
-            ):
-                if lost is not None:
-                    value = (path, None, f"{path}: task lost ({type(lost).__name__}: {lost})")
-                _, sha, err = value
-                if sha is None:
-                    kind = "lost" if lost is not None else "unreadable"
-                    results[path] = IngestResult(path, "failed", message=err, kind=kind)
-                else:
-                    hashes[path] = sha
+    with client_or_new(client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl:
+        hashes = _hash_all(cl, specs, results, progress)
         todo, settled = _plan(specs, hashes, arch, force)
         for r in settled:
             results[r.path] = r
         calls = [
-            ((spec, str(arch.path), eid, sha, settings), {"overwrite": overwrite})
-            for spec, eid, sha, overwrite in todo
+            Call(args=(p.spec, str(arch.path), p.exposure_id, p.sha256, settings),
+                 kwargs={"overwrite": p.overwrite}, subject=p)
+            for p in todo
         ]
-        if calls:
-            for args, r, lost in _windowed(cl, ingest_one, calls, desc="ingest",
-                                           progress=progress, window=window):
-                if lost is not None:
-                    spec, _, eid, sha = args[:4]
-                    r = IngestResult(spec.path, "failed", eid,
-                                     f"{spec.path}: task lost ({type(lost).__name__}: {lost})",
-                                     "lost", sha)
+        leases = Leases(arch.path)
+        try:
+            for done in windowed(cl, ingest_one, calls, desc="ingest", progress=progress,
+                                 claim=lambda call: _claim(arch, leases, call)):
+                p = done.item.subject
+                r = done.value
+                if done.error is not None:
+                    r = IngestResult(path=p.spec.path, status="failed", exposure_id=p.exposure_id,
+                                     message=f"{p.spec.path}: task lost ({type(done.error).__name__}: "
+                                     f"{done.error})", kind="lost", sha256=p.sha256)
+                leases.release(p.exposure_id)
                 results[r.path] = r
-        elif specs:
+        finally:
+            leases.release_all()
+        if specs and not calls:
             say("ingest: nothing new to ingest")
 
     ordered = [results[p.path] for p in problems] + [
         results[s.path] for s in specs if s.path in results
     ]
-    report = IngestReport(archive=str(arch.path), results=ordered,
+    report = IngestReport(archive=str(arch.path), results=ordered, settings=settings,
                           seconds=time.perf_counter() - t0)
     _record(arch, report, say)
     return report
+
+
+def _claim(arch: Archive, leases: Leases, call: Call) -> IngestResult | None:
+    """Take the lease of the file's exposure id just before it is ingested (see crscale.io.lease).
+
+    None when this run goes on and ingests it (under another id when a concurrent run took the
+    planned one for a different file); else the result that settles it without ingesting: a
+    concurrent run is ingesting the same content, or has ingested it since the plan was made.
+    """
+    p: Planned = call.subject
+    ids = [p.exposure_id] if p.overwrite else [p.exposure_id, f"{p.exposure_id}_{p.sha256[:8]}"]
+    for eid in ids:
+        if leases.acquire(eid, stage="ingest", sha256=p.sha256) is None:
+            holder = leases.holder(eid) or {}
+            if holder.get("detail", {}).get("sha256") in (p.sha256, None):
+                return IngestResult(path=p.spec.path, status="skipped", exposure_id=eid, sha256=p.sha256,
+                                    message=f"being ingested by another run ({describe_holder(holder)})")
+            continue  # another file under the same name: this one takes the other id
+        if not p.overwrite and eid in arch:  # written by another run since the plan was made
+            source: dict[str, Any] = {}
+            with contextlib.suppress(Exception):
+                source = arch.exposure_attrs(eid).get("source", {})
+            leases.release(eid)
+            if source.get("sha256") == p.sha256:
+                return IngestResult(path=p.spec.path, status="skipped", exposure_id=eid, sha256=p.sha256,
+                                    message="ingested by another run on this archive meanwhile")
+            continue
+        p.exposure_id = eid
+        call.args = (p.spec, call.args[1], eid, *call.args[3:])
+        return None
+    return IngestResult(path=p.spec.path, status="failed", exposure_id=None, sha256=p.sha256, kind="archive",
+                        message=f"{p.spec.path}: exposure ids {', '.join(ids)} are taken by other runs")
+
+
+def _hash_all(cl: Client, specs: list[InputSpec], results: dict[str, IngestResult],
+              progress: bool) -> dict[str, str]:
+    """SHA-256 of every input, on the workers; unreadable files go into ``results``."""
+    hashes: dict[str, str] = {}
+    calls = [Call(args=(s.path,)) for s in specs]
+    for done in windowed(cl, _hash_file, calls, desc="hashing", progress=progress):
+        path = done.item.args[0]
+        if done.error is not None:
+            results[path] = IngestResult(
+                path=path, status="failed", kind="lost",
+                message=f"{path}: task lost ({type(done.error).__name__}: {done.error})")
+            continue
+        _, sha, err = done.value
+        if sha is None:
+            results[path] = IngestResult(path=path, status="failed", message=err, kind="unreadable")
+        else:
+            hashes[path] = sha
+    return hashes
 
 
 def _record(arch: Archive, report: IngestReport, say: Callable[[str], None]) -> None:
@@ -442,3 +356,6 @@ def _record(arch: Archive, report: IngestReport, say: Callable[[str], None]) -> 
                 arch.clear_failure(r.path)
         except OSError as exc:
             say(f"warning: could not record the outcome of {r.path} in {arch.path} ({exc})")
+
+
+__all__ = ["IngestReport", "IngestResult", "ingest", "ingest_one", "ingest_settings"]

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from crscale._logging import reporter
 from crscale.engine.catalogue_stage import CatalogueReport, catalogue_archive
 from crscale.engine.cluster import client_or_new
 from crscale.engine.detect_stage import DetectReport, detect_archive
 from crscale.engine.ingest import IngestReport, ingest
 from crscale.engine.jobs import job_record
 from crscale.errors import SettingsError
+from crscale.io.archive import Archive
+
+logger = logging.getLogger(__name__)
 
 #: Stages of ``crscale run`` in order.
 PIPELINE_STAGES = ("ingest", "detect", "catalogue")
@@ -54,7 +59,7 @@ def run_pipeline(
     ingest_options: dict[str, Any] | None = None,
     detect_options: dict[str, Any] | None = None,
     progress: bool = True,
-    echo: Callable[[str], None] | None = print,
+    echo: Callable[[str], None] | None = None,
     catalogue_options: dict[str, Any] | None = None,
 ) -> RunReport:
     """Ingest the inputs, detect the CRs of their exposures, then catalogue them, on one cluster.
@@ -78,7 +83,7 @@ def run_pipeline(
     catalogue_options : dict, optional
         Extra keyword arguments of :func:`catalogue_archive` (e.g. ``completeness``).
     echo : callable, optional
-        Where messages go.
+        Where messages go; default: this module's logger (INFO).
 
     Returns
     -------
@@ -91,10 +96,10 @@ def run_pipeline(
     unknown = [s for s in stages if s not in PIPELINE_STAGES]
     if unknown:
         raise SettingsError(f"unknown stage(s) {unknown}; available: {', '.join(PIPELINE_STAGES)}")
-    say = echo or (lambda _msg: None)
+    say = reporter(logger, echo)
     report = RunReport(stages=list(stages))
     with (
-        client_or_new(client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=echo) as cl,
+        client_or_new(client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl,
         job_record(archive, cl, stages),
     ):
         exposure_ids: list[str] | None = None
@@ -119,13 +124,17 @@ def run_pipeline(
         for name, stage, options in later:
             if name not in stages:
                 continue
-            if exposure_ids is not None and not exposure_ids:
+            ids = exposure_ids
+            if ids is not None:  # not those another run on this archive is still ingesting
+                present = set(Archive(archive).exposure_ids())
+                ids = [e for e in ids if e in present]
+            if ids is not None and not ids:
                 say(f"{name}: no exposure to process")
                 continue
             result = stage(
                 archive,
                 client=cl,
-                exposures=exposure_ids,
+                exposures=ids,
                 force=force,
                 progress=progress,
                 echo=echo,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -21,30 +22,28 @@ from pathlib import Path
 from typing import Any
 
 from crscale import config
+from crscale._logging import reporter
+from crscale.engine._stage import Call, StageReport, clear_exposure_failure, windowed
 from crscale.engine.cluster import client_or_new
-from crscale.engine.ingest import IN_FLIGHT_PER_THREAD, _windowed
-from crscale.engine.outcomes import StageOutcomes
 from crscale.errors import OutputError
 from crscale.io.archive import Archive
 from crscale.io.errors import ArchiveError, InputError, describe
 from crscale.io.fits_writer import FitsOutcome, Provenance, WriteOptions, safe_name, write_exposure
 
+logger = logging.getLogger(__name__)
+
 STAGE = "write-fits"
 
 
-@dataclass
-class WriteFitsReport(StageOutcomes):
-    """All outcomes of a write-fits run, in exposure order."""
+@dataclass(kw_only=True)
+class WriteFitsReport(StageReport):
+    """All outcomes of a write-fits run, in exposure order, and the options used."""
 
-    archive: str
-    outdir: str
     results: list[FitsOutcome]
-    seconds: float = 0.0
+    outdir: str
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return {"archive": self.archive, "outdir": self.outdir, "seconds": self.seconds,
-                "counts": self.counts(), "results": [asdict(r) for r in self.results]}
+    def _more(self) -> dict[str, Any]:
+        return {"outdir": self.outdir}
 
     def summary(self) -> str:
         """A few lines for the terminal."""
@@ -117,7 +116,7 @@ def provenance_of(detect_status: dict[str, Any]) -> Provenance:
     )
 
 
-def write_fits_task(
+def _write_fits_task(
     archive: str,
     exposure_id: str,
     outdir: str,
@@ -156,7 +155,7 @@ def write_fits_archive(
     n_workers: int | None = None,
     cluster: str | None = None,
     progress: bool = True,
-    echo: Callable[[str], None] | None = print,
+    echo: Callable[[str], None] | None = None,
 ) -> WriteFitsReport:
     """Write FITS products of an archive's detected exposures into ``outdir``, on Dask.
 
@@ -182,7 +181,7 @@ def write_fits_archive(
     progress : bool
         A progress bar on stderr.
     echo : callable, optional
-        Where messages go; ``None`` for silence.
+        Where messages go; default: this module's logger (INFO).
 
     Returns
     -------
@@ -197,9 +196,9 @@ def write_fits_archive(
         Bad ``pixels`` or ``flags``.
     """
     t0 = time.perf_counter()
+    say = reporter(logger, echo)
     options = WriteOptions(pixels=pixels, flags=flags, prob=prob)
-    Archive(archive, mode="r")  # never create an empty archive
-    arch = Archive(archive, mode="a")
+    arch = Archive(archive, mode="a", create=False)
     out = Path(outdir).absolute()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -218,20 +217,19 @@ def write_fits_archive(
         if detect.get("state") != "done":
             results[eid] = FitsOutcome(eid, "skipped", message="not detected yet (run `crscale detect`)")
             continue
-        calls.append(((str(arch.path), eid, str(out), options, provenance_of(detect), names[eid], force), {}))
+        args = (str(arch.path), eid, str(out), options, provenance_of(detect), names[eid], force)
+        calls.append(Call(args=args, subject=eid))
     if calls:
-        with client_or_new(
-            client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=echo
-        ) as cl:
-            window = max(4, IN_FLIGHT_PER_THREAD * (sum(cl.nthreads().values()) or 1))
-            for args, outcome, lost in _windowed(cl, write_fits_task, calls, desc=STAGE,
-                                                 progress=progress, window=window):
-                eid = args[1]
-                if lost is not None:
+        with client_or_new(client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl:
+            for done in windowed(cl, _write_fits_task, calls, desc=STAGE, progress=progress):
+                eid = done.item.subject
+                outcome = done.value
+                if done.error is not None:
                     outcome = FitsOutcome(eid, "failed", kind="lost",
-                                          message=f"exposure {eid!r}: task lost ({describe(lost)})")
+                                          message=f"exposure {eid!r}: task lost ({describe(done.error)})")
                 results[eid] = outcome
-    report = WriteFitsReport(str(arch.path), str(out), list(results.values()), time.perf_counter() - t0)
+    report = WriteFitsReport(archive=str(arch.path), outdir=str(out), results=list(results.values()),
+                             settings=asdict(options), seconds=time.perf_counter() - t0)
     _record(arch, report)
     return report
 
@@ -239,10 +237,10 @@ def write_fits_archive(
 def _record(arch: Archive, report: WriteFitsReport) -> None:
     """Failures into ``failures/`` (stage write-fits); forget old ones of exposures now written."""
     for r in report.results:
-        with contextlib.suppress(Exception):
-            source = arch.exposure_attrs(r.exposure_id).get("source", {}).get("path", r.exposure_id)
-            if r.status == "failed":
+        if r.status == "failed":
+            with contextlib.suppress(Exception):
+                source = arch.exposure_attrs(r.exposure_id).get("source", {}).get("path", r.exposure_id)
                 arch.record_failure(source, r.message, stage=STAGE, kind=r.kind or "error",
                                     exposure_id=r.exposure_id)
-            elif r.status == "done":
-                arch.clear_failure(source, stage=STAGE)
+        elif r.status == "done":
+            clear_exposure_failure(arch, r.exposure_id, STAGE)

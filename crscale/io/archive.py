@@ -118,6 +118,9 @@ class Archive:
         see :mod:`crscale.io.storage`).
     mode : {"r", "a"}
         ``"r"`` opens an existing archive read-only; ``"a"`` opens or creates it.
+    create : bool
+        With ``mode="a"``: create the archive when it is missing. False for the stages that
+        need an existing one (a typo in the path is then an error, never a new empty archive).
 
     Raises
     ------
@@ -125,7 +128,9 @@ class Archive:
         The path is not a crscale archive, or has a newer format than this crscale reads.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | storage.RemotePath, *, mode: str = "r") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] | storage.RemotePath, *, mode: str = "r", create: bool = True
+    ) -> None:
         self.path = storage.location(path)
         self.mode = mode
         if mode not in ("r", "a"):
@@ -134,19 +139,10 @@ class Archive:
             exists = (self.path / "zarr.json").exists()
         except OSError as exc:  # an object store that cannot be reached or read
             raise ArchiveError(str(exc)) from exc
-        if mode == "r" and not exists:
+        if not exists and (mode == "r" or not create):
             raise ArchiveError(f"{self.path}: no crscale archive here (no zarr.json)")
         if exists:
-            try:
-                self.root = zarr.open_group(
-                    store=str(self.path), mode="r" if mode == "r" else "r+",
-                    storage_options=storage.zarr_options(self.path),
-                )
-            except Exception as exc:  # zarr raises several types for unreadable metadata
-                raise ArchiveError(f"{self.path}: cannot open as a Zarr v3 group ({exc})") from exc
-            fmt = self.root.attrs.get("crscale_format")
-            if fmt is None:
-                raise ArchiveError(f"{self.path}: a Zarr group but not a crscale archive")
+            fmt = self._open_existing(mode)
             try:
                 major = int(str(fmt).split(".")[0])
             except ValueError as exc:
@@ -159,19 +155,18 @@ class Archive:
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                # The attributes go into the group's first metadata write: a concurrent run
+                # that opens the new archive never sees a Zarr group without crscale_format.
                 self.root = zarr.open_group(
                     store=str(self.path), mode="a", zarr_format=3,
                     storage_options=storage.zarr_options(self.path),
+                    attributes={"crscale_format": FORMAT_VERSION, "created": utcnow(),
+                                "software": software_versions()},
                 )
             except OSError as exc:  # a file where a folder should be, no permission ...
                 raise ArchiveError(str(exc)) from exc
-            self.root.attrs.update(
-                {
-                    "crscale_format": FORMAT_VERSION,
-                    "created": utcnow(),
-                    "software": software_versions(),
-                }
-            )
+            if "crscale_format" not in self.root.attrs:  # another run created it first
+                self._open_existing(mode)
         if mode == "a":
             # staging/, trash/ and jobs/ are groups too, so that Zarr sees no stray folders.
             for name in ("exposures", "failures", _STAGING, _TRASH, JOBS_GROUP):
@@ -180,6 +175,31 @@ class Archive:
                         self.root.create_group(name)
                     except zarr.errors.ContainsGroupError:
                         pass  # another process created it first
+
+    def _open_existing(self, mode: str) -> Any:
+        """Open the existing root group; return its ``crscale_format``.
+
+        A group another run is creating this very moment can be unreadable or lack its
+        attributes for a few milliseconds: such a group is looked at again for up to a second
+        before it is called no crscale archive.
+        """
+        for attempt in range(6):
+            problem: Exception | None = None
+            try:
+                self.root = zarr.open_group(
+                    store=str(self.path), mode="r" if mode == "r" else "r+",
+                    storage_options=storage.zarr_options(self.path),
+                )
+                fmt = self.root.attrs.get("crscale_format")
+                if fmt is not None:
+                    return fmt
+            except Exception as exc:  # zarr raises several types for unreadable metadata
+                problem = exc
+            if attempt < 5:
+                time.sleep(0.2)
+        if problem is not None:
+            raise ArchiveError(f"{self.path}: cannot open as a Zarr v3 group ({problem})") from problem
+        raise ArchiveError(f"{self.path}: a Zarr group but not a crscale archive")
 
     # ------------------------------------------------------------------ reading
     @property
@@ -244,12 +264,23 @@ class Archive:
                 attrs = {"unreadable": f"{self.path}/exposures/{eid}: unreadable metadata ({exc})"}
             yield eid, attrs
 
-    def index_by_sha256(self) -> dict[str, str]:
-        """Map source SHA-256 to exposure id, for exposures whose ingest is done."""
-        out = {}
+    def index_by_sha256(self, states: Sequence[str] = ("done",)) -> dict[str, str]:
+        """Map source SHA-256 to exposure id, for exposures whose ingest state is in ``states``.
+
+        One pass over the exposures' metadata. When exposures of several states hold the same
+        content, the one whose state comes first in ``states`` is indexed (the last in id order
+        among those of that state).
+        """
+        rank = {state: i for i, state in enumerate(states)}
+        out: dict[str, str] = {}
+        best: dict[str, int] = {}
         for eid, attrs in self.iter_exposures():
-            if attrs.get("status", {}).get("ingest", {}).get("state") == "done":
-                out[attrs["source"]["sha256"]] = eid
+            state = attrs.get("status", {}).get("ingest", {}).get("state")
+            if state not in rank:
+                continue
+            sha = attrs["source"]["sha256"]
+            if rank[state] <= best.get(sha, len(rank)):  # within a rank the last wins
+                out[sha], best[sha] = eid, rank[state]
         return out
 
     def open_detector(self, exposure_id: str, detector: str) -> Any:

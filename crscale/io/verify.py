@@ -25,7 +25,7 @@ from crscale.io.archive import Archive
 MAX_LISTED = 5
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExposureCheck:
     """What the scrub found in one exposure."""
 
@@ -57,7 +57,7 @@ class ExposureCheck:
         return [f"crscale detect {a} -e {e}", f"crscale catalogue {a} -e {e}"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class VerifyReport:
     """All exposures checked, in archive order."""
 
@@ -137,7 +137,7 @@ def check_array(array: Any, label: str) -> tuple[int, list[str], bool]:
 
 
 def _check_exposure(arch: Archive, eid: str) -> ExposureCheck:
-    check = ExposureCheck(eid)
+    check = ExposureCheck(exposure_id=eid)
     try:
         attrs = arch.exposure_attrs(eid)
         detectors = arch.detectors(eid)
@@ -206,10 +206,8 @@ def verify_archive(
     ArchiveError
         The archive cannot be opened, or an exposure asked for is not in it.
     """
-    # Opened read-only first: a scrub must refuse a missing archive, never create an empty one.
-    arch = Archive(archive, mode="r")
-    if mark:
-        arch = Archive(archive, mode="a")
+    # A scrub must refuse a missing archive, never create an empty one.
+    arch = Archive(archive, mode="a" if mark else "r", create=False)
     results = []
     for eid in arch.select_exposures(exposures):
         check = _check_exposure(arch, eid)
@@ -220,4 +218,4 @@ def verify_archive(
                     if stage not in check.marked:
                         check.marked.append(stage)
         results.append(check)
-    return VerifyReport(str(arch.path), results)
+    return VerifyReport(archive=str(arch.path), results=results)
