@@ -150,7 +150,7 @@ def loop_child(archive: str, out: str, device: str, threads: int) -> None:
     from crscale.io.archive import Archive
 
     t0 = time.perf_counter()
-    predictor = get_predictor("default", device, "auto")
+    predictor = get_predictor("default", device=device, precision="auto")
     arch = Archive(archive)
     store = zarr.open_group(out, mode="w")
     pixels = n_cr = 0

@@ -84,7 +84,7 @@ def network_only(device: str, tile: int, batch: int, repeats: int) -> dict:
 
     from crscale.detection import get_predictor, required_halo
 
-    pred = get_predictor("default", device, "auto")
+    pred = get_predictor("default", device=device, precision="auto")
     side = tile + 2 * required_halo(pred.config)
     x = torch.randn(batch, 1, side, side, device=pred.device).to(pred.dtype)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -118,7 +118,7 @@ def device_path(archive: Path, device: str, repeats: int) -> dict:
     group = arch.root[f"exposures/{eid}/{det}"]
     image = group["image"][:]
     stats = _stats(group)
-    pred = get_predictor("default", device, "auto")
+    pred = get_predictor("default", device=device, precision="auto")
     kw = dict(pred=pred, stats=stats, threshold=pred.card.recommended_threshold)
     detect_torch(image, **kw)
     if pred.device.type == "cuda":

@@ -67,7 +67,7 @@ def main() -> None:
     torch.set_num_threads(1)
     image = real_frame(args.size)
     px = image.size
-    pred = get_predictor("default", "cpu", "float32")
+    pred = get_predictor("default", device="cpu", precision="float32")
     real_net = pred.net
     stats = compute_stats(image)
     thr = pred.card.recommended_threshold

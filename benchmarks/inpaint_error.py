@@ -144,7 +144,7 @@ VARIANTS = ("exact", "dilated", "wings missed")
 
 def evaluate(case: Case, library, args) -> dict:
     img = load(case)
-    sky, sigma = robust_sky_noise(img.image, img.bad)
+    sky, sigma = robust_sky_noise(img.image, bad=img.bad)
     zone, rule = real_cr_zone(img, sky, sigma)
     source = img.image > sky + 5 * sigma
     npix = img.image.size

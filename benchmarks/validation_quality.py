@@ -91,7 +91,8 @@ def main() -> None:
                 best3,
             )
         )
-    thr = crscale.detection.get_predictor(args.model, "auto", "auto").card.recommended_threshold
+    pred = crscale.detection.get_predictor(args.model, device="auto", precision="auto")
+    thr = pred.card.recommended_threshold
     print(
         f"model {args.model!r} vs astroscrappy (objlim {args.objlim}, sigfrac {args.sigfrac}, "
         f"sigclip {sigclips[0]}..{sigclips[-1]}); pixels: injected real ITL CRs, own CRs excluded"

@@ -86,7 +86,7 @@ def _exit_status_text() -> str:
     return ""
 
 
-def help_text(parser: argparse.ArgumentParser, width: int = HELP_WIDTH) -> str:
+def help_text(parser: argparse.ArgumentParser, *, width: int = HELP_WIDTH) -> str:
     """``parser``'s ``--help`` text at a fixed width.
 
     Parameters
@@ -160,13 +160,13 @@ def render(width: int = HELP_WIDTH) -> str:
     exit_status = _exit_status_text()
     if exit_status:
         lines.append("- [Exit status](#exit-status)")
-    lines += ["", f"## {prog}", "", "```", help_text(parser, width).rstrip("\n"), "```"]
+    lines += ["", f"## {prog}", "", "```", help_text(parser, width=width).rstrip("\n"), "```"]
     for name, sub in subs.items():
         lines += ["", f"## {prog} {name}", ""]
         if summaries.get(name):
             summary = summaries[name]
             lines += [_escape(summary[:1].upper() + summary[1:]) + ".", ""]
-        lines += ["```", help_text(sub, width).rstrip("\n"), "```"]
+        lines += ["```", help_text(sub, width=width).rstrip("\n"), "```"]
     if exit_status:
         lines += ["", "## Exit status", "", _escape(exit_status)]
     return "\n".join(lines) + "\n"

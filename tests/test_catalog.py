@@ -226,7 +226,7 @@ def test_morphology_rules_come_from_the_config():
     n, length, straight = np.array([3, 30]), np.array([3.0, 30.0]), np.array([1.0, 0.95])
     assert list(classify(n, length, straight)) == ["spot", "track"]
     with dask.config.set({"crscale.catalogue.morphology": {"track_min_straightness": 0.99}}):
-        assert list(classify(n, length, straight, MorphologyRules.from_config())) == ["spot", "worm"]
+        assert list(classify(n, length, straight, rules=MorphologyRules.from_config())) == ["spot", "worm"]
     with pytest.raises(ValueError, match="unknown morphology setting"):
         MorphologyRules.from_config(bogus=1)
 
@@ -304,8 +304,8 @@ def test_charge_with_the_inpainted_clean_as_background_and_saturation(painted):
 
 
 def test_effective_exptime_and_bad_arguments():
-    assert effective_exptime(100.0, None, 20.0, 0.5) == 110.0
-    assert effective_exptime(100.0, 101.5, 20.0, 0.5) == 111.5  # DARKTIME when given
+    assert effective_exptime(100.0, None, 20.0, fraction=0.5) == 110.0
+    assert effective_exptime(100.0, 101.5, 20.0, fraction=0.5) == 111.5  # DARKTIME when given
     assert effective_exptime(None, None, 20.0) is None
     with pytest.raises(ValueError, match="gain"):
         catalogue_detector(np.zeros((5, 5)), np.zeros((5, 5)), gain=0.0)

@@ -88,13 +88,13 @@ def test_binomial_threshold_and_unverified():
     assert min_count(12, 0.01, s.false_alarm / 65536) <= 6
     rng = np.random.default_rng(0)
     counts = rng.binomial(12, 0.01, size=(128, 128))
-    clean = find_defects(counts, 12, s)
+    clean = find_defects(counts, 12, settings=s)
     assert clean.status == "verified" and not clean.codes.any()  # no false alarms on pure CRs
     counts[5, 7] = 12
     counts[20:40, 50] = rng.integers(4, 13, size=20)  # an intermittent hot column
-    found = find_defects(counts, 12, s)
+    found = find_defects(counts, 12, settings=s)
     assert found.codes[5, 7] == 1 and np.all(found.codes[20:40, 50] == 2)
-    assert find_defects(counts, 2, s).status == "unverified"
+    assert find_defects(counts, 2, settings=s).status == "unverified"
     dark = np.zeros((8, 8))
     dark[3, 3] = 1e4
     assert map_from_calibration(dark + rng.normal(0, 1, dark.shape), "dark").sum() == 1

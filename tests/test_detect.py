@@ -74,7 +74,7 @@ def test_tiled_equals_whole_image_on_a_real_odd_sized_image(banzai, random_bn_mo
 def test_block_with_origin_and_detector_stats_equals_whole(banzai, random_bn_model):
     """The engine's contract: a block plus halo, the detector's stats and its origin."""
     whole = crscale.detect(banzai, model=random_bn_model, precision="float32", tile=4096, inpaint=False)
-    halo = required_halo(get_predictor(random_bn_model, "cpu", "float32").config)
+    halo = required_halo(get_predictor(random_bn_model, device="cpu", precision="float32").config)
     for y0, x0, y1, x1 in [(301, 517, 700, 1100), (0, 0, 257, 333), (777, 1200, 1020, 1523)]:
         ya, xa = max(y0 - halo, 0), max(x0 - halo, 0)
         yb, xb = min(y1 + halo, banzai.shape[0]), min(x1 + halo, banzai.shape[1])

@@ -18,7 +18,7 @@ from crscale.io.fits_reader import read_exposure
 )
 def test_real_files_match_their_pipeline(path, expected):
     meta = read_exposure(path).detectors[0].meta
-    assert match_convention(meta.instrument, meta.telescope, meta.detector).name == expected
+    assert match_convention(meta.instrument, meta.telescope, detector=meta.detector).name == expected
 
 
 def test_decam_cp_codes():
@@ -32,7 +32,7 @@ def test_decam_cp_codes():
 
 
 def test_hst_bits():
-    hst = match_convention("ACS", "HST", "WFC")
+    hst = match_convention("ACS", "HST", detector="WFC")
     dq = np.array([0, 8192, 4096 | 64, 256, 2048, 4, 16, 32 | 64, 8192 | 4], np.int16)
     assert hst.excluded(dq).tolist() == [0, 0, 0, 1, 1, 1, 1, 0, 1]
     assert hst.cr_mask(dq).tolist() == [0, 1, 1, 0, 0, 0, 0, 0, 1]
@@ -51,7 +51,7 @@ def test_banzai_and_generic():
 
 def test_flag_keeps_existing_bits_and_codes():
     crs = np.array([1, 1, 0, 1], bool)
-    hst = match_convention("WFC3", "HST", "UVIS")
+    hst = match_convention("WFC3", "HST", detector="UVIS")
     out = hst.flag(np.array([0, 4 | 64, 16, 8192], np.int16), crs)
     assert out.tolist() == [8192, 4 | 64 | 8192, 16, 8192] and out.dtype == np.int16
     cp = match_convention("DECam", "CTIO")

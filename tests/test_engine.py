@@ -120,7 +120,7 @@ def test_engine_equals_whole_image_detect_on_real_images(reference):
             attrs = dict(group.attrs)
             image = group["image"][:]
             # The pipeline's DQ means what its convention says (a prior CR flag is not bad).
-            conv = convention_for(arch.exposure_attrs(eid), attrs)
+            conv = convention_for(arch.exposure_attrs(eid), detector_attrs=attrs)
             dq = conv.excluded(group["dq"][:]) if "dq" in group else None
             whole = crscale.detect(image, gain=attrs["gain"], readnoise=attrs["readnoise"], dq=dq,
                                    saturation=attrs["saturation"], precision="float32")

@@ -222,7 +222,7 @@ def test_example_batch_scripts_are_valid_and_run_crscale():
 )
 def test_worker_gpu(name, environ, expected):
     env = dict(environ)
-    assert gpu_pinning.pin(name, env) == expected
+    assert gpu_pinning.pin(name, environ=env) == expected
     if expected is not None:
         assert env["CUDA_VISIBLE_DEVICES"] == expected
 

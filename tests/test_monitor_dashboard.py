@@ -29,14 +29,14 @@ PROGRESS = ("exposures", "ingested", "detected", "catalogued", "running", "faile
 @pytest.fixture
 def archive(tmp_path):
     path = tmp_path / "a.zarr"
-    arch = Archive(path, "a")
+    arch = Archive(path, mode="a")
     arch.write_exposure(read_exposure(GMOS))
     arch.write_exposure(read_exposure(EMMI))
     return path
 
 
 def test_tracker_reads_only_what_changed(archive) -> None:
-    arch = Archive(archive, "a")
+    arch = Archive(archive, mode="a")
     tracker = ArchiveTracker(archive, settled_every=4)
     first = tracker.update()
     assert sorted(first.changed) == ["emmi_image_sum3", "gmos"] and first.reads == 2
@@ -80,7 +80,7 @@ def test_an_archive_that_does_not_exist_yet_reads_as_empty(tmp_path) -> None:
 
 
 def test_failed_inputs_are_listed_with_what_to_do(archive, tmp_path) -> None:
-    arch = Archive(archive, "a")
+    arch = Archive(archive, mode="a")
     bad = str(tmp_path / "corrupt.fits")
     arch.record_failure(bad, f"{bad}: not a readable FITS file", kind="corrupt")
     arch.record_failure(str(GMOS), "same bytes as gmos", kind="duplicate", duplicate_of="gmos")
@@ -128,7 +128,7 @@ def test_catalogue_follower_matches_the_catalogue_and_counts_kinds(tmp_path) -> 
     generation = follower.generation
     follower.update(["h1"])  # h1 catalogued again: its rows replaced, not added twice
     assert dict(follower.kinds) == {"cr": 1, "defect": 1} and follower.generation == generation + 1
-    follower.update([], ["d1"])  # d1 detected again: its rows are gone
+    follower.update([], uncatalogued=["d1"])  # d1 detected again: its rows are gone
     assert list(follower.rates) == ["h1"] and follower.classes["worm"] == 0
     assert sum(follower.classes.values()) == 2
 

@@ -313,7 +313,7 @@ def test_forced_reingest_and_staging_leftovers_on_the_bucket(runs, s3):
     forced = _cli("ingest", f"s3://{BUCKET}/raw/gmos.fits", "--archive", runs["remote"], "--force",
                   "--scheduler", address, "--no-progress")
     assert forced.returncode == 0 and "1 ingested" in forced.stdout, forced.stdout + forced.stderr
-    arch = Archive(runs["remote"], "a")
+    arch = Archive(runs["remote"], mode="a")
     assert "gmos" in arch.exposure_ids() and arch.status("gmos")["ingest"]["state"] == "done"
     assert np.array_equal(arch.open_detector("gmos", "SCI")["image"].values, before, equal_nan=True)
     # A re-ingest replaces the whole group: no array of the old detect stage survives.

@@ -135,7 +135,7 @@ def test_device_inpainting_equals_reference_and_is_local(method, library):
 def test_block_layout_and_threads_share_one_model(frame, both):
     """Engine layout straight from the device; two threads on one predictor give the same blocks."""
     image, dq = frame
-    pred = get_predictor("default", "cpu", "float32")
+    pred = get_predictor("default", device="cpu", precision="float32")
     whole = both["harmonic"][0]
     sat = float(np.nanpercentile(image, 99.99))
     out: dict[int, np.ndarray] = {}

@@ -143,7 +143,7 @@ def min_count(n: int, p: float, alpha: float) -> int | None:
     return int(ks[ok[0]]) if ok.size else None
 
 
-def estimate_p(counts: np.ndarray, n_exposures: int, flagged: np.ndarray | None = None) -> float:
+def estimate_p(counts: np.ndarray, n_exposures: int, *, flagged: np.ndarray | None = None) -> float:
     """CR pixel fraction per exposure from the counts, leaving out ``flagged`` pixels."""
     keep = np.ones(counts.shape, bool) if flagged is None else ~flagged
     n_keep = int(np.count_nonzero(keep))
@@ -161,7 +161,9 @@ def _runs(candidates: np.ndarray, length: int, axis: int) -> np.ndarray:
     return ndimage.binary_opening(candidates, structure=structure)
 
 
-def find_defects(counts: np.ndarray, n_exposures: int, settings: DefectSettings | None = None) -> DefectMap:
+def find_defects(
+    counts: np.ndarray, n_exposures: int, *, settings: DefectSettings | None = None
+) -> DefectMap:
     """Classify a detector's pixels from how often each was masked.
 
     Parameters
@@ -190,7 +192,7 @@ def find_defects(counts: np.ndarray, n_exposures: int, settings: DefectSettings 
         return DefectMap(codes, UNVERIFIED, n_exposures, p, None, None)
     flagged = counts >= k_min
     for _ in range(2):  # the defects must not raise the CR rate they are tested against
-        p = estimate_p(counts, n_exposures, flagged)
+        p = estimate_p(counts, n_exposures, flagged=flagged)
         k_min = min_count(n_exposures, p, alpha_pix) or n_exposures
         flagged = counts >= k_min
     k_line = max(2, min_count(n_exposures, p, settings.line_alpha) or n_exposures)
@@ -217,7 +219,7 @@ def add_user_map(codes: np.ndarray, user: np.ndarray | None) -> np.ndarray:
     return np.where((codes == 0) & (np.asarray(user) != 0), np.uint8(5), codes).astype(np.uint8)
 
 
-def map_from_calibration(frame: np.ndarray, kind: str, n_sigma: float = 8.0) -> np.ndarray:
+def map_from_calibration(frame: np.ndarray, kind: str, *, n_sigma: float = 8.0) -> np.ndarray:
     """Bad pixels of a calibration frame: bool map.
 
     Parameters

@@ -73,7 +73,7 @@ class DetectorCatalogue:
         return int(np.count_nonzero(self.is_cr))
 
 
-def band_rows_for(array: Any, minimum: int = MIN_BAND_ROWS) -> int:
+def band_rows_for(array: Any, *, minimum: int = MIN_BAND_ROWS) -> int:
     """Rows per band: whole chunk (or shard) rows of a Zarr array, at least ``minimum``."""
     step = None
     for attr in ("shards", "chunks"):
@@ -170,7 +170,7 @@ def catalogue_detector(
             lo, hi = max(0, y0 - halo), min(h, y1 + halo)
             img = _read(image, lo, hi)
             msk = _read(mask, lo, hi) != 0
-            bad = bad_pixel_mask(img, _read(dq, lo, hi) if dq is not None else None, saturation)
+            bad = bad_pixel_mask(img, dq=_read(dq, lo, hi) if dq is not None else None, saturation=saturation)
             inner = slice(y0 - lo, y0 - lo + (y1 - y0))
             codes = _read(defects, y0, y1) if defects is not None else np.zeros((y1 - y0, w), np.uint8)
             on_defect = codes != 0

@@ -184,6 +184,6 @@ def cr_features(
         "energy_ev": charge * EV_PER_ELECTRON,
         "edge_distance": edge,
         "saturated": saturated,
-        "morphology": classify(comps.sizes, length, straightness, rules),
+        "morphology": classify(comps.sizes, length, straightness, rules=rules),
     }
     return out

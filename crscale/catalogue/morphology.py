@@ -63,6 +63,7 @@ def classify(
     n_pixels: np.ndarray,
     length: np.ndarray,
     straightness: np.ndarray,
+    *,
     rules: MorphologyRules | None = None,
 ) -> np.ndarray:
     """Morphology class of each CR.

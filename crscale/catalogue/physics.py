@@ -76,6 +76,7 @@ def _binning(value: Any) -> tuple[int, int]:
 def detector_physics(
     exposure_attrs: dict[str, Any],
     detector_attrs: dict[str, Any],
+    *,
     profiles: list[InstrumentProfile] | None = None,
 ) -> DetectorPhysics:
     """Resolve pixel size, binning, thickness, read-out time and gain of one detector.
@@ -112,7 +113,7 @@ def detector_physics(
     instrument = _text(det.get("instrument")) or _text(exp.get("instrument"))
     telescope = _text(det.get("telescope")) or _text(exp.get("telescope"))
     detector = _text(det.get("detector"))
-    prof = match_profile(instrument, telescope, detector, profiles)
+    prof = match_profile(instrument, telescope, detector, profiles=profiles)
 
     def profile_guess(field: str) -> bool:
         return field in prof.guessed or (prof.is_generic and field != "thickness_um")

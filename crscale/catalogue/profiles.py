@@ -342,6 +342,7 @@ def match_profile(
     instrument: str | None,
     telescope: str | None,
     detector: str | None,
+    *,
     profiles: list[InstrumentProfile] | None = None,
 ) -> InstrumentProfile:
     """Return the first profile whose ``match`` rules hold, else ``generic``.

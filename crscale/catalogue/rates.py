@@ -26,7 +26,7 @@ from crscale.io.catalogue_schema import CLASSES
 
 
 def effective_exptime(
-    exptime: float | None, darktime: float | None, readout_time: float, fraction: float | None = None
+    exptime: float | None, darktime: float | None, readout_time: float, *, fraction: float | None = None
 ) -> float | None:
     """Seconds during which the detector's pixels collect CRs (see the module documentation)."""
     fraction = float(config.get("catalogue.readout_fraction") if fraction is None else fraction)
@@ -120,11 +120,11 @@ def exposure_row(
         "n_unverified": int(kinds.get("unverified", 0)),
         "n_defect_pixels": int(result.n_defect_pixels),
         "defect_map": result.defect_map,
-        **corrected_rate(n_cr, exposure, completeness),
+        **corrected_rate(n_cr, exposure, completeness=completeness),
     }
 
 
-def corrected_rate(n_cr: int, exposure_cm2_s: float, completeness: Any = None) -> dict[str, float | None]:
+def corrected_rate(n_cr: int, exposure_cm2_s: float, *, completeness: Any = None) -> dict[str, float | None]:
     """Completeness-corrected rate and its error.
 
     Parameters

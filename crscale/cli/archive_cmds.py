@@ -222,7 +222,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """``crscale verify``; returns the exit status."""
     from crscale.io.verify import verify_archive
 
-    report, status = guarded("verify", lambda: verify_archive(args.archive, args.exposures, mark=args.mark))
+    report, status = guarded(
+        "verify", lambda: verify_archive(args.archive, exposures=args.exposures, mark=args.mark)
+    )
     if status is not None:
         return status
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())

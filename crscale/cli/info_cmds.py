@@ -106,7 +106,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     archive = location(args.archive) if is_url(args.archive) else Path(args.archive)
 
     def aggregate() -> tuple[Any, Any]:
-        with client_or_new(None, args.scheduler, n_workers=args.workers, echo=silent):
+        with client_or_new(None, scheduler=args.scheduler, n_workers=args.workers, echo=silent):
             stats = summarise(str(archive), exposures=args.exposures)
             rates = None if args.no_plots else exposure_rates(str(archive), exposures=args.exposures)
         return stats, rates
@@ -323,7 +323,7 @@ def _flag_agreement_lines(archive, eid: str, det: str, exp: dict, attrs: dict) -
     group = archive.root[f"exposures/{eid}/{det}"]
     if "dq" not in array_names(group):
         return []
-    conv = convention_for(exp, attrs)
+    conv = convention_for(exp, detector_attrs=attrs)
     lines = [f"    dq means   {conv.name} ({conv.kind}): {conv.description}"]
     if not conv.cosmic_ray or "mask" not in array_names(group):
         return lines

@@ -194,15 +194,15 @@ def detect(
     if gain is not None and not (np.isfinite(gain) and gain > 0):
         raise ValueError(f"gain must be a positive number of electrons per unit, not {gain}")
 
-    pred = predictor_from(model, device, precision, compile)
+    pred = predictor_from(model, device, precision, compile=compile)
     card = pred.card
     torch_path = use_torch_path(backend, pred.device) and not progress
-    bad = None if (torch_path and stats is not None) else bad_pixel_mask(data, dq, saturation)
+    bad = None if (torch_path and stats is not None) else bad_pixel_mask(data, dq=dq, saturation=saturation)
     if stats is None:
         assert bad is not None  # computed whenever stats are not given
         if bad.all():
             raise ValueError("the image has no finite, unflagged pixel")
-        stats = with_noise_floor(compute_stats(data, bad, gain=gain), readnoise, gain)
+        stats = with_noise_floor(compute_stats(data, bad=bad, gain=gain), readnoise, gain)
     if torch_path:
         return _detect_on_device(data, dq, saturation, pred, stats, threshold, inpaint, inpaint_method,
                                  inpaint_dilate, tile, batch_size, origin, ccd)

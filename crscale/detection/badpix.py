@@ -10,7 +10,7 @@ FILL_RADIUS = 4
 
 
 def bad_pixel_mask(
-    image: np.ndarray, dq: np.ndarray | None = None, saturation: float | None = None
+    image: np.ndarray, *, dq: np.ndarray | None = None, saturation: float | None = None
 ) -> np.ndarray:
     """Pixels that must never be called CRs: non-finite, at or above ``saturation``, or ``dq != 0``."""
     img = np.asarray(image)
@@ -26,7 +26,7 @@ def bad_pixel_mask(
     return bad
 
 
-def fill_bad(x: np.ndarray, bad: np.ndarray, radius: int = FILL_RADIUS) -> np.ndarray:
+def fill_bad(x: np.ndarray, bad: np.ndarray, *, radius: int = FILL_RADIUS) -> np.ndarray:
     """Replace bad pixels of a network input by the mean of their good 3×3 neighbours.
 
     Each pass fills the bad pixels that touch a good (or already filled) pixel, so a bad region

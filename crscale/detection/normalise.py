@@ -48,21 +48,21 @@ class ImageStats:
         return {**asdict(self), "sky_e": self.sky_e, "noise_e": self.noise_e}
 
 
-def stats_step(shape: tuple[int, ...], max_pixels: int = MAX_STATS_PIXELS) -> int:
+def stats_step(shape: tuple[int, ...], *, max_pixels: int = MAX_STATS_PIXELS) -> int:
     """Stride of the regular sub-grid on which :func:`compute_stats` estimates the statistics."""
     size = int(np.prod(shape))
     return max(1, int(np.ceil(np.sqrt(size / max_pixels))))
 
 
 def _subsample(a: np.ndarray, max_pixels: int) -> np.ndarray:
-    step = stats_step(a.shape, max_pixels)
+    step = stats_step(a.shape, max_pixels=max_pixels)
     return a[::step, ::step]
 
 
 def compute_stats(
     image: np.ndarray,
-    bad: np.ndarray | None = None,
     *,
+    bad: np.ndarray | None = None,
     gain: float | None = None,
     max_pixels: int = MAX_STATS_PIXELS,
 ) -> ImageStats:
@@ -79,18 +79,18 @@ def compute_stats(
     """
     sub = _subsample(np.asarray(image), max_pixels)
     sub_bad = None if bad is None else _subsample(np.asarray(bad, bool), max_pixels)
-    return stats_from_sample(sub, sub_bad, gain=gain)
+    return stats_from_sample(sub, bad=sub_bad, gain=gain)
 
 
 def stats_from_sample(
-    sample: np.ndarray, bad: np.ndarray | None = None, *, gain: float | None = None
+    sample: np.ndarray, *, bad: np.ndarray | None = None, gain: float | None = None
 ) -> ImageStats:
     """:class:`ImageStats` from an already sub-sampled image (``image[::step, ::step]``).
 
     The engine reads only the sub-grid of a detector from the archive and calls this, so that
     its statistics equal :func:`compute_stats` on the whole image without loading it.
     """
-    sky, noise = robust_sky_noise(sample, bad)
+    sky, noise = robust_sky_noise(sample, bad=bad)
     finite = sample[np.isfinite(sample)].astype(np.float64)
     return ImageStats(
         sky=float(sky), noise=float(noise), gain=float(gain or 1.0),

@@ -72,6 +72,7 @@ class Predictor:
         self,
         model: UNet,
         card: ModelCard,
+        *,
         device: str | torch.device = "auto",
         precision: str = "auto",
         compile: bool = False,
@@ -132,7 +133,7 @@ _CACHE: dict[tuple, Predictor] = {}
 
 
 def get_predictor(
-    model: str = "default", device: str = "auto", precision: str = "auto", compile: bool = False
+    model: str = "default", *, device: str = "auto", precision: str = "auto", compile: bool = False
 ) -> Predictor:
     """Load (once per process) and prepare a model by name or path; see :func:`crscale.models.load_model`."""
     from crscale.models.store import load_model
@@ -145,11 +146,11 @@ def get_predictor(
 
 
 def predictor_from(
-    model: str | Predictor | tuple[UNet, ModelCard], device: str, precision: str, compile: bool = False
+    model: str | Predictor | tuple[UNet, ModelCard], device: str, precision: str, *, compile: bool = False
 ) -> Predictor:
     """Accept a ready :class:`Predictor`, a ``(UNet, ModelCard)`` pair, or a name/path."""
     if isinstance(model, Predictor):
         return model
     if isinstance(model, tuple):
         return Predictor(model[0], model[1], device=device, precision=precision, compile=compile)
-    return get_predictor(str(model), device, precision, compile)
+    return get_predictor(str(model), device=device, precision=precision, compile=compile)

@@ -15,8 +15,8 @@ MAD_TO_SIGMA = 1.4826
 
 def robust_sky_noise(
     image: np.ndarray,
-    bad: np.ndarray | None = None,
     *,
+    bad: np.ndarray | None = None,
     clip: float = 5.0,
     iterations: int = 5,
 ) -> tuple[float, float]:

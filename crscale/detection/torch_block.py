@@ -75,7 +75,7 @@ def check_layout(layout: np.dtype) -> np.dtype:
     return layout
 
 
-def device_batch(pred, tile: int, halo: int, threads: int = 1, fraction: float = 0.5) -> int:
+def device_batch(pred, tile: int, halo: int, *, threads: int = 1, fraction: float = 0.5) -> int:
     """Tiles per network call so that ``threads`` concurrent blocks fit in ``fraction`` of the device.
 
     On a CPU the predictor's own default. On CUDA the device's total memory (not what is free:
@@ -132,7 +132,7 @@ def _symmetric_index(n: int, before: int, after: int, device: torch.device) -> t
     return torch.where(j < n, j, 2 * n - 1 - j)
 
 
-def fill_bad_tensor(x: torch.Tensor, bad: torch.Tensor, radius: int = FILL_RADIUS) -> torch.Tensor:
+def fill_bad_tensor(x: torch.Tensor, bad: torch.Tensor, *, radius: int = FILL_RADIUS) -> torch.Tensor:
     """:func:`crscale.detection.badpix.fill_bad` on the device (3×3 sums, zero outside)."""
     out = torch.where(bad, 0, x)
     good = (~bad).to(x.dtype)
@@ -233,7 +233,7 @@ def detect_torch(
     device = pred.device
     halo = required_halo(pred.config)
     tile = tile or pred.default_tile()
-    batch = batch_size or device_batch(pred, tile, halo, _WORKER_THREADS[0])
+    batch = batch_size or device_batch(pred, tile, halo, threads=_WORKER_THREADS[0])
     on_host_inpaint = inpaint and inpaint_method == "median"
     with torch.inference_mode(), _stream(device):
         img = _upload(data, "image", device)
@@ -277,7 +277,7 @@ def detect_torch(
         if bad_host is None:
             from crscale.detection.badpix import bad_pixel_mask
 
-            bad_host = bad_pixel_mask(data, dq, saturation)
+            bad_host = bad_pixel_mask(data, dq=dq, saturation=saturation)
         fields["clean"] = _host_inpaint(data, fields["mask"], bad_host, inpaint_dilate, stats)
         if "clean" in layout.names:
             out["clean"] = fields["clean"]

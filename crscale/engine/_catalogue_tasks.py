@@ -53,7 +53,8 @@ def catalogue_detector_task(
         read("image"),
         read("mask"),
         background=read("clean"),
-        dq=ExcludedView(read("dq"), convention_for(exposure_attrs, attrs)) if "dq" in arrays else None,
+        dq=(ExcludedView(read("dq"), convention_for(exposure_attrs, detector_attrs=attrs))
+            if "dq" in arrays else None),
         gain=physics.gain,
         saturation=attrs.get("saturation"),
         rules=rules,

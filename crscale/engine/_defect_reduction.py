@@ -91,7 +91,7 @@ def finish_key_task(
     if counts is not None:
         total += counts
     counted.update({e: plan.members[e] for e in plan.todo})
-    dmap = find_defects(total, len(counted), settings)
+    dmap = find_defects(total, len(counted), settings=settings)
     user = read_array(arch, plan.key, "user")
     codes = add_user_map(dmap.codes, user)
     dmap.codes = codes

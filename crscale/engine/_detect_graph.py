@@ -141,7 +141,7 @@ def plan_exposure(archive: Archive, exposure_id: str, target: Sequence[int], hal
                 gain=float(gain),
                 readnoise=attrs.get("readnoise"),
                 saturation=attrs.get("saturation"),
-                dq_convention=convention_for(exposure_attrs, dict(attrs)),
+                dq_convention=convention_for(exposure_attrs, detector_attrs=dict(attrs)),
             )
         )
     if not plans:
@@ -171,13 +171,13 @@ def detector_stats(archive_path: str, exposure_id: str, plans: list[DetectorPlan
         dq = integrity.checked(group, "dq", f"{archive_path}/{base}")[::step, ::step] if p.has_dq else None
         if dq is not None and p.dq_convention is not None:
             dq = p.dq_convention.excluded(dq)
-        bad = bad_pixel_mask(sample, dq, p.saturation)
+        bad = bad_pixel_mask(sample, dq=dq, saturation=p.saturation)
         if bad.all():
             raise ValueError(
                 f"{archive_path}: exposure {exposure_id!r}, detector {p.name!r}: no finite, "
                 "unflagged pixel (all NaN/inf, saturated or DQ-flagged)"
             )
-        out[p.name] = with_noise_floor(stats_from_sample(sample, bad, gain=p.gain), p.readnoise, p.gain)
+        out[p.name] = with_noise_floor(stats_from_sample(sample, bad=bad, gain=p.gain), p.readnoise, p.gain)
     return out
 
 

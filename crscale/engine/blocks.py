@@ -176,7 +176,9 @@ def detect_block(
     origin = block_origin(block_id or (0, 0), detector_chunks, halo)
     iy, ix = block_id or (0, 0)
     try:
-        predictor = get_predictor(settings.model, settings.device, settings.precision, settings.compile)
+        predictor = get_predictor(
+            settings.model, device=settings.device, precision=settings.precision, compile=settings.compile
+        )
         if use_torch_path(settings.backend, predictor.device):
             # The device builds the block in BLOCK_DTYPE's layout: one copy back, no host repacking.
             packed = detect_torch(

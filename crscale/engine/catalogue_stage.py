@@ -158,7 +158,8 @@ def catalogue_archive(
         def get_client() -> Any:
             if not opened:
                 opened.append(
-                    stack.enter_context(client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster,
+                    stack.enter_context(client_or_new(client, scheduler=scheduler, n_workers=n_workers,
+                                                      cluster=cluster,
                                                       echo=say))
                 )
                 arch.note_format()

@@ -69,7 +69,7 @@ def cluster_has_gpus(client: Client) -> bool:
     return any((w.get("resources") or {}).get("GPU", 0) > 0 for w in workers.values())
 
 
-def gpu_worker_specs(n_gpus: int, n_cpu_workers: int = 0) -> dict[str, dict[str, Any]]:
+def gpu_worker_specs(n_gpus: int, *, n_cpu_workers: int = 0) -> dict[str, dict[str, Any]]:
     """Worker specs of a LocalCluster with GPUs: one pinned worker per GPU, plus CPU workers.
 
     Each GPU worker runs in its own process with ``CUDA_VISIBLE_DEVICES`` set to its device,
@@ -120,7 +120,8 @@ def gpu_local_cluster(n_gpus: int) -> Any:
     from distributed import Scheduler, SpecCluster
 
     scheduler = {"cls": Scheduler, "options": {"host": host, "dashboard_address": dashboard}}
-    return SpecCluster(scheduler=scheduler, workers=gpu_worker_specs(n_gpus, n_cpu), name="crscale-gpu")
+    workers = gpu_worker_specs(n_gpus, n_cpu_workers=n_cpu)
+    return SpecCluster(scheduler=scheduler, workers=workers, name="crscale-gpu")
 
 
 def _thread_environ(threads: int) -> dict[str, str]:
@@ -132,8 +133,8 @@ def _thread_environ(threads: int) -> dict[str, str]:
 
 def client_or_new(
     client: Any = None,
-    scheduler: str | None = None,
     *,
+    scheduler: str | None = None,
     n_workers: int | None = None,
     cluster: str | None = None,
     echo: Callable[[str], None] | None = None,

@@ -119,7 +119,7 @@ def plan_defects(arch: Archive, entries: Sequence[Entry]) -> dict[str, KeyPlan]:
     return plans
 
 
-def scan_archive(arch: Archive, exposures: Sequence[str] | None = None) -> list[Entry]:
+def scan_archive(arch: Archive, *, exposures: Sequence[str] | None = None) -> list[Entry]:
     """Every detector with a finished detection, with its key (see :func:`plan_defects`)."""
     profiles = load_profiles()
     out = []
@@ -152,7 +152,7 @@ def current_maps(arch: Archive) -> dict[str, dict[str, Any]]:
 
 
 def refresh_defects(
-    arch: Archive, get_client: Any, settings: DefectSettings | None = None
+    arch: Archive, get_client: Any, *, settings: DefectSettings | None = None
 ) -> tuple[DefectReport | None, dict[str, dict[str, Any]] | None]:
     """Update every defect map that misses exposures (the catalogue stage's first step).
 
@@ -188,11 +188,11 @@ def _update(
     once and neither reads a map the other is rewriting.
     """
     t0 = time.perf_counter()
-    leases = Leases(arch.path, "defects")
+    leases = Leases(arch.path, scope="defects")
     results: dict[str, DefectResult] = {}
     try:
         while True:
-            plans = plan_defects(arch, scan_archive(arch, exposures))
+            plans = plan_defects(arch, scan_archive(arch, exposures=exposures))
             for k, p in plans.items():
                 if not p.todo:
                     results.setdefault(k, DefectResult(key=k, status="current", n_exposures=len(p.members)))
@@ -269,7 +269,8 @@ def update_defects(
         def get_client() -> Any:
             if not opened:
                 opened.append(stack.enter_context(client_or_new(
-                    client, scheduler, n_workers=n_workers, cluster=cluster, echo=reporter(log, echo))))
+                    client, scheduler=scheduler, n_workers=n_workers, cluster=cluster,
+                    echo=reporter(log, echo))))
                 arch.note_format()
             return opened[0]
 
@@ -319,7 +320,7 @@ def set_user_map(
             continue
         counts = read_array(arch, key, "counts")
         assert counts is not None  # a finished map has its counts
-        dmap = find_defects(counts, int(attrs.get("n_exposures", 0)), settings)
+        dmap = find_defects(counts, int(attrs.get("n_exposures", 0)), settings=settings)
         dmap.codes = add_user_map(dmap.codes, user)
         write_defect_map(
             arch, key, {"user": user, "codes": dmap.codes},

@@ -143,7 +143,7 @@ def detect_archive(
     todo = _select(book, ids, force, results)
     report_settings = {**settings.to_dict(), "halo": halo, "prob_dtype": prob_dtype}
     if todo:
-        with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl:
+        with client_or_new(client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl:
             arch.note_format()  # about to write 1.1 arrays
             gpu = cluster_has_gpus(cl)
             target = list(block or cfg.get("gpu_block" if gpu else "block"))
@@ -151,7 +151,9 @@ def detect_archive(
                             force=force)
             report_settings.update(gpu=gpu, block=job.block)
             plugin = ModelPlugin(
-                settings.model, settings.device, settings.precision, settings.compile, gpu_only=gpu
+                settings.model, device=settings.device, precision=settings.precision,
+                compile=settings.compile,
+            gpu_only=gpu,
             )
             cl.register_plugin(plugin, name=plugin.name)
             bar = Progress(len(todo), progress)
@@ -228,7 +230,7 @@ class InFlight:
         """Blocks of all its detectors (the window's load while it is in flight)."""
         return sum(p.n_blocks for p in self.plans)
 
-    def outcome(self, status: str, message: str = "", n_cr_pixels: int = 0) -> ExposureDetection:
+    def outcome(self, status: str, *, message: str = "", n_cr_pixels: int = 0) -> ExposureDetection:
         """Its result, timed up to now."""
         return ExposureDetection(
             exposure_id=self.exposure_id,
@@ -261,7 +263,7 @@ def _run(
         window.release(work.n_blocks)
         remove_outputs(arch, work.exposure_id, work.plans)
         book.failed(work.exposure_id, message, kind)
-        results[work.exposure_id] = work.outcome("failed", message)
+        results[work.exposure_id] = work.outcome("failed", message=message)
         bar.exposure_done()
 
     def refill() -> None:
@@ -293,6 +295,7 @@ def _run(
             book.start(eid)  # outputs are about to be overwritten
             remove_exposure_tables(str(arch.path), eid)  # rows of the old mask must not outlive it
             create_outputs(arch, eid, work.plans, job.settings, job.prob_dtype)
+            assert work.stats is not None  # computed before the blocks start
             graph = exposure_graph(
                 path, eid, work.plans, work.stats, job.settings, job.halo,
                 gpu=job.gpu, prob_dtype=job.prob_dtype,
@@ -349,6 +352,7 @@ def _finish_exposure(book: StatusBook, work: InFlight, counts: list[int], job: D
     from crscale.models.store import weights_sha256
 
     settings, eid = job.settings, work.exposure_id
+    assert work.stats is not None  # computed before the blocks ran
     for p, n_cr in zip(work.plans, counts, strict=True):
         group = book.arch.root[f"exposures/{eid}/{p.name}"]
         group.attrs["detect"] = {

@@ -56,7 +56,7 @@ def worker_gpu(name: Any, environ: MutableMapping[str, str]) -> str | None:
     return devices[index]
 
 
-def pin(name: Any, environ: MutableMapping[str, str] = os.environ) -> str | None:
+def pin(name: Any, *, environ: MutableMapping[str, str] = os.environ) -> str | None:
     """Set ``CUDA_VISIBLE_DEVICES`` in ``environ`` to worker ``name``'s GPU; return it (or None)."""
     device = worker_gpu(name, environ)
     if device is not None:

@@ -90,7 +90,7 @@ def _scratch(system: str) -> str:
     return config.get("hpc.scratch") or _site(system, "local-directory") or DEFAULT_SCRATCH
 
 
-def gpu_pool_options(system: str, gpus_per_job: int | None = None) -> dict[str, Any]:
+def gpu_pool_options(system: str, *, gpus_per_job: int | None = None) -> dict[str, Any]:
     """dask-jobqueue keyword arguments of the GPU worker jobs of ``system``.
 
     Parameters
@@ -236,7 +236,7 @@ def jobqueue_cluster(
     """
     cls = cluster_class(system)
     n_gpus = gpus_per_job if gpus_per_job is not None else setting("gpus_per_job", 1)
-    options = gpu_pool_options(system, n_gpus) if n_gpus > 0 else cpu_pool_options(system)
+    options = gpu_pool_options(system, gpus_per_job=n_gpus) if n_gpus > 0 else cpu_pool_options(system)
     try:
         cluster = cls(scheduler_options=scheduler_options(system), **options)
     except ValueError as exc:

@@ -51,7 +51,7 @@ def job_of_worker(worker_name: str, jobs: Iterable[str]) -> str | None:
     return head if tail.isdigit() and head in names else None
 
 
-def queued_job_ids(system: str, run: Callable[..., Any] = subprocess.run) -> set[str] | None:
+def queued_job_ids(system: str, *, run: Callable[..., Any] = subprocess.run) -> set[str] | None:
     """Ids of this user's jobs that the batch system lists, or None when it cannot tell."""
     command = QUEUE_COMMANDS.get(system)
     if command is None:

@@ -69,6 +69,7 @@ def ingest_one(
     exposure_id: str,
     sha256: str,
     settings: dict[str, Any],
+    *,
     overwrite: bool = False,
 ) -> IngestResult:
     """Worker task: read one FITS exposure and write it to the archive.
@@ -254,7 +255,7 @@ def ingest(
                                        kind=p.kind)
     settings = ingest_settings(chunks=chunks, hdus=hdus)
 
-    with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl:
+    with client_or_new(client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl:
         hashes = _hash_all(cl, specs, results, progress)
         todo, settled = _plan(specs, hashes, arch, force)
         for r in settled:

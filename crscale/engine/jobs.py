@@ -64,7 +64,7 @@ def read_job(archive: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 @contextlib.contextmanager
 def job_record(
-    archive: str | Path, client: Any, stages: Sequence[str], command: str | None = None
+    archive: str | Path, client: Any, stages: Sequence[str], *, command: str | None = None
 ) -> Iterator[dict[str, Any]]:
     """Record the job for its duration: "running" now, "finished" or "failed" at the end.
 
@@ -98,7 +98,7 @@ def job_record(
     # stages themselves, with their messages, not here. Only ingest creates an archive.
     try:
         if "ingest" in stages or (storage.location(archive) / "zarr.json").exists():
-            Archive(archive, "a")  # creates the archive, or the jobs/ group of an older one
+            Archive(archive, mode="a")  # creates the archive, or the jobs/ group of an older one
             write_job(archive, record)
     except (CrscaleError, OSError):
         pass

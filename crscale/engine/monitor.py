@@ -66,7 +66,7 @@ def archive_progress(archive: str | os.PathLike) -> dict[str, int]:
     """
     counts = dict.fromkeys(PROGRESS_KEYS, 0)
     try:
-        arch = Archive(archive, "r")
+        arch = Archive(archive, mode="r")
     except (ArchiveError, OSError):
         return counts
     for _eid, attrs in arch.iter_exposures():
@@ -139,7 +139,11 @@ class RateFollower:
     """
 
     def __init__(
-        self, archive: str | os.PathLike, per: str = "exposure", clock: Callable[[], float] = time.monotonic
+        self,
+        archive: str | os.PathLike,
+        *,
+        per: str = "exposure",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if per not in ("exposure", "detector"):
             raise ValueError(f"per must be 'exposure' or 'detector', not {per!r}")
@@ -227,7 +231,7 @@ def rates_so_far(archive: str | os.PathLike, *, per: str = "exposure") -> pd.Dat
     pandas.DataFrame
         As :meth:`RateFollower.update`. Rates are in CR cm⁻² s⁻¹.
     """
-    return RateFollower(archive, per).update()
+    return RateFollower(archive, per=per).update()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +317,7 @@ def _task_states(dask_scheduler: Any) -> dict[str, int]:
     return dict(Counter(ts.state for ts in dask_scheduler.tasks.values()))
 
 
-def scheduler_tasks(client: Any, timeout: float = 5.0) -> dict[str, int]:
+def scheduler_tasks(client: Any, *, timeout: float = 5.0) -> dict[str, int]:
     """Tasks on the job's scheduler by state (``processing``, ``memory``, ``waiting`` ...).
 
     Returns an empty dict when the scheduler cannot be asked (gone, or not answering within
@@ -395,8 +399,8 @@ class Snapshot:
 
 def watch(
     archive: str | os.PathLike,
-    every: float = 2.0,
     *,
+    every: float = 2.0,
     client: Any = None,
     per: str = "exposure",
     timeout: float | None = None,
@@ -426,7 +430,7 @@ def watch(
         The state of the job, its archive and its scheduler.
     """
     start = time.monotonic()
-    follower = RateFollower(archive, per)
+    follower = RateFollower(archive, per=per)
     counter = None
     if client is not None:
         with contextlib.suppress(Exception):

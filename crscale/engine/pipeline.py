@@ -99,7 +99,7 @@ def run_pipeline(
     say = reporter(logger, echo)
     report = RunReport(stages=list(stages))
     with (
-        client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl,
+        client_or_new(client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl,
         job_record(archive, cl, stages),
     ):
         exposure_ids: list[str] | None = None

@@ -55,6 +55,7 @@ class ModelPlugin(WorkerPlugin):
     def __init__(
         self,
         model: str,
+        *,
         device: str = "auto",
         precision: str = "auto",
         compile: bool = False,
@@ -89,7 +90,7 @@ class ModelPlugin(WorkerPlugin):
             setattr(worker, WORKER_ATTR, info)
             return
         t0 = time.perf_counter()
-        pred = get_predictor(self.model, self.device, self.precision, self.compile)
+        pred = get_predictor(self.model, device=self.device, precision=self.precision, compile=self.compile)
         info.update(
             loaded=True,
             device=str(pred.device),

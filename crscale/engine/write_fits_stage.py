@@ -212,7 +212,7 @@ def write_fits_archive(
         args = (str(arch.path), eid, str(out), options, provenance_of(detect), names[eid], force)
         calls.append(Call(args=args, subject=eid))
     if calls:
-        with client_or_new(client, scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl:
+        with client_or_new(client, scheduler=scheduler, n_workers=n_workers, cluster=cluster, echo=say) as cl:
             for done in windowed(cl, _write_fits_task, calls, desc=STAGE, progress=progress):
                 eid = done.item.subject
                 outcome = done.value

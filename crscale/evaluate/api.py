@@ -172,7 +172,9 @@ def evaluate(
     n_cr = sum(im.n_cr_pixels for im in data)
     if n_cr == 0:
         raise SettingsError("the evaluation set holds no CR pixel: nothing to measure")
-    methods: list[Method] = [crscale_method(m, threshold, device, precision) for m in models]
+    methods: list[Method] = [
+        crscale_method(m, threshold=threshold, device=device, precision=precision) for m in models
+    ]
     extra, missing = baseline_methods(
         tuple(baselines),
         sigclips=tuple(sigclips),

@@ -171,7 +171,7 @@ def measure_frame(
     image = np.asarray(image, dtype=np.float32)
     shape = image.shape
     codes = np.zeros(shape, np.uint8) if codes is None else np.asarray(codes)
-    unusable = bad_pixel_mask(image, dq, saturation) | (codes != 0)
+    unusable = bad_pixel_mask(image, dq=dq, saturation=saturation) | (codes != 0)
     predictor = get_predictor(model)
     common = {"dq": dq, "codes": codes, "status": status, "gain": gain, "saturation": saturation,
               "defect_settings": defect_settings}
@@ -214,7 +214,7 @@ def measure_frame(
     }
 
 
-def summarise_frames(parts: list[dict[str, Any]], edges: np.ndarray = CHARGE_EDGES) -> dict[str, Any]:
+def summarise_frames(parts: list[dict[str, Any]], *, edges: np.ndarray = CHARGE_EDGES) -> dict[str, Any]:
     """Completeness, its error and the curve from the frames of one detector."""
     n = int(sum(p["n_injected"] for p in parts))
     regions = int(sum(p["n_regions"] for p in parts))

@@ -175,7 +175,7 @@ def _mask_planes(path: Path) -> list[np.ndarray]:
 
 
 def load_labelled(
-    pairs: list[tuple[Path, Path]], skipped: list[dict] | None = None, dq_paths: dict | None = None
+    pairs: list[tuple[Path, Path]], *, skipped: list[dict] | None = None, dq_paths: dict | None = None
 ) -> list[EvalImage]:
     """Read labelled (image, mask) pairs; the mask's k-th 2-D HDU goes with the k-th detector.
 
@@ -225,16 +225,16 @@ def load_labelled(
 
 
 def _convention(det: DetectorData) -> DQConvention:
-    return match_convention(det.meta.instrument, det.meta.telescope, det.meta.detector)
+    return match_convention(det.meta.instrument, det.meta.telescope, detector=det.meta.detector)
 
 
 def _bad_pixels(det: DetectorData) -> np.ndarray:
     """Bad and saturated pixels, the DQ plane read in its pipeline's convention (a CR flag is not bad)."""
     dq = None if det.dq is None else _convention(det).excluded(det.dq)
-    return bad_pixel_mask(det.image, dq, det.meta.saturation)
+    return bad_pixel_mask(det.image, dq=dq, saturation=det.meta.saturation)
 
 
-def load_pipeline_flagged(images: list[str | Path], skipped: list[dict] | None = None) -> list[EvalImage]:
+def load_pipeline_flagged(images: list[str | Path], *, skipped: list[dict] | None = None) -> list[EvalImage]:
     """Images whose pipeline flagged CRs in their DQ planes, those flags taken as the truth.
 
     Measures how a method agrees with the pipeline's own CR flags (``crscale evaluate IMAGES
@@ -338,7 +338,7 @@ def injected_set(
     if not libs:
         raise SettingsError("no CR footprints to inject: use the ITL footprints or give readable dark frames")
     files, dq_paths = image_files(images)
-    sources = load_source_images(files, own_crs, skipped=skipped, dq_paths=dq_paths)
+    sources = load_source_images(files, own_crs=own_crs, skipped=skipped, dq_paths=dq_paths)
     rng = np.random.default_rng(seed)
     out: list[EvalImage] = []
     for i, im in enumerate(sources):

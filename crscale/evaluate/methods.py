@@ -87,17 +87,17 @@ def _detect_prob(image: EvalImage, model: str, device: str, precision: str) -> n
     import crscale
     from crscale.detection import get_predictor
 
-    pred = get_predictor(model, device, precision)
+    pred = get_predictor(model, device=device, precision=precision)
     return crscale.detect(image.image_e, model=pred, dq=image.bad, inpaint=False).prob
 
 
 def crscale_method(
-    model: str = "default", threshold: float | None = None, device: str = "auto", precision: str = "auto"
+    model: str = "default", *, threshold: float | None = None, device: str = "auto", precision: str = "auto"
 ) -> CrscaleMethod:
     """A crscale model as a method named ``crscale:<card name>``; threshold: the card's recommendation."""
     from crscale.detection import get_predictor
 
-    card = get_predictor(model, device, precision).card
+    card = get_predictor(model, device=device, precision=precision).card
     thr = float(card.recommended_threshold if threshold is None else threshold)
     return CrscaleMethod(
         name=f"crscale:{card.name}",
@@ -213,6 +213,7 @@ class AstroscrappyMethod(Method):
 
 def astroscrappy_method(
     sigclips: tuple[float, ...] = DEFAULT_SIGCLIPS,
+    *,
     objlim: float = 4.0,
     sigfrac: float = 0.3,
     sigclip: float = 4.5,
@@ -258,7 +259,7 @@ def baseline_methods(
         if importlib.util.find_spec("astroscrappy") is None:
             skipped.append({"method": "astroscrappy", "problem": "not installed (pip install astroscrappy)"})
         else:
-            methods.append(astroscrappy_method(sigclips, objlim, sigfrac, sigclip))
+            methods.append(astroscrappy_method(sigclips, objlim=objlim, sigfrac=sigfrac, sigclip=sigclip))
     if "deepcr" in names:
         from crscale.models.deepcr import deepcr_model_names
 

@@ -164,7 +164,7 @@ FRAME_GOAL_FP_PER_MPIX = 100.0
 
 
 def frame_targets(
-    metrics: dict, name: str, goal_tpr: float = FRAME_GOAL_TPR, goal_fp: float = FRAME_GOAL_FP_PER_MPIX
+    metrics: dict, name: str, *, goal_tpr: float = FRAME_GOAL_TPR, goal_fp: float = FRAME_GOAL_FP_PER_MPIX
 ) -> list[dict]:
     """Per image, at the method's operating point: TPR >= ``goal_tpr`` and FP px/Mpix <= ``goal_fp``.
 
@@ -190,7 +190,7 @@ def frame_targets(
     return out
 
 
-def targets(metrics: dict, default: str | None, goal_tpr: float = 0.95) -> list[dict]:
+def targets(metrics: dict, default: str | None, *, goal_tpr: float = 0.95) -> list[dict]:
     """The issue's targets: the default model's TPR at 0.1 % FPR, and that it beats every baseline.
 
     Returns

@@ -108,7 +108,7 @@ def footprints_from_dark(
     if not good.any():
         raise fail("dark frame has no finite, unflagged pixel", "no-finite-pixels")
 
-    median, sigma = robust_sky_noise(dark_e, ~good)
+    median, sigma = robust_sky_noise(dark_e, bad=~good)
     excess = np.where(good, dark_e - median, 0.0)
     seeds = good & (excess > nsigma * sigma)
     if dilate > 0:
@@ -153,6 +153,7 @@ def footprints_from_dark(
 
 def footprints_from_dark_file(
     path: str | os.PathLike,
+    *,
     hdu: str | int | None = None,
     gain: float | None = None,
     **kwargs: Any,

@@ -175,7 +175,7 @@ def inject_crs(
             flagged = ~np.isfinite(image) if np.issubdtype(image.dtype, np.floating) else None
             if avoid is not None:
                 flagged = avoid if flagged is None else flagged | avoid
-            noise_e = robust_sky_noise(image, flagged)[1]
+            noise_e = robust_sky_noise(image, bad=flagged)[1]
         scale = float(noise_e) / float(library.noise_e)
 
     if n is None:

@@ -25,7 +25,7 @@ def _flat(score: np.ndarray, truth: np.ndarray, valid: np.ndarray | None) -> tup
 
 
 def threshold_at_fpr(
-    score: np.ndarray, truth: np.ndarray, fpr: float, valid: np.ndarray | None = None
+    score: np.ndarray, truth: np.ndarray, fpr: float, *, valid: np.ndarray | None = None
 ) -> float:
     """Smallest threshold t with FPR(score > t) ≤ ``fpr``."""
     s, t = _flat(score, truth, valid)
@@ -36,7 +36,7 @@ def threshold_at_fpr(
     return float(neg[min(k, neg.size - 1)])
 
 
-def tpr_at_fpr(score: np.ndarray, truth: np.ndarray, fpr: float, valid: np.ndarray | None = None) -> float:
+def tpr_at_fpr(score: np.ndarray, truth: np.ndarray, fpr: float, *, valid: np.ndarray | None = None) -> float:
     """True-positive rate at the threshold that gives a false-positive rate of at most ``fpr``."""
     s, t = _flat(score, truth, valid)
     if not t.any():
@@ -46,7 +46,7 @@ def tpr_at_fpr(score: np.ndarray, truth: np.ndarray, fpr: float, valid: np.ndarr
 
 
 def precision_at_tpr(
-    score: np.ndarray, truth: np.ndarray, tpr: float, valid: np.ndarray | None = None
+    score: np.ndarray, truth: np.ndarray, tpr: float, *, valid: np.ndarray | None = None
 ) -> float:
     """Precision (purity) at the highest threshold that reaches a true-positive rate of ``tpr``."""
     s, t = _flat(score, truth, valid)
@@ -60,7 +60,7 @@ def precision_at_tpr(
 
 
 def roc_curve(
-    score: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None, n_points: int = 400
+    score: np.ndarray, truth: np.ndarray, *, valid: np.ndarray | None = None, n_points: int = 400
 ) -> dict[str, np.ndarray]:
     """ROC and precision-recall points at log-spaced false-positive rates from 1e-6 to 1."""
     s, t = _flat(score, truth, valid)
@@ -105,7 +105,7 @@ class PixelMetrics:
 
 
 def pixel_metrics(
-    score: np.ndarray, truth: np.ndarray, threshold: float, valid: np.ndarray | None = None
+    score: np.ndarray, truth: np.ndarray, threshold: float, *, valid: np.ndarray | None = None
 ) -> PixelMetrics:
     """TPR at 1e-4 / 1e-3 FPR, precision at 95 % TPR, and TPR, FPR, F1, IoU, FDR at ``threshold``."""
     s, t = _flat(score, truth, valid)

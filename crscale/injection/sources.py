@@ -59,6 +59,7 @@ def _own_crs(image_e: np.ndarray, bad: np.ndarray, readnoise_e: float) -> tuple[
 
 def load_source_images(
     paths: list[Path],
+    *,
     own_crs: str = "astroscrappy",
     min_size: int = 0,
     skipped: list[dict] | None = None,
@@ -85,7 +86,7 @@ def load_source_images(
                 continue
             gain = float(det.meta.gain or 1.0)
             rn = float(det.meta.readnoise or 5.0)
-            bad = bad_pixel_mask(det.image, det.dq, det.meta.saturation)
+            bad = bad_pixel_mask(det.image, dq=det.dq, saturation=det.meta.saturation)
             img = np.where(bad, 0.0, det.image.astype(np.float64) * gain).astype(np.float32)
             # A derived frame can say that it is too short to hold CRs of its own
             # (crscale.train.frames): then its real structure stays in the loss and the figures.
@@ -93,7 +94,7 @@ def load_source_images(
                 own, img = _own_crs(img, bad, rn)
             else:
                 own = np.zeros_like(bad)
-            sky, noise = robust_sky_noise(img, bad | own)
+            sky, noise = robust_sky_noise(img, bad=bad | own)
             name = exp.exposure_id if len(exp.detectors) == 1 else f"{exp.exposure_id}/{det.name}"
             out.append(SourceImage(name, str(path), digest, img, bad, own, sky, noise, rn, gain))
     return out

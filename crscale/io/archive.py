@@ -151,7 +151,7 @@ class Archive:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str] | storage.RemotePath, mode: str = "r", *, create: bool = True
+        self, path: str | os.PathLike[str] | storage.RemotePath, *, mode: str = "r", create: bool = True
     ) -> None:
         self.path = storage.location(path)
         self.mode = mode
@@ -482,7 +482,7 @@ class Archive:
         with contextlib.suppress(Exception):
             self.record_failure(source, message, stage=stage, kind=kind, exposure_id=exposure_id)
 
-    def clear_failure(self, path: str, stage: str = "ingest") -> None:
+    def clear_failure(self, path: str, *, stage: str = "ingest") -> None:
         """Forget a failure record once the same source has been processed."""
         self._require_writable()
         key = _failure_key(path, stage)

@@ -254,6 +254,7 @@ def load_conventions(user: list[dict[str, Any]] | None = None) -> list[DQConvent
 def match_convention(
     instrument: str | None,
     telescope: str | None,
+    *,
     detector: str | None = None,
     conventions: list[DQConvention] | None = None,
 ) -> DQConvention:
@@ -270,6 +271,7 @@ def match_convention(
 
 def convention_for(
     exposure_attrs: dict[str, Any],
+    *,
     detector_attrs: dict[str, Any] | None = None,
     conventions: list[DQConvention] | None = None,
 ) -> DQConvention:
@@ -278,8 +280,8 @@ def convention_for(
     return match_convention(
         det.get("instrument") or exposure_attrs.get("instrument"),
         det.get("telescope") or exposure_attrs.get("telescope"),
-        det.get("detector"),
-        conventions,
+        detector=det.get("detector"),
+        conventions=conventions,
     )
 
 

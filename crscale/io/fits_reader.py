@@ -122,7 +122,7 @@ class Exposure:
         return out
 
 
-def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+def sha256_file(path: str | Path, *, block: int = 1 << 20) -> str:
     """Return the hex SHA-256 of a file's bytes.
 
     Parameters
@@ -140,7 +140,7 @@ def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
         64 hexadecimal digits.
     """
     h = hashlib.sha256()
-    with storage.open_input(os.fspath(path), "rb", block_size=block) as fh:
+    with storage.open_input(os.fspath(path), mode="rb", block_size=block) as fh:
         while chunk := fh.read(block):
             h.update(chunk)
     return h.hexdigest()

@@ -189,7 +189,7 @@ def read_plans(archive: Archive, exposure_id: str, options: WriteOptions) -> lis
             )
         attrs = dict(group.attrs)
         mask = np.asarray(_read(archive, exposure_id, det, "mask"))
-        plans.append(_Plan(det, attrs, mask, convention_for(exp, attrs)))
+        plans.append(_Plan(det, attrs, mask, convention_for(exp, detector_attrs=attrs)))
     return plans
 
 
@@ -331,6 +331,7 @@ def write_exposure(
     options: WriteOptions,
     provenance: Provenance,
     names: tuple[str, str | None],
+    *,
     force: bool = False,
 ) -> FitsOutcome:
     """Write one exposure's FITS product(s) into ``outdir``; raise for bad input.

@@ -98,7 +98,7 @@ class Leases:
         How long a lease lasts without renewal (:data:`LEASE_SECONDS`).
     """
 
-    def __init__(self, archive: Any, scope: str = "exposures", *, seconds: float = LEASE_SECONDS) -> None:
+    def __init__(self, archive: Any, *, scope: str = "exposures", seconds: float = LEASE_SECONDS) -> None:
         self.folder = storage.location(archive) / "jobs" / LEASES_FOLDER / scope
         self.seconds = float(seconds)
         self._held: dict[str, Lease] = {}
@@ -115,7 +115,7 @@ class Leases:
         """Generations of ``name``'s lease files present now, lowest first."""
         found = []
         try:
-            entries = list(self.folder.iterdir())
+            entries: list[Any] = list(self.folder.iterdir())  # Paths or RemotePaths
         except (FileNotFoundError, NotADirectoryError):
             return []
         for entry in entries:
@@ -272,13 +272,13 @@ class Leases:
     def held_by_others(self) -> list[str]:
         """Names whose lease another live run holds now."""
         try:
-            entries = list(self.folder.iterdir())
+            entries: list[Any] = list(self.folder.iterdir())  # Paths or RemotePaths
         except (FileNotFoundError, NotADirectoryError):
             return []
         names = {e.name.removesuffix(".json").rpartition(".")[0] for e in entries if e.name.endswith(".json")}
         return sorted(n for n in names if n and self.holder(n) is not None)
 
-    def wait_while_held(self, name: str, poll: float = 0.5) -> None:
+    def wait_while_held(self, name: str, *, poll: float = 0.5) -> None:
         """Return once no other live run holds the lease on ``name``."""
         while self.holder(name) is not None:
             time.sleep(poll)

@@ -333,7 +333,7 @@ def du(path: Path | RemotePath) -> int:
     return total
 
 
-def open_input(path: str, mode: str = "rb", block_size: int | None = None) -> Any:
+def open_input(path: str, *, mode: str = "rb", block_size: int | None = None) -> Any:
     """Open an input file for reading: a local file, or an fsspec file object for a URL."""
     if is_url(path):
         fs, key = filesystem(path)

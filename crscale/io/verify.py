@@ -182,7 +182,7 @@ def _check_exposure(arch: Archive, eid: str) -> ExposureCheck:
 
 
 def verify_archive(
-    archive: str | Path, exposures: Sequence[str] | None = None, *, mark: bool = True
+    archive: str | Path, *, exposures: Sequence[str] | None = None, mark: bool = True
 ) -> VerifyReport:
     """Scrub an archive (or some exposures): every chunk of every array against its record.
 

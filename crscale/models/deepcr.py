@@ -193,7 +193,7 @@ def _map_keys(
     return out, len(downs) + 1
 
 
-def load_deepcr(name: str, device: str | torch.device = "cpu") -> tuple[UNet, ModelCard]:
+def load_deepcr(name: str, *, device: str | torch.device = "cpu") -> tuple[UNet, ModelCard]:
     """Load a mask model shipped with pip deepCR as a crscale U-Net.
 
     Parameters

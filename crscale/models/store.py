@@ -58,7 +58,7 @@ def save_model(model: UNet, card: ModelCard, path: str | Path) -> Path:
     return weights
 
 
-def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, ModelCard]:
+def load_weights(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[UNet, ModelCard]:
     """Load a crscale weight file and its card into an eval-mode :class:`UNet`.
 
     Raises
@@ -100,7 +100,7 @@ def available_models() -> dict[str, Path]:
     return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
 
 
-def load_model(spec: str | Path = "default", device: str | torch.device = "cpu") -> tuple[UNet, ModelCard]:
+def load_model(spec: str | Path = "default", *, device: str | torch.device = "cpu") -> tuple[UNet, ModelCard]:
     """Resolve a model by name or path and load it.
 
     Parameters
@@ -117,7 +117,7 @@ def load_model(spec: str | Path = "default", device: str | torch.device = "cpu")
         from crscale.models.deepcr import load_deepcr
 
         return load_deepcr(name.split(":", 1)[1], device=device)
-    return load_weights(weights_file(name), device)
+    return load_weights(weights_file(name), device=device)
 
 
 def weights_file(spec: str | Path = "default") -> Path:

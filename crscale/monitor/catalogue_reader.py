@@ -127,7 +127,7 @@ class CatalogueFollower:
             self.kinds[k] -= n
         return True
 
-    def update(self, catalogued: Iterable[str], uncatalogued: Iterable[str] = ()) -> list[str]:
+    def update(self, catalogued: Iterable[str], *, uncatalogued: Iterable[str] = ()) -> list[str]:
         """Read the files of newly (re)catalogued exposures, drop those no longer catalogued.
 
         Parameters

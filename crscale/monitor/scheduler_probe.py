@@ -78,7 +78,7 @@ class SchedulerProbe:
         this machine cannot see must not slow every tick by ``timeout``).
     """
 
-    def __init__(self, timeout: float = 3.0, retry_s: float = 30.0) -> None:
+    def __init__(self, timeout: float = 3.0, *, retry_s: float = 30.0) -> None:
         self.timeout = timeout
         self.retry_s = retry_s
         self._retry_at = 0.0

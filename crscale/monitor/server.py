@@ -37,7 +37,7 @@ class Poller:
         Seconds between ticks (a tick that takes longer is followed at once by the next).
     """
 
-    def __init__(self, state: DashboardState, every: float = 2.0) -> None:
+    def __init__(self, state: DashboardState, *, every: float = 2.0) -> None:
         self.state = state
         self.every = every
         self.view: View | None = None
@@ -89,7 +89,7 @@ class DashboardServer:
         self.address = address
         self.port = port or _free_port(address)
         self.every = every
-        self.poller = Poller(DashboardState(archive, scheduler=scheduler), every)
+        self.poller = Poller(DashboardState(archive, scheduler=scheduler), every=every)
         self._allow_origin = allow_origin
         self._loop: Any = None
         self._server: Any = None

@@ -154,7 +154,7 @@ class DashboardState:
             self._catalogue_time.pop(eid, None)
             self._catalogue_todo.pop(eid, None)
         if undone:
-            self.catalogue.update([], undone)
+            self.catalogue.update([], uncatalogued=undone)
         # A first look at a large catalogue reads a few batches a tick, not all of it at once.
         deadline = time.monotonic() + self.tracker.budget_s
         while self._catalogue_todo and time.monotonic() < deadline:

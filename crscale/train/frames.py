@@ -121,7 +121,7 @@ def derive(spec: FrameSpec, base: Path) -> tuple[np.ndarray, dict]:
     det = exp.detectors[spec.detector]
     gain = float(det.meta.gain or 1.0)
     rn = float(det.meta.readnoise or 5.0)
-    bad = bad_pixel_mask(det.image, det.dq, det.meta.saturation)
+    bad = bad_pixel_mask(det.image, dq=det.dq, saturation=det.meta.saturation)
     img = np.where(bad, 0.0, det.image.astype(np.float64) * gain)
     y0, y1, x0, x1 = spec.crop or (0, img.shape[0], 0, img.shape[1])
     if not (0 <= y0 < y1 <= img.shape[0] and 0 <= x0 < x1 <= img.shape[1]):

@@ -60,7 +60,7 @@ def _architecture(arch) -> UNetConfig:
 class PatchSampler:
     """Draws training batches from the patch store (all in memory: a few hundred MB at most)."""
 
-    def __init__(self, store, config: TrainConfig, log: Reporter | None = None):
+    def __init__(self, store, config: TrainConfig, *, log: Reporter | None = None):
         g = store["train"]
         self.image = g["image"][...]
         self.ignore = g["ignore"][...]
@@ -141,7 +141,7 @@ def set_bn_training(model: nn.Module, training: bool) -> None:
             m.train(training)
 
 
-def validate(model: UNet, store, precision: str = "auto") -> dict:
+def validate(model: UNet, store, *, precision: str = "auto") -> dict:
     """Validation loss and pixel metrics on the held-out images, predicted as :func:`crscale.detect` does."""
     card = ModelCard(name="validation", architecture=model.config.to_dict())
     pred = Predictor(model, card, device="cpu", precision=precision)
@@ -150,7 +150,7 @@ def validate(model: UNet, store, precision: str = "auto") -> dict:
         g = store["val"][key]
         img, truth, valid, bad = g["image"][...], g["truth"][...], g["valid"][...], g["bad"][...]
         # The image's own CRs stay out of the statistics, as in training.
-        stats = compute_stats(img, bad | ~valid)
+        stats = compute_stats(img, bad=bad | ~valid)
         p = detect(img, model=pred, dq=bad, stats=stats, inpaint=False, tile=448).prob
         probs.append(p[valid])
         truths.append(truth[valid])
