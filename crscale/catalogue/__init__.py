@@ -10,6 +10,8 @@
 The names are imported on first use, so that importing one module of the package stays cheap.
 """
 
+from typing import TYPE_CHECKING
+
 from crscale._lazy import attach
 
 _EXPORTS = {
@@ -29,4 +31,12 @@ _EXPORTS = {
     "summarise": "crscale.catalogue.stats",
 }
 __getattr__, __dir__ = attach(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # the lazy names' real types, for mypy
+    from crscale.catalogue.defects import DefectSettings  # noqa: F401
+    from crscale.catalogue.detector import DetectorCatalogue, catalogue_detector  # noqa: F401
+    from crscale.catalogue.morphology import MorphologyRules, classify  # noqa: F401
+    from crscale.catalogue.physics import DetectorPhysics, detector_physics  # noqa: F401
+    from crscale.catalogue.profiles import InstrumentProfile, load_profiles, match_profile, profiles_table  # noqa: F401
+    from crscale.catalogue.stats import CatalogueStats, exposure_rates, summarise  # noqa: F401
 __all__ = sorted(_EXPORTS)

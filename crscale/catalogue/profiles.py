@@ -35,7 +35,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import yaml
 
@@ -55,6 +55,9 @@ __all__ = [
 __getattr__, __dir__ = attach(__name__, {
     "DetectorPhysics": "crscale.catalogue.physics", "detector_physics": "crscale.catalogue.physics",
 })
+
+if TYPE_CHECKING:  # the lazy names' real types, for mypy
+    from crscale.catalogue.physics import DetectorPhysics, detector_physics  # noqa: F401
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 

@@ -243,7 +243,7 @@ def _plan(
             detectors = []
             for d in arch.detectors(eid):
                 dattrs = dict(arch.root[f"exposures/{eid}/{d}"].attrs)
-                phys = detector_physics(attrs, dattrs, profiles)
+                phys = detector_physics(attrs, dattrs, profiles=profiles)
                 info = defect_info(maps, key_of(attrs, d, dattrs, phys))
                 detectors.append(DetectorWork(name=d, physics=phys, defects=info))
             plan = ExposurePlan(

@@ -131,7 +131,7 @@ def scan_archive(arch: Archive, *, exposures: Sequence[str] | None = None) -> li
                 continue
             for det in arch.detectors(eid):
                 dattrs = dict(arch.root[f"exposures/{eid}/{det}"].attrs)
-                phys = detector_physics(attrs, dattrs, profiles)
+                phys = detector_physics(attrs, dattrs, profiles=profiles)
                 key = key_of(attrs, det, dattrs, phys)
                 meta = {"instrument": attrs.get("instrument"), "binning": phys.binning,
                         "shape": dattrs["shape"]}

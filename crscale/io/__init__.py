@@ -4,6 +4,8 @@ The catalogue readers and input discovery are imported on first use (pyarrow and
 not needed to read FITS files or open an archive).
 """
 
+from typing import TYPE_CHECKING
+
 from crscale._lazy import attach
 from crscale.errors import ArchiveError, CrscaleError, InputError
 from crscale.io.archive import FORMAT_VERSION, Archive
@@ -20,6 +22,16 @@ _LAZY = {
     "fits_files": "crscale.io.inputs",
 }
 __getattr__, __dir__ = attach(__name__, _LAZY)
+
+if TYPE_CHECKING:  # the lazy names' real types, for mypy
+    from crscale.io.catalogue_store import (
+        catalogued_exposures,
+        export_table,
+        rates_dataset,
+        read_table,
+        read_table_dask,
+    )
+    from crscale.io.inputs import InputSpec, expand_inputs, fits_files
 
 __all__ = [
     "FORMAT_VERSION",
