@@ -112,6 +112,11 @@ def bucket():
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    # s3fs keeps one filesystem per set of options, and the endpoint is not one of them (it comes
+    # from the environment): an instance left by another module's server would call a dead port.
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
     host, port = server.get_host_and_port()
     env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "crscale-test",
            "AWS_SECRET_ACCESS_KEY": "crscale-test", "AWS_DEFAULT_REGION": "us-east-1"}
