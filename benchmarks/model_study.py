@@ -55,6 +55,17 @@ def frames_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def significant_view(metrics: dict) -> dict:
+    """The metrics on significant CR pixels only (crscale.evaluate.significance), same layout."""
+    out = {}
+    for name, m in metrics.items():
+        if not m.get("significant"):
+            continue
+        per_image = {k: v["significant"] for k, v in m.get("per_image", {}).items() if v.get("significant")}
+        out[name] = {**m, **m["significant"], "per_image": per_image}
+    return out
+
+
 def time_models(models: list[str], size: int, threads: int) -> dict[str, float]:
     """CPU s/Mpix of ``crscale.detect`` (mask only) per model, on the same real 2048² frame."""
     import torch
@@ -166,6 +177,13 @@ def main() -> None:
     print()
     for t in report.run.get("frame_targets", []):
         print(f"frame target {'met' if t['met'] else 'NOT met'}: {t['text']}")
+    sig = significant_view(report.metrics)
+    if sig:
+        nsigma = next(iter(sig.values()))["nsigma"]
+        print(f"\non significant CR pixels only (injected charge >= {nsigma:g} sigma of the pixel's noise)")
+        print(format_table(sig))
+        print()
+        print(frames_table(sig))
     default = report.run["default_model"]
     d = report.metrics[default]
     scrappy = {("4", "0.3"): report.metrics.get("astroscrappy")}

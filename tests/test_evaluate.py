@@ -378,3 +378,74 @@ def test_bad_files_are_reported_and_the_rest_evaluated(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     rc = main(["evaluate", str(GMOS), "--out", str(tmp_path / "afile"), "--no-progress"])
     assert rc == 2 and "cannot write the report" in capsys.readouterr().err
+
+
+# --- figures on significant CR pixels -----------------------------------------------------------
+
+
+def test_faint_pixels_are_the_cr_pixels_below_the_noise():
+    from crscale.evaluate.significance import faint_pixels
+
+    image = np.array([[1000.0, 1000.0, 0.0, 0.0, 1000.0]])
+    added = np.array([[100.0, 200.0, 90.0, 110.0, 10.0]])
+    truth = np.array([[True, True, True, True, False]])
+    # sigma: sqrt(1000 + 25) = 32.0 on the bright pixels, the image's noise 20 on the empty ones
+    faint = faint_pixels(added, truth, image, noise_e=20.0, readnoise_e=5.0)
+    assert faint.tolist() == [[True, False, True, False, False]]
+
+
+def test_a_bright_sky_makes_most_injected_cr_pixels_faint(tmp_path):
+    from astropy.io import fits
+
+    with fits.open(GMOS) as hdul:
+        hdu = next(h for h in hdul if h.data is not None and h.data.ndim == 2)
+        data, header = hdu.data.astype(np.float32), hdu.header
+    bright = tmp_path / "gmos_bright.fits"
+    fits.PrimaryHDU(data + 40_000.0, header).writeto(bright)
+    (plain,) = injected_set([GMOS], rate=1e-3, seed=3)
+    (lit,) = injected_set([bright], rate=1e-3, seed=3)
+    for im in (plain, lit):
+        assert im.faint is not None and not (im.faint & ~im.truth).any()
+    share = {im.name: 1 - im.n_significant_cr_pixels / im.n_cr_pixels for im in (plain, lit)}
+    # GMOS's sky is ~20 e- of noise: almost every CR pixel stands out; under 40,000 e- of sky
+    # (200 e- of shot noise) most do not
+    assert share[plain.name] < 0.1 < 0.5 < share[lit.name]
+
+
+@dataclass
+class _Blurred(Method):
+    """A probability map that is not the truth: CR pixels score by their brightness."""
+
+    def run(self, image: EvalImage) -> np.ndarray:
+        x = ndimage.uniform_filter(image.image_e.astype(np.float64), 3)
+        return (np.tanh((image.image_e - x) / 300.0) * 0.5 + 0.5).astype(np.float32)
+
+
+def test_figures_on_significant_pixels_leave_the_faint_ones_out():
+    data = _small_set()
+    method = _Blurred(name="blur", label="blur", kind="score", threshold=0.6)
+    r = evaluate_methods(data, [method], progress=False)
+    m = r.metrics["blur"]
+    keep = [im.valid & ~im.faint for im in data]
+    scores = [method.run(im) for im in data]
+    s = np.concatenate([sc[k] for sc, k in zip(scores, keep, strict=True)])
+    t = np.concatenate([im.truth[k] for im, k in zip(data, keep, strict=True)])
+    ref = score_summary(s, t, 0.6)
+    sig = m["significant"]
+    assert sig["n_cr_pixels"] == ref["n_cr_pixels"] == sum(im.n_significant_cr_pixels for im in data)
+    assert sig["n_cr_pixels"] < m["n_cr_pixels"]
+    for key in ("tpr@fpr=1e-4", "tpr@fpr=1e-3", "precision@tpr=0.95", "tpr", "fp_per_mpix"):
+        assert sig[key] == pytest.approx(ref[key])
+    for im, sc, k in zip(data, scores, keep, strict=True):
+        row = m["per_image"][im.name]["significant"]
+        assert row["tpr"] == pytest.approx(score_summary(sc[k], im.truth[k], 0.6)["tpr"])
+    # a mask method (astroscrappy's sweep) gets the same view
+    scrappy = astroscrappy_method(sigclips=(4.5,))
+    a = evaluate_methods(data, [scrappy], progress=False).metrics["astroscrappy"]["significant"]
+    tp = n_cr = 0
+    for im, k in zip(data, keep, strict=True):
+        mask = scrappy.run(im)[4.5]
+        tp += int((mask & im.truth & k).sum())
+        n_cr += int((im.truth & k).sum())
+    assert a["n_cr_pixels"] == n_cr == sig["n_cr_pixels"]
+    assert a["tpr"] == pytest.approx(tp / n_cr)

@@ -27,6 +27,7 @@ import numpy as np
 from crscale._logging import Reporter, reporter
 from crscale.detection.badpix import bad_pixel_mask
 from crscale.errors import InputError, SettingsError
+from crscale.evaluate.significance import faint_pixels
 from crscale.io.dq import DQConvention, match_convention
 from crscale.io.fits_reader import DetectorData, read_exposure
 from crscale.io.inputs import fits_files, fits_stem
@@ -61,6 +62,9 @@ class EvalImage:
         ``"mask"`` (labelled pair) or ``"injected"``.
     mask_path : str
         The mask file of a labelled pair, ``""`` for injected images.
+    faint : numpy.ndarray or None
+        bool, the injected CR pixels below the noise
+        (:func:`crscale.evaluate.significance.faint_pixels`); None for labelled pairs.
     """
 
     name: str
@@ -73,6 +77,7 @@ class EvalImage:
     gain: float
     source: str
     mask_path: str = ""
+    faint: np.ndarray | None = None
 
     @property
     def n_cr_pixels(self) -> int:
@@ -84,6 +89,13 @@ class EvalImage:
         """Pixels that count."""
         return int(self.valid.sum())
 
+    @property
+    def n_significant_cr_pixels(self) -> int | None:
+        """CR pixels that count and are not faint (None without injection)."""
+        if self.faint is None:
+            return None
+        return int((self.truth & self.valid & ~self.faint).sum())
+
     def provenance(self) -> dict:
         """Provenance for the report."""
         return {
@@ -94,6 +106,7 @@ class EvalImage:
             "shape": list(self.image_e.shape),
             "n_pixels": self.n_pixels,
             "n_cr_pixels": self.n_cr_pixels,
+            "n_significant_cr_pixels": self.n_significant_cr_pixels,
             "gain": self.gain,
             "readnoise_e": self.readnoise_e,
         }
@@ -366,6 +379,9 @@ def injected_set(
                     im.readnoise_e,
                     im.gain,
                     "injected",
+                    faint=faint_pixels(
+                        inj.added, inj.truth, filled, noise_e=im.noise_e, readnoise_e=im.readnoise_e
+                    ),
                 )
             )
     return out

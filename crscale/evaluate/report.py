@@ -326,6 +326,36 @@ def _operating_cell(row: dict | None) -> str:
     return f"{_fmt(row.get('tpr'))} / {'–' if fp is None else f'{fp:,.0f}'}"
 
 
+_SIGNIFICANT_NOTE = (
+    "The same figures with the faint CR pixels left out: those whose injected charge is below "
+    "{nsigma:g} times the pixel's noise (crscale.evaluate.significance). They count neither as "
+    "found nor as missed. On a bright flat most CR pixels are faint: no pixel-wise method finds "
+    "them at a low false-positive rate. Per image: TPR / FP px per Mpix at the operating point, "
+    "and the significant CR pixels."
+)
+
+
+def _significant_section(metrics: dict, images: dict[str, Any]) -> list[str]:
+    """Pooled and per-image figures on significant CR pixels; empty when the run has none."""
+    sig = {n: {**m, **m["significant"]} for n, m in metrics.items() if m.get("significant")}
+    if not sig:
+        return []
+    nsigma = next(iter(sig.values())).get("nsigma", 5.0)
+    per_image = [metrics[n].get("per_image") or {} for n in sig]
+    rows = []
+    for name in images:
+        cells = [((p.get(name) or {}).get("significant")) for p in per_image]
+        count = next((c.get("n_cr_pixels") for c in cells if c), None)
+        rows.append([name, _count(count), *(_operating_cell(c) for c in cells)])
+    return [
+        _SIGNIFICANT_NOTE.format(nsigma=nsigma),
+        "",
+        *_md_table(_HEADERS, [[n, *_cells(m)] for n, m in sig.items()]),
+        "",
+        *_md_table(["image", "significant CR pixels", *sig], rows),
+    ]
+
+
 def _markdown(metrics: dict, run: dict, images: dict[str, Any], pngs: dict[str, str]) -> str:
     data, targets, skipped = run.get("data") or {}, run.get("targets") or [], run.get("skipped") or []
     n_pixels, n_cr = _num(data.get("n_pixels")), _num(data.get("n_cr_pixels"))
@@ -359,6 +389,7 @@ def _markdown(metrics: dict, run: dict, images: dict[str, Any], pngs: dict[str, 
             "",
             *_md_table(["image", *metrics], operating_rows),
         ],
+        "On significant CR pixels": _significant_section(metrics, images),
         "Skipped": [f"- {s.get('method') or s.get('path') or '?'}: {s.get('problem', '')}" for s in skipped],
         "Figures": [f"![{title}]({png})\n" for png, title in pngs.items()],
     }

@@ -20,6 +20,7 @@ from scipy import ndimage
 from crscale._logging import Reporter, reporter
 from crscale.evaluate.dataset import EvalImage
 from crscale.evaluate.methods import Method
+from crscale.evaluate.significance import FAINT_NSIGMA, significant_valid
 from crscale.injection.metrics import FIGURE_KEYS, confusion, roc_curve, score_summary, sweep_summary
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,23 @@ def _dilate_score(score: np.ndarray) -> np.ndarray:
 
 def _per_image(entry: dict) -> dict:
     return {k: entry[k] for k in (*FIGURE_KEYS, "n_cr_pixels")}
+
+
+def _as_counts(pooled: dict[float, np.ndarray]) -> dict[float, tuple[int, int, int, int]]:
+    """Pooled ``np.zeros(4)`` sums as the ``(tp, fp, fn, tn)`` tuples of :func:`sweep_summary`."""
+    return {p: cast(tuple[int, int, int, int], tuple(int(x) for x in c)) for p, c in pooled.items()}
+
+
+def _significant(entry: dict) -> dict:
+    return {k: entry[k] for k in ("tpr", "fp_per_mpix", "n_cr_pixels")}
+
+
+def _pooled_significant(entry: dict) -> dict:
+    return {
+        "nsigma": FAINT_NSIGMA,
+        **{k: entry[k] for k in (*FIGURE_KEYS, "n_pixels", "n_cr_pixels")},
+        "operating_points": entry["operating_points"],
+    }
 
 
 def evaluate_methods(
@@ -87,14 +105,21 @@ def evaluate_methods(
 
     result = EvaluationResult()
     truths = [ndimage.binary_dilation(im.truth, _KERNEL) if dilate else im.truth for im in images]
+    # The figures on significant CR pixels (crscale.evaluate.significance), where the set says
+    # which injected pixels are faint.
+    with_faint = any(im.faint is not None for im in images)
+    sig_valid = [significant_valid(im.valid, im.faint) for im in images]
     for method in methods:
         t0 = time.perf_counter()
         per_image: dict[str, dict] = {}
         pooled_scores, pooled_truth = [], []
         pooled_counts: dict[float, np.ndarray] = {}
+        sig_scores: list[np.ndarray] = []
+        sig_truth: list[np.ndarray] = []
+        sig_counts: dict[float, np.ndarray] = {}
         failed = None
         bar = tqdm(images, desc=method.name, unit="image", disable=not progress, leave=False)
-        for im, truth in zip(bar, truths, strict=True):
+        for im, truth, valid_s in zip(bar, truths, sig_valid, strict=True):
             try:
                 out = method.run(im)
             except Exception as exc:  # any failure of a third-party method is reported
@@ -109,15 +134,27 @@ def evaluate_methods(
                 pooled_scores.append(s)
                 pooled_truth.append(t)
                 per_image[im.name] = _per_image(score_summary(s, t, method.threshold))
+                if with_faint:
+                    s2, t2 = score[valid_s], truth[valid_s]
+                    sig_scores.append(s2)
+                    sig_truth.append(t2)
+                    per_image[im.name]["significant"] = _significant(score_summary(s2, t2, method.threshold))
             else:
-                counts = {}
+                counts: dict[float, tuple[int, int, int, int]] = {}
+                counts_s: dict[float, tuple[int, int, int, int]] = {}
                 # a mask method returns {parameter: mask}
                 for p, mask in cast(dict[float, np.ndarray], out).items():
                     if dilate and not method.trained_dilated:
                         mask = ndimage.binary_dilation(mask, _KERNEL)
                     counts[p] = confusion(mask[im.valid], t)
                     pooled_counts[p] = pooled_counts.get(p, np.zeros(4, np.int64)) + counts[p]
+                    if with_faint:
+                        counts_s[p] = confusion(mask[valid_s], truth[valid_s])
+                        sig_counts[p] = sig_counts.get(p, np.zeros(4, np.int64)) + counts_s[p]
                 per_image[im.name] = _per_image(sweep_summary(counts, method.threshold))
+                if with_faint:
+                    sig_entry = sweep_summary(counts_s, method.threshold)
+                    per_image[im.name]["significant"] = _significant(sig_entry)
         bar.close()
         if failed:
             result.skipped.append({"method": method.name, "problem": failed})
@@ -129,11 +166,7 @@ def evaluate_methods(
             curve = roc_curve(s, t)
             result.curves[method.name] = {k: np.asarray(v, float).tolist() for k, v in curve.items()}
         else:
-            entry = sweep_summary(
-                {p: cast(tuple[int, int, int, int], tuple(int(x) for x in c))  # np.zeros(4) sums
-                 for p, c in pooled_counts.items()},
-                method.threshold,
-            )
+            entry = sweep_summary(_as_counts(pooled_counts), method.threshold)
             rows = entry["threshold_table"]
             result.curves[method.name] = {
                 "fpr": [r["fpr"] for r in rows],
@@ -155,6 +188,12 @@ def evaluate_methods(
             "per_image": per_image,
             "threshold_table": entry["threshold_table"],
         }
+        if with_faint:
+            if method.kind == "score":
+                sig = score_summary(np.concatenate(sig_scores), np.concatenate(sig_truth), method.threshold)
+            else:
+                sig = sweep_summary(_as_counts(sig_counts), method.threshold)
+            result.metrics[method.name]["significant"] = _pooled_significant(sig)
     return result
 
 
