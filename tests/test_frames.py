@@ -144,3 +144,61 @@ def test_a_short_exposure_keeps_its_real_structure_in_the_loss(tmp_path):
     np.testing.assert_array_equal(short.image_e, np.nan_to_num(fits.getdata(paths["val"][0])))
     with pytest.raises(InputError, match="own_crs"):
         read_specs(_spec(tmp_path, [{**frames[0], "own_crs": "maybe"}]))
+
+
+def test_a_trailed_real_frame_keeps_its_flux_and_noise_and_streaks_its_stars(tmp_path):
+    from scipy import ndimage
+
+    from crscale.train.frames import trail_frame, trail_kernel
+
+    k = trail_kernel(12, 80)
+    assert k.sum() == pytest.approx(1.0)
+    # the kernel's second moments: a line 12 px long at 80 degrees (variance of a uniform line L²/12)
+    yy, xx = np.indices(k.shape) - k.shape[0] // 2
+    cov = np.cov(np.stack([xx.ravel(), yy.ravel()]), aweights=k.ravel())
+    evals, evecs = np.linalg.eigh(cov)
+    assert np.sqrt(12 * evals[-1]) == pytest.approx(12, rel=0.05)
+    assert abs(np.degrees(np.arctan2(evecs[1, -1], evecs[0, -1])) % 180 - 80) < 2
+    src = read_exposure(SAAO).detectors[0]
+    e = src.image.astype(np.float64)[200:712, 100:612] * float(src.meta.gain)
+    bad = np.zeros(e.shape, bool)
+    bad[300, 300] = True
+    t, reach = trail_frame(e, bad, 12, 80, seed=1)
+    inner = (slice(40, -40), slice(40, -40))
+    sky = np.median(e)
+    assert t[inner].sum() == pytest.approx(np.where(bad, sky, e)[inner].sum(), rel=0.01)
+
+    def noise(img):  # the spread of neighbouring pixels' differences: the sky's noise, not its stars
+        d = np.diff(img[inner], axis=1).ravel()
+        return 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2)
+
+    # the trail averages the noise down to sum(k²) of its variance, and the added noise restores it
+    k2 = float((k**2).sum())
+    assert noise(e) * np.sqrt(k2) < 0.5 * noise(e) and noise(t) == pytest.approx(noise(e), rel=0.1)
+    # a bad pixel spoils the pixels the kernel carries it to
+    assert reach[300, 300] and reach.sum() == int((k > 0).sum())
+    # the brightest star becomes a streak along 80 degrees: a line of 12 px adds 12²/12 px² to
+    # the variance of its light along the trail, and nothing across it
+    sm = ndimage.uniform_filter(e, 5)[inner]
+    y, x = (int(v) + 40 for v in np.unravel_index(np.argmax(sm), sm.shape))
+    cut = t[y - 15 : y + 16, x - 15 : x + 16] - sky
+    w = np.where(cut > 10 * noise(t), cut, 0.0)
+    yy, xx = np.indices(cut.shape)
+    evals, evecs = np.linalg.eigh(np.cov(np.stack([xx.ravel(), yy.ravel()]), aweights=w.ravel()))
+    assert evals[-1] - evals[0] == pytest.approx(12**2 / 12, rel=0.35)
+    assert abs(np.degrees(np.arctan2(evecs[1, -1], evecs[0, -1])) % 180 - 80) < 5
+
+
+def test_a_trail_spec_is_written_with_its_header(tmp_path):
+    spec = _spec(
+        tmp_path,
+        [{"name": "trailed", "source": str(SAAO), "role": "train", "kind": "trailed", "trail": [8, 30],
+          "crop": [0, 256, 0, 256]}],
+    )
+    (path,) = write_frames(spec, tmp_path / "out")["train"]
+    assert fits.getheader(path)["CRSTRAIL"] == "8 px at 30 deg"
+    # the same spec gives the same frame
+    again = write_frames(spec, tmp_path / "again")["train"][0]
+    np.testing.assert_array_equal(fits.getdata(path), fits.getdata(again))
+    with pytest.raises(Exception, match="trail"):
+        FrameSpec(name="x", source="s", role="train", kind="k", trail=(1.0, 0.0))

@@ -6,7 +6,10 @@ one IR array). To train on such a frame and still test on frames never trained o
 set, and no pixel is in two of them. Binning a real frame 2×2 or 3×3 makes an undersampled (and,
 for a star field, crowded) frame from real pixels: the binned pixel is the **sum** in electrons,
 so its Poisson noise is that of the summed charge, and its read noise is ``bin × readnoise``
-(quadrature sum of ``bin²`` reads), which is what the header then says.
+(quadrature sum of ``bin²`` reads), which is what the header then says. Trailing a real star
+field along a line (:func:`trail_frame`) makes the frame of a telescope that tracks a moving
+target (an asteroid, a comet): every star becomes a PSF-wide streak, the real structure most
+easily taken for a CR track.
 
 Each derived frame is written as a plain FITS file in electrons (``GAIN = 1``), with the source's
 path, sha256, crop and binning in its header, and its bad pixels (non-finite, saturated,
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from hashlib import sha256
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +57,9 @@ class FrameSpec:
         ``(y0, y1, x0, x1)`` in the source's pixels, before binning.
     bin : int
         Binning factor (sum of ``bin × bin`` pixels, in electrons).
+    trail : tuple of float, optional
+        ``(length, angle)``: trail the frame over ``length`` pixels at ``angle`` degrees
+        (counter-clockwise from the x axis), see :func:`trail_frame`.
     own_crs : {"", "none"}
         ``"none"``: do not look for the frame's own CRs (header ``CRSOWNCR = 'none'``), for
         exposures of a few seconds, which hold almost none (0.07 per Mpix per second at the ITL
@@ -68,6 +75,7 @@ class FrameSpec:
     detector: int = 0
     crop: tuple[int, int, int, int] | None = None
     bin: int = 1
+    trail: tuple[float, float] | None = None
     own_crs: str = ""
 
     def __post_init__(self) -> None:
@@ -77,6 +85,8 @@ class FrameSpec:
             raise SettingsError(f"frame {self.name!r}: own_crs must be '' or 'none', not {self.own_crs!r}")
         if self.bin < 1:
             raise SettingsError(f"frame {self.name!r}: bin must be >= 1, not {self.bin}")
+        if self.trail is not None and (len(self.trail) != 2 or not self.trail[0] > 1):
+            raise SettingsError(f"frame {self.name!r}: trail must be [length > 1, angle], not {self.trail!r}")
 
 
 def read_specs(path: str | Path) -> tuple[list[FrameSpec], Path]:
@@ -85,7 +95,12 @@ def read_specs(path: str | Path) -> tuple[list[FrameSpec], Path]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
         specs = [
-            FrameSpec(**{**f, "crop": tuple(f["crop"]) if f.get("crop") else None}) for f in data["frames"]
+            FrameSpec(**{
+                **f,
+                "crop": tuple(f["crop"]) if f.get("crop") else None,
+                "trail": tuple(float(v) for v in f["trail"]) if f.get("trail") else None,
+            })
+            for f in data["frames"]
         ]
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
         raise InputError(path, f"cannot read frame specs: {exc}", kind="config") from exc
@@ -109,6 +124,49 @@ def bin_sum(image: np.ndarray, bad: np.ndarray, factor: int) -> tuple[np.ndarray
     return img, b
 
 
+def trail_kernel(length: float, angle: float) -> np.ndarray:
+    """A line of ``length`` pixels at ``angle`` degrees, as a convolution kernel that sums to 1.
+
+    The line is sampled every 0.1 px and each sample is spread bilinearly over the pixel grid.
+    """
+    half = int(np.ceil(length / 2)) + 1
+    k = np.zeros((2 * half + 1, 2 * half + 1))
+    t = np.linspace(-length / 2, length / 2, max(int(length * 10), 2))
+    x = half + t * np.cos(np.radians(angle))
+    y = half + t * np.sin(np.radians(angle))
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - x0, y - y0
+    corners = ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx))
+    for dy, dx, w in corners:
+        np.add.at(k, (y0 + dy, x0 + dx), w)
+    return k / k.sum()
+
+
+def trail_frame(
+    image: np.ndarray, bad: np.ndarray, length: float, angle: float, *, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The frame as if the telescope had moved ``length`` pixels along ``angle`` during it.
+
+    The image (electrons) is convolved with :func:`trail_kernel`, which keeps the flux. The
+    convolution also averages the noise, down to ``sum(k²)`` of its variance. White Gaussian
+    noise of the missing variance restores it: ``(1 - sum(k²)) (σ² + max(x - sky, 0))``, with
+    the sky and its noise σ measured on the frame (a raw frame's bias is not charge) and the
+    shot noise of the sources above it. A pixel is bad when the kernel reaches a bad source pixel.
+    """
+    from scipy import ndimage, signal
+
+    from crscale.detection.sky_noise import robust_sky_noise
+
+    k = trail_kernel(length, angle)
+    sky, sigma = robust_sky_noise(image, bad=bad)
+    img = signal.fftconvolve(np.where(bad, sky, image), k, mode="same")
+    reach = ndimage.binary_dilation(bad, structure=k > 0) if bad.any() else bad
+    rng = np.random.default_rng(seed)
+    missing = (1.0 - float((k**2).sum())) * (float(sigma) ** 2 + np.clip(img - sky, 0.0, None))
+    img = img + rng.normal(size=img.shape) * np.sqrt(missing)
+    return img, reach
+
+
 def derive(spec: FrameSpec, base: Path) -> tuple[np.ndarray, dict]:
     """The derived image (float32 electrons, NaN where bad) and its header cards."""
     from crscale.io.inputs import expand_inputs
@@ -127,6 +185,9 @@ def derive(spec: FrameSpec, base: Path) -> tuple[np.ndarray, dict]:
     if not (0 <= y0 < y1 <= img.shape[0] and 0 <= x0 < x1 <= img.shape[1]):
         raise InputError(src, f"crop {spec.crop} outside the image {img.shape}", kind="invalid")
     img, bad = bin_sum(img[y0:y1, x0:x1], bad[y0:y1, x0:x1], spec.bin)
+    if spec.trail:
+        seed = int.from_bytes(sha256(spec.name.encode()).digest()[:4], "little")
+        img, bad = trail_frame(img, bad, *spec.trail, seed=seed)
     out = np.where(bad, np.nan, img).astype(np.float32)
     header = {
         "GAIN": (1.0, "e-/ADU: derived frames are in electrons"),
@@ -140,6 +201,8 @@ def derive(spec: FrameSpec, base: Path) -> tuple[np.ndarray, dict]:
         "CRSCROP": (f"[{y0}:{y1},{x0}:{x1}]", "numpy slice of the source, before binning"),
         "CRSBIN": (spec.bin, "binning (sum, electrons)"),
     }
+    if spec.trail:
+        header["CRSTRAIL"] = (f"{spec.trail[0]:g} px at {spec.trail[1]:g} deg", "trailed (trail_frame)")
     if spec.own_crs:
         header[OWN_CRS_KEY] = (spec.own_crs, "own CRs: not looked for (short exposure)")
     return out, header
