@@ -150,6 +150,7 @@ def main() -> None:
     )
     ap.add_argument("--baselines", default="astroscrappy,deepcr,cosmic-conn")
     ap.add_argument("--repeats", type=int, help="injections per image (default: archive 1, survey 2)")
+    ap.add_argument("--threshold", type=float, help="threshold of every model (default: its card's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=2048, help="side of the timing frame")
     ap.add_argument("--no-speed", action="store_true", help="skip the timing")
@@ -169,7 +170,9 @@ def main() -> None:
         images = [str(p) for p in write_frames(FRAMES, ROOT / "runs" / "archive-frames")["heldout"]]
     else:
         images = [f"@{SURVEY}"]
-    report = evaluate(images, out=args.out, models=tuple(models), baselines=baselines, **quiet)
+    report = evaluate(
+        images, out=args.out, models=tuple(models), baselines=baselines, threshold=args.threshold, **quiet
+    )
     print(format_table(report.metrics))
     print(format_targets(report.run))
     print()

@@ -138,3 +138,17 @@ def test_groupnorm_models_train_past_the_first_validation(tmp_path, attention):
     card = json.loads(res.model_path.with_suffix(".json").read_text())
     assert card["training"]["epochs_run"] == 2 and card["architecture"]["norm"] == "group"
     assert all(v.dtype == torch.float32 for v in load_file(str(res.model_path)).values())
+
+
+def test_the_recommended_threshold_follows_the_configured_rule():
+    from crscale.train.config import TrainConfig
+    from crscale.train.loop import recommended_threshold
+
+    val = {"best_f1_threshold": 0.35, "fpr_threshold": 0.9086}
+    assert recommended_threshold(val, TrainConfig()) == 0.35
+    # the smallest 0.01 step at or above the validation threshold at the FPR budget
+    assert recommended_threshold(val, TrainConfig(threshold_rule="fpr")) == 0.91
+    assert recommended_threshold({**val, "fpr_threshold": 0.91}, TrainConfig(threshold_rule="fpr")) == 0.91
+    assert recommended_threshold({**val, "fpr_threshold": 0.9991}, TrainConfig(threshold_rule="fpr")) == 0.99
+    with pytest.raises(ValueError, match="threshold_rule"):
+        TrainConfig(threshold_rule="youden")

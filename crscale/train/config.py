@@ -44,6 +44,10 @@ class TrainConfig:
     own_crs : {"astroscrappy", "none"}
         How the science images' own CRs are handled: found with astroscrappy (conservative
         settings), replaced by its clean values and left out of the loss (dilated 1 px).
+    threshold_rule : {"best-f1", "fpr"}
+        How the model card's recommended threshold is chosen on validation
+        (:func:`crscale.train.loop.recommended_threshold`): the best F1, or the smallest
+        threshold whose false-positive rate is at most ``threshold_fpr``.
     """
 
     name: str = "crscale-model"
@@ -67,6 +71,8 @@ class TrainConfig:
     lr_threshold: float = 1e-3
     cr_rate: float = 3.0e-4
     val_cr_rate: float = 2.0e-4
+    threshold_rule: str = "best-f1"
+    threshold_fpr: float = 1.0e-4
     sky_augment: SkyAugment = field(default_factory=SkyAugment)
     seed: int = 0
     workdir: str = ""
@@ -83,6 +89,10 @@ class TrainConfig:
             raise SettingsError(f"loss must be 'bce' or 'median-weighted', not {self.loss!r}")
         if self.own_crs not in ("astroscrappy", "none"):
             raise SettingsError(f"own_crs must be 'astroscrappy' or 'none', not {self.own_crs!r}")
+        if self.threshold_rule not in ("best-f1", "fpr"):
+            raise SettingsError(f"threshold_rule must be 'best-f1' or 'fpr', not {self.threshold_rule!r}")
+        if not 0 < self.threshold_fpr < 1:
+            raise SettingsError(f"threshold_fpr must be in (0, 1), not {self.threshold_fpr!r}")
         if self.patch % 8:
             raise SettingsError(f"patch size {self.patch} must be a multiple of 8")
 

@@ -32,7 +32,7 @@ from crscale.detection.normalise import ImageStats, compute_stats, normalise
 from crscale.detection.predictor import Predictor
 from crscale.errors import SettingsError
 from crscale.injection.inject import inject_crs, sky_augment
-from crscale.injection.metrics import pixel_metrics, roc_curve, tpr_at_fpr
+from crscale.injection.metrics import pixel_metrics, roc_curve, threshold_at_fpr, tpr_at_fpr
 from crscale.models.card import ROBUST_ASINH, ModelCard
 from crscale.models.presets import preset
 from crscale.models.store import save_model
@@ -141,8 +141,11 @@ def set_bn_training(model: nn.Module, training: bool) -> None:
             m.train(training)
 
 
-def validate(model: UNet, store, *, precision: str = "auto") -> dict:
-    """Validation loss and pixel metrics on the held-out images, predicted as :func:`crscale.detect` does."""
+def validate(model: UNet, store, *, precision: str = "auto", fpr: float = 1e-4) -> dict:
+    """Validation loss and pixel metrics on the held-out images, predicted as :func:`crscale.detect` does.
+
+    ``fpr_threshold`` is the smallest threshold whose false-positive rate is at most ``fpr``.
+    """
     card = ModelCard(name="validation", architecture=model.config.to_dict())
     pred = Predictor(model, card, device="cpu", precision=precision)
     probs, truths, per_image = [], [], {}
@@ -177,6 +180,7 @@ def validate(model: UNet, store, *, precision: str = "auto") -> dict:
         "tpr@fpr=1e-3": m["tpr_at_fpr_1e3"],
         "precision@tpr=0.95": m["precision_at_tpr_95"],
         "best_f1_threshold": best["threshold"],
+        "fpr_threshold": threshold_at_fpr(p, t, fpr),
         "f1": m["f1"],
         "iou": m["iou"],
         "fdr": m["fdr"],
@@ -186,6 +190,19 @@ def validate(model: UNet, store, *, precision: str = "auto") -> dict:
         "threshold_table": [{k: r[k] for k in ("threshold", "tpr", "fpr", "f1", "fdr")} for r in table],
         "roc": {k: v.tolist() for k, v in roc_curve(p, t, n_points=60).items()},
     }
+
+
+def recommended_threshold(val: dict, config: TrainConfig) -> float:
+    """The model card's threshold from the best epoch's validation, by ``config.threshold_rule``.
+
+    ``best-f1``: the threshold of the best validation F1. ``fpr``: the smallest threshold on a
+    0.01 grid whose validation false-positive rate is at most ``config.threshold_fpr``
+    (100 false-positive pixels per Mpix at 1e-4: a bound on what each frame of an archive gets,
+    where the best F1 trades false pixels for the completeness of CR pixels below the noise).
+    """
+    if config.threshold_rule == "best-f1":
+        return float(val["best_f1_threshold"])
+    return float(min(0.99, math.ceil(round(float(val["fpr_threshold"]) * 100, 6)) / 100))
 
 
 def _save_checkpoint(path: Path, model, opt, sched, epoch: int, rng, history, best) -> None:
@@ -316,7 +333,7 @@ def train(
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         bar.close()
         model.eval()
-        val = validate(model, store, precision="auto" if bf16 else "float32")
+        val = validate(model, store, precision="auto" if bf16 else "float32", fpr=config.threshold_fpr)
         sched.step(val["loss"])
         row = {
             "epoch": epoch + 1,
@@ -355,7 +372,7 @@ def train(
     card = ModelCard(
         name=config.name,
         architecture=arch.to_dict(),
-        recommended_threshold=float(val["best_f1_threshold"]),
+        recommended_threshold=recommended_threshold(val, config),
         training={
             "recipe": "label-free: real science images cleaned of their own CRs (astroscrappy) + "
             "injected real "
