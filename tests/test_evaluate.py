@@ -332,6 +332,9 @@ def test_update_card_writes_the_evaluation_into_a_model_card(tmp_path, capsys):
     assert ev["tpr@fpr=1e-3"] == metrics["crscale:crscale-default"]["tpr@fpr=1e-3"]
     assert ev["others"]["astroscrappy"]["tpr@fpr=1e-3"] == metrics["astroscrappy"]["tpr@fpr=1e-3"]
     assert ev["command"].startswith("crscale evaluate") and ev["images"] == ["gmos"]
+    mine = metrics["crscale:crscale-default"]
+    assert ev["significant"]["tpr@fpr=1e-3"] == mine["significant"]["tpr@fpr=1e-3"]
+    assert ev["per_image"]["gmos"]["significant"] == mine["per_image"]["gmos"]["significant"]
     # only the evaluated copy's card changed
     assert (
         json.loads(shipped.with_suffix(".json").read_text()).get("evaluation", {}).get("created")

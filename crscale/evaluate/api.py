@@ -291,9 +291,11 @@ def update_card(model: str, metrics: dict, name: str, run: dict) -> Path:
                 "n_cr_pixels": v["n_cr_pixels"],
                 "tpr": v.get("tpr"),
                 "fp_per_mpix": v.get("fp_per_mpix"),
+                **({"significant": v["significant"]} if v.get("significant") else {}),
             }
             for k, v in m["per_image"].items()
         },
+        **({"significant": m["significant"]} if m.get("significant") else {}),
         "threshold_table": m["threshold_table"],
         "others": {
             other: {k: v[k] for k in ("tpr@fpr=1e-4", "tpr@fpr=1e-3", "precision@tpr=0.95", "f1")}
