@@ -29,10 +29,12 @@ pytestmark = pytest.mark.timeout(600)
 BIAS = sample_data_dir() / "darks" / "ntt_susi_bias_nttexample.fits.gz"
 ODD_CHUNKS = [61, 53]  # CRs cut by chunk (and band) edges everywhere
 # Injected CRs whose brightest pixel is at least this many noise sigmas: the CNN's detection limit
-# at its recommended threshold. Fainter ITL events (single pixels of 40-70 e- on 9 e- noise) are
+# at its recommended threshold. Fainter ITL events (single pixels of 40-110 e- on 9 e- noise) are
 # partly missed; that is the detector's completeness, measured by `crscale evaluate`, not the
-# catalogue's.
-LIMIT_SIGMA = 8.0
+# catalogue's. The default of issue 15 works at threshold 0.91 (at most 1e-4 false positives on
+# validation): on the bias it finds 261 of the 263 injected CRs above 15 sigma, 270 of 292 above 8
+# (the default before it, at 0.6, held this test at 8 sigma).
+LIMIT_SIGMA = 15.0
 
 
 def _injected(folder: Path, src: Path, name: str, n: int, seed: int, gain: float, crop=None, **cards):

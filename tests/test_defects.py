@@ -115,7 +115,7 @@ def test_defect_map_finds_the_frames_hot_pixels_and_the_column(series):
 
     own = detect(base, gain=1.0).mask
     lab, n_own = ndimage.label(own, np.ones((3, 3)))
-    assert n_own >= 10
+    assert n_own >= 8  # 9 with the default of issue 15 (threshold 0.91), more with the one before
     tally = {"defect": 0, "other": 0, "missed": 0}
     for i, res in enumerate(truths):
         eid = f"kb29_{i:02d}"

@@ -119,11 +119,12 @@ def test_bad_pixels_are_never_crs_and_do_not_spoil_neighbours(injected):
     res = crscale.detect(img, dq=dq, saturation=sat, inpaint=True)
     assert not res.mask[res.bad].any() and (res.prob[res.bad] == 0).all()
     assert res.bad[400:420, 300:340].all() and res.bad[100:160, 700:703].all()
-    # Neighbours: within the fill radius + a margin around the bad regions, no new CR pixels appear.
+    # Neighbours: within the fill radius + a margin around the bad regions, no new false CR pixels
+    # appear (a true CR pixel beside a filled star core may cross the threshold either way).
     from scipy import ndimage
 
     ring = ndimage.binary_dilation(res.bad, iterations=FILL_RADIUS + 4) & ~res.bad
-    new = res.mask & ring & ~ref.mask
+    new = res.mask & ring & ~ref.mask & ~injected.truth
     assert new.sum() <= 2, new.sum()
     # Far from bad pixels the result is unchanged (saturation changes nothing away from it).
     far = ~ndimage.binary_dilation(res.bad, iterations=64)
