@@ -55,17 +55,6 @@ def frames_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def significant_view(metrics: dict) -> dict:
-    """The metrics on significant CR pixels only (crscale.evaluate.significance), same layout."""
-    out = {}
-    for name, m in metrics.items():
-        if not m.get("significant"):
-            continue
-        per_image = {k: v["significant"] for k, v in m.get("per_image", {}).items() if v.get("significant")}
-        out[name] = {**m, **m["significant"], "per_image": per_image}
-    return out
-
-
 def time_models(models: list[str], size: int, threads: int) -> dict[str, float]:
     """CPU s/Mpix of ``crscale.detect`` (mask only) per model, on the same real 2048² frame."""
     import torch
@@ -157,7 +146,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from crscale.evaluate import evaluate
-    from crscale.evaluate.report import format_table, format_targets
+    from crscale.evaluate.report import format_table, format_targets, significant_view
     from crscale.models.store import available_models
 
     models = args.model or ["default", *(m for m in STUDY if m in available_models())]

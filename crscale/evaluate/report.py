@@ -335,16 +335,31 @@ _SIGNIFICANT_NOTE = (
 )
 
 
+def significant_view(metrics: dict) -> dict:
+    """The metrics of the methods that have figures on significant CR pixels, as those figures.
+
+    Same layout as ``metrics`` (pooled keys at the top, ``per_image`` rows), so that
+    :func:`format_table` and the per-image tables read it unchanged; methods without
+    ``significant`` figures (a labelled set) are left out.
+    """
+    out = {}
+    for name, m in metrics.items():
+        if not m.get("significant"):
+            continue
+        rows = {k: v["significant"] for k, v in (m.get("per_image") or {}).items() if v.get("significant")}
+        out[name] = {**m, **m["significant"], "per_image": rows}
+    return out
+
+
 def _significant_section(metrics: dict, images: dict[str, Any]) -> list[str]:
     """Pooled and per-image figures on significant CR pixels; empty when the run has none."""
-    sig = {n: {**m, **m["significant"]} for n, m in metrics.items() if m.get("significant")}
+    sig = significant_view(metrics)
     if not sig:
         return []
     nsigma = next(iter(sig.values())).get("nsigma", 5.0)
-    per_image = [metrics[n].get("per_image") or {} for n in sig]
     rows = []
     for name in images:
-        cells = [((p.get(name) or {}).get("significant")) for p in per_image]
+        cells = [m["per_image"].get(name) for m in sig.values()]
         count = next((c.get("n_cr_pixels") for c in cells if c), None)
         rows.append([name, _count(count), *(_operating_cell(c) for c in cells)])
     return [
