@@ -93,6 +93,15 @@ def test_bad_specs_are_refused_naming_the_file(tmp_path):
     )
     with pytest.raises(InputError, match="outside the image"):
         write_frames(spec, tmp_path / "out")
+    # a trail that is not [length, angle], not finite, or longer than the frame allows
+    base = {"name": "t", "source": str(SAAO), "role": "train", "kind": "k"}
+    for bad in ("35", [12], [12, float("nan")], [0.5, 30]):
+        with pytest.raises(InputError, match="frames.yaml.*trail"):
+            read_specs(_spec(tmp_path, [{**base, "trail": bad}]))
+    spec = _spec(tmp_path, [{**base, "trail": [60, 0], "crop": [0, 100, 0, 300]}])
+    with pytest.raises(InputError, match="a8280271.fits.*too long"):
+        write_frames(spec, tmp_path / "out")
+    assert not (tmp_path / "out" / "train" / "t.fits").exists()
 
 
 def test_the_shipped_split_keeps_held_out_pixels_out_of_training():

@@ -85,8 +85,12 @@ class FrameSpec:
             raise SettingsError(f"frame {self.name!r}: own_crs must be '' or 'none', not {self.own_crs!r}")
         if self.bin < 1:
             raise SettingsError(f"frame {self.name!r}: bin must be >= 1, not {self.bin}")
-        if self.trail is not None and (len(self.trail) != 2 or not self.trail[0] > 1):
-            raise SettingsError(f"frame {self.name!r}: trail must be [length > 1, angle], not {self.trail!r}")
+        if self.trail is not None and (
+            len(self.trail) != 2 or not self.trail[0] > 1 or not np.isfinite(self.trail).all()
+        ):
+            raise SettingsError(
+                f"frame {self.name!r}: trail must be [length > 1, angle], finite numbers, not {self.trail!r}"
+            )
 
 
 def read_specs(path: str | Path) -> tuple[list[FrameSpec], Path]:
@@ -98,7 +102,7 @@ def read_specs(path: str | Path) -> tuple[list[FrameSpec], Path]:
             FrameSpec(**{
                 **f,
                 "crop": tuple(f["crop"]) if f.get("crop") else None,
-                "trail": tuple(float(v) for v in f["trail"]) if f.get("trail") else None,
+                "trail": _pair(f["trail"], f.get("name")) if f.get("trail") is not None else None,
             })
             for f in data["frames"]
         ]
@@ -108,6 +112,13 @@ def read_specs(path: str | Path) -> tuple[list[FrameSpec], Path]:
     if len(set(names)) != len(names):
         raise InputError(path, "frame names must be unique", kind="config")
     return specs, path.resolve().parent
+
+
+def _pair(value: object, name: object) -> tuple[float, float]:
+    """A spec's ``[length, angle]`` list as floats (a string or a single number is refused)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise SettingsError(f"frame {name!r}: trail must be a list [length, angle], not {value!r}")
+    return float(value[0]), float(value[1])
 
 
 def bin_sum(image: np.ndarray, bad: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
@@ -186,6 +197,12 @@ def derive(spec: FrameSpec, base: Path) -> tuple[np.ndarray, dict]:
         raise InputError(src, f"crop {spec.crop} outside the image {img.shape}", kind="invalid")
     img, bad = bin_sum(img[y0:y1, x0:x1], bad[y0:y1, x0:x1], spec.bin)
     if spec.trail:
+        if spec.trail[0] >= min(img.shape) / 2:
+            raise InputError(
+                src,
+                f"trail of {spec.trail[0]:g} px is too long for the {img.shape} frame (under half its side)",
+                kind="invalid",
+            )
         seed = int.from_bytes(sha256(spec.name.encode()).digest()[:4], "little")
         img, bad = trail_frame(img, bad, *spec.trail, seed=seed)
     out = np.where(bad, np.nan, img).astype(np.float32)
