@@ -298,6 +298,8 @@ def test_cli_evaluate_injection_and_usage_errors(tmp_path, capsys):
     assert rc == 2 and "nope.fits" in capsys.readouterr().err
     rc = main(["evaluate", str(EMMI), "--out", str(out), "--baselines", "maximask", "--no-progress"])
     assert rc == 2 and "unknown baseline" in capsys.readouterr().err
+    rc = main(["evaluate", str(EMMI), "--out", str(out), "--threshold", "2", "--no-progress"])
+    assert rc == 2 and "--threshold must be between 0 and 1" in capsys.readouterr().err
 
 
 def test_update_card_writes_the_evaluation_into_a_model_card(tmp_path, capsys):

@@ -152,3 +152,6 @@ def test_the_recommended_threshold_follows_the_configured_rule():
     assert recommended_threshold({**val, "fpr_threshold": 0.9991}, TrainConfig(threshold_rule="fpr")) == 0.99
     with pytest.raises(ValueError, match="threshold_rule"):
         TrainConfig(threshold_rule="youden")
+    for fpr in (0.0, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="threshold_fpr"):
+            TrainConfig(threshold_rule="fpr", threshold_fpr=fpr)

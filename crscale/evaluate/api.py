@@ -138,6 +138,8 @@ def evaluate(
     log = reporter(logger, log)
     if cr_rate <= 0 or repeats < 1:
         raise SettingsError(f"--cr-rate must be > 0 and --repeats >= 1, not {cr_rate:g} and {repeats}")
+    if threshold is not None and not 0 < threshold < 1:
+        raise SettingsError(f"--threshold must be between 0 and 1 (a probability), not {threshold:g}")
     if not sigclips or min(sigclips) <= 0:
         raise SettingsError(f"astroscrappy sigclips must be positive numbers, not {list(sigclips)}")
     if out is not None:
