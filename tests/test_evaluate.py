@@ -389,14 +389,43 @@ def test_bad_files_are_reported_and_the_rest_evaluated(tmp_path, capsys):
 
 
 def test_faint_pixels_are_the_cr_pixels_below_the_noise():
-    from crscale.evaluate.significance import faint_pixels
+    from crscale.injection.faint import faint_pixels
 
-    image = np.array([[1000.0, 1000.0, 0.0, 0.0, 1000.0]])
-    added = np.array([[100.0, 200.0, 90.0, 110.0, 10.0]])
-    truth = np.array([[True, True, True, True, False]])
-    # sigma: sqrt(1000 + 25) = 32.0 on the bright pixels, the image's noise 20 on the empty ones
-    faint = faint_pixels(added, truth, image, noise_e=20.0, readnoise_e=5.0)
-    assert faint.tolist() == [[True, False, True, False, False]]
+    rng = np.random.default_rng(0)
+    # left half: a bright pixel level (1000 e-, shot noise 32 e-) with no scatter; right half:
+    # an empty level with 20 e- of pixel-to-pixel noise
+    image = np.zeros((64, 128))
+    image[:, :64] = 1000.0
+    image[:, 64:] = rng.normal(0.0, 20.0, (64, 64))
+    added = np.zeros_like(image)
+    truth = np.zeros(image.shape, bool)
+    for (y, x), a in {(10, 10): 100.0, (20, 20): 200.0, (10, 90): 90.0, (20, 100): 110.0}.items():
+        added[y, x], truth[y, x] = a, True
+    added[30, 30] = 10.0  # charge on a pixel that is not a CR pixel is never faint
+    faint = faint_pixels(added, truth, image, readnoise_e=5.0)
+    # 5 sigma: 5 x sqrt(1000 + 25) = 160 on the bright half, 5 x ~20 = ~100 on the noisy one
+    assert np.argwhere(faint).tolist() == [[10, 10], [10, 90]]
+
+
+def test_local_noise_is_the_pixel_scatter_not_the_smooth_structure():
+    from crscale.injection.faint import local_noise
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:300, :200]
+    # a flat's illumination: 30,000 e- falling by half across the frame, a vignetted corner,
+    # and 150 e- of pixel-to-pixel noise
+    smooth = 30_000.0 * (1 - 0.5 * xx / 200) * np.where(np.hypot(yy, xx) < 60, 0.3, 1.0)
+    noisy = rng.normal(0.0, 150.0, smooth.shape)
+    sigma = local_noise(smooth + noisy)
+    assert sigma.shape == smooth.shape
+    away = np.hypot(yy, xx) > 80  # boxes clear of the vignetting's sharp edge
+    assert np.allclose(np.median(sigma[away]), 150.0, rtol=0.05)
+    assert np.percentile(sigma[away], 99) < 1.2 * 150.0
+    # a global robust scatter holds the illumination and is tens of times too large
+    glob = 1.4826 * np.median(np.abs(smooth + noisy - np.median(smooth + noisy)))
+    assert glob > 20 * 150.0
+    with pytest.raises(ValueError, match="2-D"):
+        local_noise(np.zeros(5))
 
 
 def test_a_bright_sky_makes_most_injected_cr_pixels_faint(tmp_path):

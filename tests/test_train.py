@@ -155,3 +155,28 @@ def test_the_recommended_threshold_follows_the_configured_rule():
     for fpr in (0.0, 1.0, float("nan")):
         with pytest.raises(ValueError, match="threshold_fpr"):
             TrainConfig(threshold_rule="fpr", threshold_fpr=fpr)
+
+
+def test_faint_ignore_leaves_only_faint_cr_pixels_out_of_the_loss(tmp_path):
+    import zarr
+
+    from crscale.train.dataset import build_store
+    from crscale.train.loop import PatchSampler
+
+    # one store, two samplers: the same draws with and without the faint pixels left out
+    plain = _config(tmp_path / "a")
+    build_store(plain, tmp_path / "patches.zarr", log=lambda *_: None)
+    store = zarr.open_group(str(tmp_path / "patches.zarr"), mode="r")
+    faint_cfg = _config(tmp_path / "b", faint_ignore_nsigma=5.0)
+    x0, t0, w0 = PatchSampler(store, plain).batch(np.random.default_rng(3), 32)
+    x1, t1, w1 = PatchSampler(store, faint_cfg).batch(np.random.default_rng(3), 32)
+    assert np.array_equal(x0, x1) and np.array_equal(t0, t1)
+    dropped = (w0 > 0) & (w1 == 0)
+    assert not ((w1 > 0) & (w0 == 0)).any()
+    # only CR pixels leave the loss, and only some of them: the bright cores stay in
+    assert dropped.any() and (t0[dropped] == 1).all()
+    kept = (t0 == 1) & (w1 > 0)
+    assert kept.sum() > 0.1 * (t0 == 1).sum()
+    for bad in (0, -1.0, float("nan"), True, "5"):
+        with pytest.raises(ValueError, match="faint_ignore_nsigma"):
+            TrainConfig(faint_ignore_nsigma=bad)

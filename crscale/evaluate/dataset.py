@@ -27,7 +27,7 @@ import numpy as np
 from crscale._logging import Reporter, reporter
 from crscale.detection.badpix import bad_pixel_mask
 from crscale.errors import InputError, SettingsError
-from crscale.evaluate.significance import faint_pixels
+from crscale.injection.faint import faint_pixels
 from crscale.io.dq import DQConvention, match_convention
 from crscale.io.fits_reader import DetectorData, read_exposure
 from crscale.io.inputs import fits_files, fits_stem
@@ -64,7 +64,7 @@ class EvalImage:
         The mask file of a labelled pair, ``""`` for injected images.
     faint : numpy.ndarray or None
         bool, the injected CR pixels below the noise
-        (:func:`crscale.evaluate.significance.faint_pixels`); None for labelled pairs.
+        (:func:`crscale.injection.faint.faint_pixels`); None for labelled pairs.
     """
 
     name: str
@@ -379,9 +379,7 @@ def injected_set(
                     im.readnoise_e,
                     im.gain,
                     "injected",
-                    faint=faint_pixels(
-                        inj.added, inj.truth, filled, noise_e=im.noise_e, readnoise_e=im.readnoise_e
-                    ),
+                    faint=faint_pixels(inj.added, inj.truth, filled, readnoise_e=im.readnoise_e),
                 )
             )
     return out

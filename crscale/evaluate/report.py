@@ -328,7 +328,7 @@ def _operating_cell(row: dict | None) -> str:
 
 _SIGNIFICANT_NOTE = (
     "The same figures with the faint CR pixels left out: those whose injected charge is below "
-    "{nsigma:g} times the pixel's noise (crscale.evaluate.significance). They count neither as "
+    "{nsigma:g} times the pixel's noise (crscale.injection.faint). They count neither as "
     "found nor as missed. On a bright flat most CR pixels are faint: no pixel-wise method finds "
     "them at a low false-positive rate. Per image: TPR / FP px per Mpix at the operating point, "
     "and the significant CR pixels."

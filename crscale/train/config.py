@@ -48,6 +48,11 @@ class TrainConfig:
         How the model card's recommended threshold is chosen on validation
         (:func:`crscale.train.loop.recommended_threshold`): the best F1, or the smallest
         threshold whose false-positive rate is at most ``threshold_fpr``.
+    faint_ignore_nsigma : float or None
+        Leave the faint injected CR pixels out of the loss: those whose injected charge is below
+        this many times their pixel's noise (:func:`crscale.injection.faint.faint_pixels`).
+        They are then neither CR nor background to the model. None (the default) labels every
+        injected CR pixel as CR.
     """
 
     name: str = "crscale-model"
@@ -73,6 +78,7 @@ class TrainConfig:
     val_cr_rate: float = 2.0e-4
     threshold_rule: str = "best-f1"
     threshold_fpr: float = 1.0e-4
+    faint_ignore_nsigma: float | None = None
     sky_augment: SkyAugment = field(default_factory=SkyAugment)
     seed: int = 0
     workdir: str = ""
@@ -93,6 +99,14 @@ class TrainConfig:
             raise SettingsError(f"threshold_rule must be 'best-f1' or 'fpr', not {self.threshold_rule!r}")
         if not 0 < self.threshold_fpr < 1:
             raise SettingsError(f"threshold_fpr must be in (0, 1), not {self.threshold_fpr!r}")
+        if self.faint_ignore_nsigma is not None and not (
+            isinstance(self.faint_ignore_nsigma, (int, float))
+            and not isinstance(self.faint_ignore_nsigma, bool)
+            and 0 < self.faint_ignore_nsigma < 100
+        ):
+            raise SettingsError(
+                f"faint_ignore_nsigma must be a number in (0, 100) or null, not {self.faint_ignore_nsigma!r}"
+            )
         if self.patch % 8:
             raise SettingsError(f"patch size {self.patch} must be a multiple of 8")
 

@@ -31,6 +31,7 @@ from crscale.detection.badpix import fill_bad
 from crscale.detection.normalise import ImageStats, compute_stats, normalise
 from crscale.detection.predictor import Predictor
 from crscale.errors import SettingsError
+from crscale.injection.faint import faint_pixels
 from crscale.injection.inject import inject_crs, sky_augment
 from crscale.injection.metrics import pixel_metrics, roc_curve, threshold_at_fpr, tpr_at_fpr
 from crscale.models.card import ROBUST_ASINH, ModelCard
@@ -108,7 +109,13 @@ class PatchSampler:
             x = fill_bad(normalise(np.where(bad, 0, inj.image), stats, ROBUST_ASINH), bad)
             xs.append(x)
             ts.append(inj.truth & ~bad)
-            ws.append(~ign)
+            if cfg.faint_ignore_nsigma is None:
+                ws.append(~ign)
+            else:
+                faint = faint_pixels(
+                    inj.added, inj.truth, img, readnoise_e=float(self.rn[i]), nsigma=cfg.faint_ignore_nsigma
+                )
+                ws.append(~(ign | faint))
         f = lambda a: np.ascontiguousarray(np.stack(a)[:, None], dtype=np.float32)  # noqa: E731
         return f(xs), f(ts), f(ws)
 
