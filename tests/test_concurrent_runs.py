@@ -7,6 +7,7 @@ exited 1 with false "exists" failures, and two detections each redid all the wor
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from crscale.io.archive import Archive
 
@@ -69,3 +71,48 @@ def test_two_concurrent_runs_record_no_failures_and_equal_a_single_run(tmp_path)
             ).read_bytes()
     # No lease outlives the runs.
     assert list((shared / "jobs" / "leases").rglob("*.json")) == []
+
+
+@pytest.mark.parametrize("between", ["exposure_ids", "index_by_sha256"])
+def test_a_file_another_run_ingests_while_this_one_plans_is_skipped_not_ingested_twice(
+        client, tmp_path, monkeypatch, between):
+    """The race behind a CI failure: a second run must not ingest ``gmos`` again as ``gmos_<sha>``.
+
+    The other run's ingest is made to land right after one of the plan's two passes over the
+    archive (the ids taken, the contents indexed) returns, which is where a real concurrent run
+    can land it; every component is real, only the moment is forced.
+    """
+    # The module, not the function of the same name that crscale.engine exports.
+    ingest_mod = importlib.import_module("crscale.engine.ingest")
+
+    archive = tmp_path / "a.zarr"
+    gmos = SAMPLE / "gmos.fits"
+    state = {"planning": False, "fired": False}
+    real_plan, real_method = ingest_mod._plan, getattr(Archive, between)
+
+    def plan(*args, **kwargs):
+        state["planning"] = True
+        try:
+            return real_plan(*args, **kwargs)
+        finally:
+            state["planning"] = False
+
+    def method(self, *args, **kwargs):
+        out = real_method(self, *args, **kwargs)
+        if state["planning"] and not state["fired"]:
+            state["fired"] = True
+            other = ingest_mod.ingest([str(gmos)], archive, client=client, progress=False, echo=None)
+            assert [r.status for r in other.results] == ["done"]
+        return out
+
+    monkeypatch.setattr(ingest_mod, "_plan", plan)
+    monkeypatch.setattr(Archive, between, method)
+    report = ingest_mod.ingest([str(gmos)], archive, client=client, progress=False, echo=None)
+
+    assert state["fired"]
+    assert [(r.status, r.exposure_id) for r in report.results] == [("skipped", "gmos")], report.results
+    assert report.ok
+    monkeypatch.undo()
+    a = Archive(archive)
+    assert a.exposure_ids() == ["gmos"]
+    assert a.failures() == []

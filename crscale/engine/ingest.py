@@ -152,10 +152,14 @@ def _plan(
     force: bool,
 ) -> tuple[list[Planned], list[IngestResult]]:
     """Decide what to do with each hashed file: ingest it (planned) or settle it (a result)."""
+    # The ids taken are listed before the contents are indexed: an exposure a concurrent run
+    # moves into place between the two passes is then either in neither (the lease settles it
+    # in _claim) or in the index (skipped). Listed after, it would be taken but not indexed, and
+    # this run would ingest the same file a second time under a suffixed id.
+    taken = set(archive.exposure_ids())
     # Done exposures first; a damaged one (found by verify or a read) is repaired in place by
     # ingesting its source again.
     index = archive.index_by_sha256(states=("done", integrity.DAMAGED))
-    taken = set(archive.exposure_ids())
     first_in_run: dict[str, tuple[str, str | None]] = {}  # sha -> (path, exposure id)
     todo: list[Planned] = []
     settled: list[IngestResult] = []
