@@ -66,6 +66,7 @@ def handle_signals() -> Iterator[None]:
         if fired:
             return
         fired = True
+        _pending[:] = [signum]
         # Workers cancelled and closed on purpose are not news: keep the terminal to the message.
         logging.getLogger("distributed").setLevel(logging.ERROR)
         raise Interrupted(signum)
@@ -73,9 +74,31 @@ def handle_signals() -> Iterator[None]:
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
     try:
         yield
+    except BaseException:
+        raise
+    else:
+        raise_pending()  # the signal's exception was swallowed and the command ran to its end
     finally:
+        _pending.clear()
         for s, old in previous.items():
             signal.signal(s, old)
+
+
+# The signal received under handle_signals, until its Interrupted is known to be on its way.
+_pending: list[int] = []
+
+
+def raise_pending() -> None:
+    """Raise the :class:`Interrupted` of a signal whose own exception was swallowed (once).
+
+    A signal handler's exception is raised wherever the main thread is. When that is a
+    finaliser (a ``__del__``, a weakref callback run by the garbage collector), Python prints
+    "Exception ignored" and goes on: the signal is lost and the command would run to its end
+    and exit 0. The stages call this as each task finishes, and :func:`handle_signals` when
+    the command ends, so that the signal still stops the command.
+    """
+    if _pending:
+        raise Interrupted(_pending.pop())
 
 
 def worker_preload(config: Any) -> list[str]:
@@ -91,12 +114,21 @@ def _not_a_task_failure(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Compute Failed")
 
 
+def _not_a_lost_local_scheduler(record: logging.LogRecord) -> bool:
+    # This preload runs on local clusters only, whose scheduler lives in the crscale process:
+    # when a heartbeat cannot reach it, that process is closing the cluster (the end of a
+    # command, or an interrupt), and the worker is about to be closed too.
+    return not str(record.msg).startswith("Failed to communicate with scheduler during heartbeat")
+
+
 def dask_setup(worker: Any) -> None:
     """Worker preload: ignore the signals that the client handles (see the module notes).
 
-    It also leaves the reporting of failed tasks to the client.
+    It also leaves the reporting of failed tasks to the client, and keeps a worker from
+    printing a traceback when the closing crscale process's scheduler is gone before it.
     """
     logging.getLogger("distributed.worker").addFilter(_not_a_task_failure)
+    logging.getLogger("distributed.worker").addFilter(_not_a_lost_local_scheduler)
     if threading.current_thread() is not threading.main_thread():
         return
     for s in SIGNALS:

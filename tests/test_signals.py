@@ -39,6 +39,40 @@ def test_handle_signals_raises_once_and_restores(signum):
     assert signal.getsignal(signum) is before
 
 
+class _SignalledInFinaliser:
+    """An object whose ``__del__`` is running when the signal arrives (as the GC may be)."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # the handler runs here: Python prints "Exception ignored" and goes on
+
+
+def test_a_signal_swallowed_by_a_finaliser_still_stops_the_command(monkeypatch):
+    from crscale.interrupts import raise_pending
+
+    swallowed = []  # what Python reports as "Exception ignored in ..."
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: swallowed.append(u.exc_type))
+    # The stages' checkpoint (each finished task) raises it ...
+    with pytest.raises(Interrupted) as info, handle_signals():
+        obj = _SignalledInFinaliser()
+        del obj  # the handler's exception is lost here
+        assert swallowed == [Interrupted]
+        raise_pending()
+        pytest.fail("the signal was lost")
+    assert info.value.signum == signal.SIGTERM
+    # ... and so does the end of the command, when no checkpoint came after it.
+    with pytest.raises(Interrupted), handle_signals():
+        obj = _SignalledInFinaliser()
+        del obj
+    # Once raised, it is not raised again (the clean-up it starts is not cut short).
+    with pytest.raises(Interrupted), handle_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+    raise_pending()  # nothing pending outside the context
+    with handle_signals():
+        raise_pending()  # nor before any signal
+
+
 def test_sigterm_during_detect_exits_130_and_rerun_finishes(tmp_path):
     archive = tmp_path / "a.zarr"
     cmd = [sys.executable, "-m", "crscale.cli", "run", str(FZ), "--archive", str(archive),
@@ -62,3 +96,26 @@ def test_sigterm_during_detect_exits_130_and_rerun_finishes(tmp_path):
     assert res.returncode == 0, res.stderr
     status = Archive(archive).status("banzai_test_frame")
     assert status["detect"]["state"] == "done" and status["detect"]["n_cr_pixels"] > 0
+
+
+def test_local_workers_drop_only_the_lost_scheduler_heartbeat_and_task_failure_records():
+    import logging
+
+    from crscale import interrupts
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, msg, None, None)
+
+    worker_logger = logging.getLogger("distributed.worker")
+    before = list(worker_logger.filters)
+    handlers = {s: signal.getsignal(s) for s in interrupts.SIGNALS}
+    try:
+        interrupts.dask_setup(object())  # what a local worker runs at start
+        assert not worker_logger.filter(record("Failed to communicate with scheduler during heartbeat."))
+        assert not worker_logger.filter(record("Compute Failed\nKey: x"))
+        assert worker_logger.filter(record("Worker stream died during communication with 127.0.0.1:1"))
+        assert all(signal.getsignal(s) is signal.SIG_IGN for s in interrupts.SIGNALS)
+    finally:
+        worker_logger.filters[:] = before
+        for s, h in handlers.items():
+            signal.signal(s, h)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+from crscale.interrupts import raise_pending
 from crscale.io.archive import Archive
 from crscale.io.lease import Leases, describe_holder
 
@@ -98,6 +99,7 @@ class Window(Generic[Item]):
     def completed(self) -> Iterator[Completed[Item]]:
         """Each future as it finishes (including those added meanwhile), released once read."""
         for future in self._ac:
+            raise_pending()  # a signal whose exception a finaliser swallowed (crscale.interrupts)
             item = self._items.pop(future.key)
             try:
                 done = Completed(item=item, value=future.result())
