@@ -376,3 +376,31 @@ def test_models_load_once_per_worker_not_per_block(client, reference):
 
     assert set(client.run(cache_size).values()) == {1}
     assert Path(reference).exists()
+
+
+def test_engine_equals_whole_image_detect_for_a_pixel_noise_model(client, ingested, tmp_path):
+    """A model fed with the pixel-to-pixel noise: the engine reads the same boxes as detect()."""
+    model = "crscale-v2p-bn-3-16"
+    path = tmp_path / "pixel.zarr"
+    shutil.copytree(ingested, path)
+    arch = Archive(path)
+    # the sample's sky frame, its copy with real CRs added, and the DECam cutout with its DQ
+    chosen = [e for e in arch.exposure_ids() if e.startswith(("a8280271", "saao", "c4d_"))]
+    assert len(chosen) == 3, arch.exposure_ids()
+    report = detect_archive(path, client=client, exposures=chosen, model=model, precision="float32",
+                            block=SMALL_BLOCK, progress=False, echo=None)
+    assert report.ok and report.counts()["done"] == 3, report.summary()
+    for eid in chosen:
+        for det in arch.detectors(eid):
+            group = arch.root[f"exposures/{eid}/{det}"]
+            attrs = dict(group.attrs)
+            conv = convention_for(arch.exposure_attrs(eid), detector_attrs=attrs)
+            dq = conv.excluded(group["dq"][:]) if "dq" in group else None
+            whole = crscale.detect(group["image"][:], model=model, gain=attrs["gain"],
+                                   readnoise=attrs["readnoise"], dq=dq, saturation=attrs["saturation"],
+                                   precision="float32", inpaint=False)
+            assert whole.stats.pixel_noise is not None and whole.stats.pixel_noise != whole.stats.noise
+            stats = attrs["detect"]["stats"]
+            assert stats["pixel_noise"] == pytest.approx(whole.stats.pixel_noise, rel=1e-12), (eid, det)
+            np.testing.assert_allclose(group["prob"][:], whole.prob, atol=1e-5, rtol=0,
+                                       err_msg=f"{eid}/{det}")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import yaml
 from safetensors.torch import load_file
+from scipy import ndimage
 
 import crscale
 from crscale.cli import main
@@ -180,3 +181,33 @@ def test_faint_ignore_leaves_only_faint_cr_pixels_out_of_the_loss(tmp_path):
     for bad in (0, -1.0, float("nan"), True, "5"):
         with pytest.raises(ValueError, match="faint_ignore_nsigma"):
             TrainConfig(faint_ignore_nsigma=bad)
+
+
+def test_input_noise_pixel_scales_each_patch_by_its_image_pixel_noise(tmp_path):
+    import zarr
+
+    from crscale.train.dataset import build_store
+    from crscale.train.loop import PatchSampler
+
+    no_aug = {"sky_augment": {"p": 0.0}}
+    plain = _config(tmp_path / "a", **no_aug)
+    build_store(plain, tmp_path / "patches.zarr", log=lambda *_: None)
+    store = zarr.open_group(str(tmp_path / "patches.zarr"), mode="r")
+    g = store["train"]
+    noise, pixel = g["noise_e"][...], g["pixel_noise_e"][...]
+    assert np.all(pixel > 0) and not np.allclose(pixel, noise)
+    pixel_cfg = _config(tmp_path / "b", input_noise="pixel", **no_aug)
+    x0, t0, w0 = PatchSampler(store, plain).batch(np.random.default_rng(3), 16)
+    x1, t1, w1 = PatchSampler(store, pixel_cfg).batch(np.random.default_rng(3), 16)
+    assert np.array_equal(t0, t1) and np.array_equal(w0, w1)  # the same draws
+    # away from the injected CRs the input is asinh((x - sky) / (3 noise)): the two inputs
+    # differ by the ratio of the two noises of the patch's own image
+    ratios = set(np.round(noise / pixel, 6))
+    for a, b, t in zip(x0[:, 0], x1[:, 0], t0[:, 0], strict=True):
+        away = ~ndimage.binary_dilation(t > 0, iterations=3) & (np.abs(a) > 0.05)
+        r = np.sinh(b[away]) / np.sinh(a[away])
+        assert np.allclose(r, np.median(r), rtol=1e-3)
+        assert min(abs(float(np.median(r)) - q) for q in ratios) < 1e-4
+    for bad in ("local", "", None):
+        with pytest.raises(ValueError, match="input_noise"):
+            TrainConfig(input_noise=bad)

@@ -10,7 +10,14 @@ import numpy as np
 
 from crscale import _validate
 from crscale.detection.badpix import bad_pixel_mask, fill_bad
-from crscale.detection.normalise import ImageStats, compute_stats, normalise, with_noise_floor
+from crscale.detection.normalise import (
+    ImageStats,
+    compute_stats,
+    input_noise,
+    needs_pixel_noise,
+    normalise,
+    with_noise_floor,
+)
 from crscale.detection.predictor import Predictor, predictor_from
 from crscale.detection.tiling import alignment, predict_tiled, required_halo
 from crscale.detection.torch_block import use_torch_path
@@ -202,7 +209,9 @@ def detect(
         assert bad is not None  # computed whenever stats are not given
         if bad.all():
             raise ValueError("the image has no finite, unflagged pixel")
-        stats = with_noise_floor(compute_stats(data, bad=bad, gain=gain), readnoise, gain)
+        pixel = needs_pixel_noise(card.normalisation)
+        stats = with_noise_floor(compute_stats(data, bad=bad, gain=gain, pixel=pixel), readnoise, gain)
+    input_noise(stats, card.normalisation)  # statistics given by hand must suit the model
     if torch_path:
         return _detect_on_device(data, dq, saturation, pred, stats, threshold, inpaint, inpaint_method,
                                  inpaint_dilate, tile, batch_size, origin, ccd)

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from crscale.detection.sky_noise import robust_sky_noise
+from crscale.detection.sky_noise import pixel_noise, robust_sky_noise
 
 #: Statistics are estimated on a regular sub-grid of at most this many pixels: the median of
 #: 2 Mpix is as good a sky estimate as that of 16 Mpix and costs an eighth of the time.
@@ -25,6 +25,10 @@ class ImageStats:
         Electrons per image unit used (1.0 when the image is already in electrons).
     mean, std : float
         Plain mean and standard deviation of the finite pixels (deepCR's WFC3/UVIS model).
+    pixel_noise : float or None
+        The pixel-to-pixel noise in image units (:func:`crscale.detection.sky_noise.pixel_noise`),
+        for models whose card normalises by it (``normalisation["noise"] == "pixel"``); None
+        when not measured.
     """
 
     sky: float
@@ -32,6 +36,7 @@ class ImageStats:
     gain: float = 1.0
     mean: float = 0.0
     std: float = 1.0
+    pixel_noise: float | None = None
 
     @property
     def sky_e(self) -> float:
@@ -45,7 +50,8 @@ class ImageStats:
 
     def to_dict(self) -> dict:
         """Plain dict (for archive attrs and reports), electrons included."""
-        return {**asdict(self), "sky_e": self.sky_e, "noise_e": self.noise_e}
+        pixel_e = None if self.pixel_noise is None else self.pixel_noise * self.gain
+        return {**asdict(self), "sky_e": self.sky_e, "noise_e": self.noise_e, "pixel_noise_e": pixel_e}
 
 
 def stats_step(shape: tuple[int, ...], *, max_pixels: int = MAX_STATS_PIXELS) -> int:
@@ -65,12 +71,15 @@ def compute_stats(
     bad: np.ndarray | None = None,
     gain: float | None = None,
     max_pixels: int = MAX_STATS_PIXELS,
+    pixel: bool = False,
 ) -> ImageStats:
     """Robust statistics of a whole detector image, for :func:`normalise`.
 
     Sky = median and noise = 1.4826 × MAD of the finite pixels not in ``bad``, with iterated
     5σ clipping (:func:`crscale.detection.sky_noise.robust_sky_noise`), on a regular sub-grid of
-    at most ``max_pixels`` pixels (stride :func:`stats_step`).
+    at most ``max_pixels`` pixels (stride :func:`stats_step`). With ``pixel``, also the
+    pixel-to-pixel noise (:func:`crscale.detection.sky_noise.pixel_noise`), which models whose
+    card says ``normalisation["noise"] == "pixel"`` are fed with (:func:`needs_pixel_noise`).
 
     Raises
     ------
@@ -79,7 +88,10 @@ def compute_stats(
     """
     sub = _subsample(np.asarray(image), max_pixels)
     sub_bad = None if bad is None else _subsample(np.asarray(bad, bool), max_pixels)
-    return stats_from_sample(sub, bad=sub_bad, gain=gain)
+    stats = stats_from_sample(sub, bad=sub_bad, gain=gain)
+    if pixel:
+        stats = with_pixel_noise(stats, pixel_noise(np.asarray(image), bad=bad))
+    return stats
 
 
 def stats_from_sample(
@@ -88,7 +100,9 @@ def stats_from_sample(
     """:class:`ImageStats` from an already sub-sampled image (``image[::step, ::step]``).
 
     The engine reads only the sub-grid of a detector from the archive and calls this, so that
-    its statistics equal :func:`compute_stats` on the whole image without loading it.
+    its statistics equal :func:`compute_stats` on the whole image without loading it (and
+    :func:`with_pixel_noise` with the pixels of
+    :func:`crscale.detection.sky_noise.pixel_noise_boxes`, when the model needs them).
     """
     sky, noise = robust_sky_noise(sample, bad=bad)
     finite = sample[np.isfinite(sample)].astype(np.float64)
@@ -98,13 +112,47 @@ def stats_from_sample(
     )
 
 
+def with_pixel_noise(stats: ImageStats, value: float | None) -> ImageStats:
+    """``stats`` with its pixel-to-pixel noise; the robust noise where it could not be measured."""
+    return replace(stats, pixel_noise=float(value) if value else stats.noise)
+
+
+def needs_pixel_noise(normalisation: dict) -> bool:
+    """Whether a model card's normalisation scales the input by the pixel-to-pixel noise."""
+    return normalisation.get("noise", "global") == "pixel"
+
+
+def input_noise(stats: ImageStats, normalisation: dict) -> float:
+    """The noise the input is scaled by: the robust noise, or the pixel-to-pixel noise.
+
+    Raises
+    ------
+    ValueError
+        The card asks for the pixel-to-pixel noise and ``stats`` has none (statistics made by
+        hand, or by ``compute_stats`` without ``pixel=True``).
+    """
+    noise = normalisation.get("noise", "global")
+    if noise == "global":
+        return stats.noise
+    if noise == "pixel":
+        if stats.pixel_noise is None:
+            raise ValueError(
+                "this model normalises its input by the pixel-to-pixel noise, and the statistics "
+                "given have none: compute them with compute_stats(..., pixel=True)"
+            )
+        return stats.pixel_noise
+    raise ValueError(f"unknown input noise {noise!r} in the model card's normalisation (global, pixel)")
+
+
 def with_noise_floor(stats: ImageStats, readnoise: float | None, gain: float | None) -> ImageStats:
     """Raise the noise to at least half the read noise (image units), when both are known.
 
     Guards against an implausibly low measured noise (a mostly flat or quantised image).
     """
     if readnoise and gain:
-        return replace(stats, noise=max(stats.noise, 0.5 * readnoise / gain))
+        floor = 0.5 * readnoise / gain
+        pixel = None if stats.pixel_noise is None else max(stats.pixel_noise, floor)
+        return replace(stats, noise=max(stats.noise, floor), pixel_noise=pixel)
     return stats
 
 
@@ -112,7 +160,9 @@ def normalise(image: np.ndarray, stats: ImageStats, normalisation: dict) -> np.n
     """Network input (float32) from image pixels, following a model card's ``normalisation``.
 
     Methods: ``"robust-asinh"``: ``asinh((x - sky) / (asinh_scale * noise))``: linear within a
-    few σ of the sky, logarithmic above, so that stars and CRs thousands of σ bright keep their
+    few σ of the sky, logarithmic above (``noise``: the robust noise, or the pixel-to-pixel
+    noise where the card's ``normalisation["noise"]`` is ``"pixel"``, :func:`input_noise`),
+    so that stars and CRs thousands of σ bright keep their
     shape without dominating the activations; ``"scale"``: ``x * gain / scale`` (deepCR: images
     in electrons); ``"meanstd"``: ``(x - mean) / std`` (deepCR's WFC3/UVIS model).
     Pixel-wise with fixed per-image constants, so it commutes with tiling.
@@ -120,7 +170,7 @@ def normalise(image: np.ndarray, stats: ImageStats, normalisation: dict) -> np.n
     x = np.asarray(image, dtype=np.float32)
     method = normalisation.get("method", "robust-asinh")
     if method == "robust-asinh":
-        scale = float(normalisation.get("asinh_scale", 3.0)) * stats.noise
+        scale = float(normalisation.get("asinh_scale", 3.0)) * input_noise(stats, normalisation)
         return np.arcsinh((x - np.float32(stats.sky)) / np.float32(scale)).astype(np.float32, copy=False)
     if method == "scale":
         return x * np.float32(stats.gain / float(normalisation.get("scale", 1.0)))

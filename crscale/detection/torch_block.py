@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from crscale import _validate
 from crscale.detection.badpix import FILL_RADIUS
 from crscale.detection.inpaint import DEFAULT_INPAINT
-from crscale.detection.normalise import ImageStats
+from crscale.detection.normalise import ImageStats, input_noise
 from crscale.detection.tiling import alignment, required_halo, round_up, tile_origins
 
 #: ``backend`` values: ``auto`` takes the torch path on CUDA devices and the numpy path on CPUs.
@@ -151,7 +151,7 @@ def normalise_tensor(x: torch.Tensor, stats: ImageStats, normalisation: dict) ->
     """:func:`crscale.detection.normalise.normalise` on a float32 tensor."""
     method = normalisation.get("method", "robust-asinh")
     if method == "robust-asinh":
-        scale = float(normalisation.get("asinh_scale", 3.0)) * stats.noise
+        scale = float(normalisation.get("asinh_scale", 3.0)) * input_noise(stats, normalisation)
         # float(np.float32(v)): the value numpy's normalise uses, as a scalar torch's stubs accept
         return torch.asinh((x - float(np.float32(stats.sky))) / float(np.float32(scale)))
     if method == "scale":

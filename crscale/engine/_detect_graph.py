@@ -68,6 +68,7 @@ def detect_settings(
     """
     from crscale import _validate
     from crscale.detection.inpaint import INPAINT_METHODS
+    from crscale.detection.normalise import needs_pixel_noise
     from crscale.models import load_model
 
     name = str(model or config.get("detect.model"))
@@ -91,6 +92,7 @@ def detect_settings(
         tile=tile,
         model_name=card.name,
         backend=str(backend),
+        pixel_noise=needs_pixel_noise(card.normalisation),
     )
     return settings, net.config
 
@@ -149,17 +151,22 @@ def plan_exposure(archive: Archive, exposure_id: str, target: Sequence[int], hal
     return plans
 
 
-def detector_stats(archive_path: str, exposure_id: str, plans: list[DetectorPlan]) -> dict[str, Any]:
+def detector_stats(
+    archive_path: str, exposure_id: str, plans: list[DetectorPlan], pixel_noise: bool = False
+) -> dict[str, Any]:
     """Worker task: the normalisation statistics of every detector of an exposure.
 
     Reads only the sub-grid ``image[::step, ::step]`` (and the same of ``dq``) that
-    :func:`crscale.detection.compute_stats` would use on the whole image, so the statistics are
-    identical to single-image detection while memory stays independent of the detector size.
+    :func:`crscale.detection.compute_stats` would use on the whole image, and with
+    ``pixel_noise`` the boxes of :func:`crscale.detection.sky_noise.pixel_noise_boxes`, so the
+    statistics are identical to single-image detection while memory stays independent of the
+    detector size.
     """
     import zarr
 
     from crscale.detection.badpix import bad_pixel_mask
-    from crscale.detection.normalise import stats_from_sample, stats_step, with_noise_floor
+    from crscale.detection.normalise import stats_from_sample, stats_step, with_noise_floor, with_pixel_noise
+    from crscale.detection.sky_noise import pixel_noise_boxes, pixel_noise_from_boxes
 
     root = zarr.open_group(store=archive_path, mode="r", storage_options=zarr_options(archive_path))
     out = {}
@@ -177,7 +184,19 @@ def detector_stats(archive_path: str, exposure_id: str, plans: list[DetectorPlan
                 f"{archive_path}: exposure {exposure_id!r}, detector {p.name!r}: no finite, "
                 "unflagged pixel (all NaN/inf, saturated or DQ-flagged)"
             )
-        out[p.name] = with_noise_floor(stats_from_sample(sample, bad=bad, gain=p.gain), p.readnoise, p.gain)
+        stats = stats_from_sample(sample, bad=bad, gain=p.gain)
+        if pixel_noise:
+            image = integrity.checked(group, "image", f"{archive_path}/{base}")
+            dq_array = integrity.checked(group, "dq", f"{archive_path}/{base}") if p.has_dq else None
+            boxes = []
+            for box in pixel_noise_boxes(p.shape):
+                pixels = image[box]
+                box_dq = None if dq_array is None else dq_array[box]
+                if box_dq is not None and p.dq_convention is not None:
+                    box_dq = p.dq_convention.excluded(box_dq)
+                boxes.append((pixels, bad_pixel_mask(pixels, dq=box_dq, saturation=p.saturation)))
+            stats = with_pixel_noise(stats, pixel_noise_from_boxes(boxes))
+        out[p.name] = with_noise_floor(stats, p.readnoise, p.gain)
     return out
 
 

@@ -51,6 +51,9 @@ class DetectSettings:
     backend : {"auto", "numpy", "torch"}
         Where the per-pixel work around the network runs (see :func:`crscale.detect`):
         ``auto`` keeps all of it on the device of a GPU worker and uses numpy on CPU workers.
+    pixel_noise : bool
+        The model's input is scaled by the pixel-to-pixel noise (its card's
+        ``normalisation["noise"] == "pixel"``): the statistics task measures it too.
     """
 
     model: str
@@ -65,6 +68,7 @@ class DetectSettings:
     batch_size: int | None = None
     model_name: str = ""
     backend: str = "auto"
+    pixel_noise: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""

@@ -284,7 +284,8 @@ def _run(
                 fail(work, f"exposure {eid!r}: {exc}", "archive")
                 continue
             future = cl.submit(
-                detector_stats, path, eid, work.plans, pure=False, key=f"crscale-stats-{eid}-{time.time_ns()}"
+                detector_stats, path, eid, work.plans, job.settings.pixel_noise, pure=False,
+                key=f"crscale-stats-{eid}-{time.time_ns()}",
             )
             window.add(future, work, load=work.n_blocks)
             bar.add_blocks(work.n_blocks)

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from crscale.detection.badpix import bad_pixel_mask
-from crscale.detection.sky_noise import robust_sky_noise
+from crscale.detection.sky_noise import pixel_noise, robust_sky_noise
 from crscale.errors import InputError
 from crscale.io.fits_reader import read_exposure, sha256_file
 
@@ -33,6 +33,8 @@ class SourceImage:
     noise_e: float
     readnoise_e: float
     gain: float
+    #: The pixel-to-pixel noise (:func:`crscale.detection.sky_noise.pixel_noise`), electrons.
+    pixel_noise_e: float | None = None
 
 
 def _own_crs(image_e: np.ndarray, bad: np.ndarray, readnoise_e: float) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +97,7 @@ def load_source_images(
             else:
                 own = np.zeros_like(bad)
             sky, noise = robust_sky_noise(img, bad=bad | own)
+            pixel = pixel_noise(img, bad=bad | own) or noise
             name = exp.exposure_id if len(exp.detectors) == 1 else f"{exp.exposure_id}/{det.name}"
-            out.append(SourceImage(name, str(path), digest, img, bad, own, sky, noise, rn, gain))
+            out.append(SourceImage(name, str(path), digest, img, bad, own, sky, noise, rn, gain, pixel))
     return out

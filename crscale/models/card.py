@@ -30,6 +30,26 @@ ROBUST_ASINH = {
     "units": "electrons",
 }
 
+#: The same, the input scaled by the pixel-to-pixel noise (``TrainConfig.input_noise: pixel``).
+PIXEL_ASINH = {
+    **ROBUST_ASINH,
+    "description": (
+        "Computed once per detector image, never per tile: the image is converted to electrons "
+        "with the gain, sky = median of the finite, unflagged pixels (iterated 5-sigma clipping) "
+        "and noise = the pixel-to-pixel noise, robust sigma of the image less its 5x5 running "
+        "median in a fixed grid of up to 64 boxes of 64x64 pixels (not raised by smooth "
+        "structure: flats, arcs, galaxies); the network input is asinh((image - sky) / "
+        "(asinh_scale x noise)). Bad pixels (NaN/inf, saturated, DQ-flagged) are filled from "
+        "their good neighbours before inference."
+    ),
+    "noise": "pixel",
+}
+
+
+def input_normalisation(noise: str) -> dict:
+    """The card normalisation of a crscale-trained model whose input is scaled by ``noise``."""
+    return dict(PIXEL_ASINH if noise == "pixel" else ROBUST_ASINH)
+
 
 @dataclass
 class ModelCard:

@@ -53,6 +53,11 @@ class TrainConfig:
         this many times their pixel's noise (:func:`crscale.injection.faint.faint_pixels`).
         They are then neither CR nor background to the model. None (the default) labels every
         injected CR pixel as CR.
+    input_noise : {"global", "pixel"}
+        The noise the network input is scaled by (recorded in the model card's normalisation):
+        the image's robust noise (spread of all pixel values, the default), or its
+        pixel-to-pixel noise (:func:`crscale.detection.sky_noise.pixel_noise`), which smooth
+        structure (a flat's vignetting, an arc's lines, a galaxy) does not raise.
     """
 
     name: str = "crscale-model"
@@ -79,6 +84,7 @@ class TrainConfig:
     threshold_rule: str = "best-f1"
     threshold_fpr: float = 1.0e-4
     faint_ignore_nsigma: float | None = None
+    input_noise: str = "global"
     sky_augment: SkyAugment = field(default_factory=SkyAugment)
     seed: int = 0
     workdir: str = ""
@@ -107,6 +113,8 @@ class TrainConfig:
             raise SettingsError(
                 f"faint_ignore_nsigma must be a number in (0, 100) or null, not {self.faint_ignore_nsigma!r}"
             )
+        if self.input_noise not in ("global", "pixel"):
+            raise SettingsError(f"input_noise must be 'global' or 'pixel', not {self.input_noise!r}")
         if self.patch % 8:
             raise SettingsError(f"patch size {self.patch} must be a multiple of 8")
 

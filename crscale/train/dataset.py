@@ -23,7 +23,7 @@ from crscale.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-STORE_VERSION = 1
+STORE_VERSION = 2
 
 
 def cr_libraries(config: TrainConfig, *, log: Reporter | None = None) -> list[CRLibrary]:
@@ -55,10 +55,11 @@ def build_store(config: TrainConfig, path: str | Path, *, log: Reporter | None =
 
     Layout: ``train/image`` (N, P, P) float32 electrons, ``train/ignore`` (own CRs and bad
     pixels, left out of the loss), ``train/bad``, ``train/sky_e``, ``train/noise_e``,
-    ``train/readnoise_e``, ``train/weight`` (sampling weight: each source image contributes in
-    proportion to the square root of its patch count, so that five frames of one field do not
-    drown the rest); ``val/<i>/{image,truth,valid,bad}`` whole validation images with real CR
-    footprints injected at ``val_cr_rate``. The attrs record the sources and their sha256.
+    ``train/readnoise_e``, ``train/pixel_noise_e``, ``train/weight`` (sampling weight: each
+    source image contributes in proportion to the square root of its patch count, so that five
+    frames of one field do not drown the rest); ``val/<i>/{image,truth,valid,bad}`` whole
+    validation images with real CR footprints injected at ``val_cr_rate``. The attrs record
+    the sources and their sha256.
     """
     log = reporter(logger, log)
     train_paths = config.expand(config.train_images)
@@ -91,7 +92,7 @@ def build_store(config: TrainConfig, path: str | Path, *, log: Reporter | None =
                 patches.append(im.image_e[y : y + P, x : x + P])
                 ignores.append(im.own_cr[y : y + P, x : x + P] | b)
                 bads.append(b)
-                meta.append((im.sky_e, im.noise_e, im.readnoise_e))
+                meta.append((im.sky_e, im.noise_e, im.readnoise_e, im.pixel_noise_e or im.noise_e))
         src += [k] * (len(patches) - n0)
     src_arr = np.array(src)
     counts = np.bincount(src_arr, minlength=len(train))
@@ -108,6 +109,7 @@ def build_store(config: TrainConfig, path: str | Path, *, log: Reporter | None =
         ("sky_e", np.array([m[0] for m in meta], np.float64)),
         ("noise_e", np.array([m[1] for m in meta], np.float64)),
         ("readnoise_e", np.array([m[2] for m in meta], np.float64)),
+        ("pixel_noise_e", np.array([m[3] for m in meta], np.float64)),
         ("weight", (weight / weight.sum()).astype(np.float64)),
         ("source", src_arr.astype(np.int32)),
     ):
@@ -172,6 +174,7 @@ def _provenance(im: SourceImage) -> dict:
         "gain": im.gain,
         "sky_e": im.sky_e,
         "noise_e": im.noise_e,
+        "pixel_noise_e": im.pixel_noise_e,
     }
 
 

@@ -28,18 +28,18 @@ from torch import nn
 from crscale._logging import Reporter, reporter
 from crscale.detection.api import detect
 from crscale.detection.badpix import fill_bad
-from crscale.detection.normalise import ImageStats, compute_stats, normalise
+from crscale.detection.normalise import ImageStats, compute_stats, needs_pixel_noise, normalise
 from crscale.detection.predictor import Predictor
 from crscale.errors import SettingsError
 from crscale.injection.faint import faint_pixels
 from crscale.injection.inject import inject_crs, sky_augment
 from crscale.injection.metrics import pixel_metrics, roc_curve, threshold_at_fpr, tpr_at_fpr
-from crscale.models.card import ROBUST_ASINH, ModelCard
+from crscale.models.card import ModelCard, input_normalisation
 from crscale.models.presets import preset
 from crscale.models.store import save_model
 from crscale.models.unet import UNet, UNetConfig, count_parameters
 from crscale.train.config import TrainConfig
-from crscale.train.dataset import build_store, config_key, cr_libraries
+from crscale.train.dataset import STORE_VERSION, build_store, config_key, cr_libraries
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,9 @@ class PatchSampler:
         self.ignore = g["ignore"][...]
         self.bad = g["bad"][...]
         self.sky = g["sky_e"][...]
-        self.noise = g["noise_e"][...]
+        # The noise the input is scaled by; the sky augmentation transforms either kind alike.
+        self.noise = g["pixel_noise_e" if config.input_noise == "pixel" else "noise_e"][...]
+        self.normalisation = input_normalisation(config.input_noise)
         self.rn = g["readnoise_e"][...]
         self.weight = g["weight"][...]
         self.config = config
@@ -105,8 +107,8 @@ class PatchSampler:
                 noise_e=noise,
                 rescale_noise=lib.noise_e is not None,
             )
-            stats = ImageStats(sky=sky, noise=noise)
-            x = fill_bad(normalise(np.where(bad, 0, inj.image), stats, ROBUST_ASINH), bad)
+            stats = ImageStats(sky=sky, noise=noise, pixel_noise=noise)
+            x = fill_bad(normalise(np.where(bad, 0, inj.image), stats, self.normalisation), bad)
             xs.append(x)
             ts.append(inj.truth & ~bad)
             if cfg.faint_ignore_nsigma is None:
@@ -148,19 +150,23 @@ def set_bn_training(model: nn.Module, training: bool) -> None:
             m.train(training)
 
 
-def validate(model: UNet, store, *, precision: str = "auto", fpr: float = 1e-4) -> dict:
+def validate(
+    model: UNet, store, *, precision: str = "auto", fpr: float = 1e-4, normalisation: dict | None = None
+) -> dict:
     """Validation loss and pixel metrics on the held-out images, predicted as :func:`crscale.detect` does.
 
-    ``fpr_threshold`` is the smallest threshold whose false-positive rate is at most ``fpr``.
+    ``fpr_threshold`` is the smallest threshold whose false-positive rate is at most ``fpr``;
+    ``normalisation`` is the model card's (default: the robust noise, :data:`ROBUST_ASINH`).
     """
-    card = ModelCard(name="validation", architecture=model.config.to_dict())
+    normalisation = normalisation or input_normalisation("global")
+    card = ModelCard(name="validation", architecture=model.config.to_dict(), normalisation=normalisation)
     pred = Predictor(model, card, device="cpu", precision=precision)
     probs, truths, per_image = [], [], {}
     for key in sorted(store["val"].group_keys(), key=int):
         g = store["val"][key]
         img, truth, valid, bad = g["image"][...], g["truth"][...], g["valid"][...], g["bad"][...]
         # The image's own CRs stay out of the statistics, as in training.
-        stats = compute_stats(img, bad=bad | ~valid)
+        stats = compute_stats(img, bad=bad | ~valid, pixel=needs_pixel_noise(normalisation))
         p = detect(img, model=pred, dq=bad, stats=stats, inpaint=False, tile=448).prob
         probs.append(p[valid])
         truths.append(truth[valid])
@@ -279,7 +285,10 @@ def train(
     store = None
     if store_path.exists():
         store = zarr.open_group(str(store_path), mode="r")
-        if store.attrs.get("config_key") != config_key(config):
+        if store.attrs.get("crscale_patch_store") != STORE_VERSION:
+            log("patch store of another crscale version: rebuilding it")
+            store = None
+        elif store.attrs.get("config_key") != config_key(config):
             log("data settings changed: rebuilding the patch store")
             store = None
     if store is None:
@@ -340,7 +349,8 @@ def train(
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         bar.close()
         model.eval()
-        val = validate(model, store, precision="auto" if bf16 else "float32", fpr=config.threshold_fpr)
+        val = validate(model, store, precision="auto" if bf16 else "float32", fpr=config.threshold_fpr,
+                       normalisation=input_normalisation(config.input_noise))
         sched.step(val["loss"])
         row = {
             "epoch": epoch + 1,
@@ -379,6 +389,7 @@ def train(
     card = ModelCard(
         name=config.name,
         architecture=arch.to_dict(),
+        normalisation=input_normalisation(config.input_noise),
         recommended_threshold=recommended_threshold(val, config),
         training={
             "recipe": "label-free: real science images cleaned of their own CRs (astroscrappy) + "
