@@ -118,6 +118,8 @@ def test_cli_train_and_models(tmp_path, capsys):
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
     assert "crscale-default" in listing and "467,233" in listing
+    rows = {line.split()[0]: line for line in listing.splitlines() if line.startswith("crscale-")}
+    assert " pixel " in rows["crscale-v2p-bn-3-16"] and " global " in rows["crscale-default"]
     assert main(["models", "default"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "crscale-default"
 
