@@ -7,7 +7,13 @@ import pytest
 from astropy.io import fits
 
 from conftest import SAAO
-from crscale.detection.normalise import ImageStats, compute_stats, input_noise, with_noise_floor
+from crscale.detection.normalise import (
+    ImageStats,
+    compute_stats,
+    input_noise,
+    needs_pixel_noise,
+    with_noise_floor,
+)
 from crscale.detection.sky_noise import pixel_noise, pixel_noise_boxes, robust_sky_noise
 
 
@@ -94,6 +100,26 @@ def test_a_pixel_noise_model_gets_stats_with_it_or_a_clear_error():
         input_noise(ImageStats(sky=1.0, noise=2.0), pixel)
     with pytest.raises(ValueError, match="unknown input noise"):
         input_noise(stats, {"method": "robust-asinh", "noise": "local"})
+    with pytest.raises(ValueError, match="unknown input noise 'local'"):
+        needs_pixel_noise({"method": "robust-asinh", "noise": "local"})
+    assert needs_pixel_noise(pixel) and not needs_pixel_noise({"method": "robust-asinh"})
     # the read-noise floor holds for both noises
     floored = with_noise_floor(ImageStats(sky=0.0, noise=0.1, pixel_noise=0.1), readnoise=10.0, gain=2.0)
     assert floored.noise == floored.pixel_noise == 2.5
+
+
+def test_a_card_naming_an_unknown_input_noise_is_refused_naming_the_file(tmp_path):
+    import json
+    import shutil
+
+    from crscale.errors import InputError
+    from crscale.models import load_model
+    from crscale.models.store import available_models
+
+    weights = tmp_path / "m.safetensors"
+    shutil.copy(available_models()["crscale-v2p-bn-3-16"], weights)
+    card = json.loads(available_models()["crscale-v2p-bn-3-16"].with_suffix(".json").read_text())
+    card["normalisation"]["noise"] = "locl"
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match=r"m\.safetensors.*unknown input noise 'locl'"):
+        load_model(str(weights))

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from crscale.detection.sky_noise import pixel_noise, robust_sky_noise
+from crscale.models.card import INPUT_NOISES
 
 #: Statistics are estimated on a regular sub-grid of at most this many pixels: the median of
 #: 2 Mpix is as good a sky estimate as that of 16 Mpix and costs an eighth of the time.
@@ -118,8 +119,18 @@ def with_pixel_noise(stats: ImageStats, value: float | None) -> ImageStats:
 
 
 def needs_pixel_noise(normalisation: dict) -> bool:
-    """Whether a model card's normalisation scales the input by the pixel-to-pixel noise."""
-    return normalisation.get("noise", "global") == "pixel"
+    """Whether a model card's normalisation scales the input by the pixel-to-pixel noise.
+
+    Raises
+    ------
+    ValueError
+        The card names a noise crscale does not know (found when the model is loaded for a
+        run, not in every block).
+    """
+    noise = normalisation.get("noise", "global")
+    if noise not in INPUT_NOISES:
+        raise ValueError(f"unknown input noise {noise!r} in the model card's normalisation (global, pixel)")
+    return noise == "pixel"
 
 
 def input_noise(stats: ImageStats, normalisation: dict) -> float:

@@ -122,6 +122,15 @@ _MEDIAN_SIDE = 5
 # standard deviation 0.989 σ (measured on 1024² draws): x takes part in its own median.
 _RESIDUAL_MAD = 0.950
 _RESIDUAL_STD = 0.989
+#: σ of white noise per MAD of its :func:`median_residual`.
+RESIDUAL_SIGMA_PER_MAD = MAD_TO_SIGMA / _RESIDUAL_MAD
+
+
+def median_residual(image: np.ndarray) -> np.ndarray:
+    """The image less its 5×5 running median (edges reflected): the pixel-to-pixel noise."""
+    from scipy import ndimage
+
+    return image - ndimage.median_filter(image, _MEDIAN_SIDE, mode="reflect")
 
 
 def pixel_noise_boxes(shape: tuple[int, ...]) -> list[tuple[slice, slice]]:
@@ -144,8 +153,6 @@ def pixel_noise_from_boxes(boxes: Sequence[tuple[np.ndarray, np.ndarray | None]]
 
     None when no box has at least half its pixels finite and unflagged, or the scatter is 0.
     """
-    from scipy import ndimage
-
     resid: list[np.ndarray] = []
     integral = True
     for data, bad in boxes:
@@ -156,13 +163,13 @@ def pixel_noise_from_boxes(boxes: Sequence[tuple[np.ndarray, np.ndarray | None]]
         if good.sum() < 0.5 * x.size:
             continue
         filled = np.where(good, x, np.median(x[good]))
-        r = (x - ndimage.median_filter(filled, _MEDIAN_SIDE, mode="reflect"))[good]
+        r = median_residual(filled)[good]  # filled equals x on the good pixels
         integral = integral and bool(np.all(x[good] == np.round(x[good])))
         resid.append(r)
     if not resid:
         return None
     r = np.concatenate(resid)
-    sigma = MAD_TO_SIGMA * float(np.median(np.abs(r))) / _RESIDUAL_MAD
+    sigma = RESIDUAL_SIGMA_PER_MAD * float(np.median(np.abs(r)))
     if sigma <= 0 or (sigma < _QUANTISED_MAX_SIGMA and integral):
         # The residual of integer pixels is an integer: its MAD moves in whole steps.
         sigma = _clipped_std(r, 0.0, sigma, 5.0, 5) / _RESIDUAL_STD

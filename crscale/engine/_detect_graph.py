@@ -151,6 +151,19 @@ def plan_exposure(archive: Archive, exposure_id: str, target: Sequence[int], hal
     return plans
 
 
+def _pixels_and_bad(
+    image: Any, dq_array: Any, plan: DetectorPlan, sel: tuple[slice, slice]
+) -> tuple[Any, Any]:
+    """Some pixels of an archived detector, and which of them are bad (its DQ read with its meaning)."""
+    from crscale.detection.badpix import bad_pixel_mask
+
+    pixels = image[sel]
+    dq = None if dq_array is None else dq_array[sel]
+    if dq is not None and plan.dq_convention is not None:
+        dq = plan.dq_convention.excluded(dq)
+    return pixels, bad_pixel_mask(pixels, dq=dq, saturation=plan.saturation)
+
+
 def detector_stats(
     archive_path: str, exposure_id: str, plans: list[DetectorPlan], pixel_noise: bool = False
 ) -> dict[str, Any]:
@@ -164,7 +177,6 @@ def detector_stats(
     """
     import zarr
 
-    from crscale.detection.badpix import bad_pixel_mask
     from crscale.detection.normalise import stats_from_sample, stats_step, with_noise_floor, with_pixel_noise
     from crscale.detection.sky_noise import pixel_noise_boxes, pixel_noise_from_boxes
 
@@ -173,12 +185,10 @@ def detector_stats(
     for p in plans:
         base = f"exposures/{exposure_id}/{p.name}"
         group = root[base]
+        image = integrity.checked(group, "image", f"{archive_path}/{base}")
+        dq_array = integrity.checked(group, "dq", f"{archive_path}/{base}") if p.has_dq else None
         step = stats_step(p.shape)
-        sample = integrity.checked(group, "image", f"{archive_path}/{base}")[::step, ::step]
-        dq = integrity.checked(group, "dq", f"{archive_path}/{base}")[::step, ::step] if p.has_dq else None
-        if dq is not None and p.dq_convention is not None:
-            dq = p.dq_convention.excluded(dq)
-        bad = bad_pixel_mask(sample, dq=dq, saturation=p.saturation)
+        sample, bad = _pixels_and_bad(image, dq_array, p, (slice(None, None, step), slice(None, None, step)))
         if bad.all():
             raise ValueError(
                 f"{archive_path}: exposure {exposure_id!r}, detector {p.name!r}: no finite, "
@@ -186,15 +196,7 @@ def detector_stats(
             )
         stats = stats_from_sample(sample, bad=bad, gain=p.gain)
         if pixel_noise:
-            image = integrity.checked(group, "image", f"{archive_path}/{base}")
-            dq_array = integrity.checked(group, "dq", f"{archive_path}/{base}") if p.has_dq else None
-            boxes = []
-            for box in pixel_noise_boxes(p.shape):
-                pixels = image[box]
-                box_dq = None if dq_array is None else dq_array[box]
-                if box_dq is not None and p.dq_convention is not None:
-                    box_dq = p.dq_convention.excluded(box_dq)
-                boxes.append((pixels, bad_pixel_mask(pixels, dq=box_dq, saturation=p.saturation)))
+            boxes = [_pixels_and_bad(image, dq_array, p, box) for box in pixel_noise_boxes(p.shape)]
             stats = with_pixel_noise(stats, pixel_noise_from_boxes(boxes))
         out[p.name] = with_noise_floor(stats, p.readnoise, p.gain)
     return out

@@ -20,17 +20,13 @@ docs/training/archive-frames.yaml it reads 557 e⁻, three times the pixel's sho
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+
+from crscale.detection.sky_noise import RESIDUAL_SIGMA_PER_MAD, median_residual
 
 #: Injected charge, in units of the pixel's noise, below which a CR pixel is faint.
 FAINT_NSIGMA = 5.0
-#: Side of the running median whose residual measures the pixel-to-pixel noise.
-_MEDIAN_SIDE = 5
 #: Side of the boxes in which the residual's robust scatter is taken.
 NOISE_BOX = 32
-# 1.4826 MAD of (x - 5×5 running median of x) is 0.950 of sigma for white Gaussian noise
-# (measured on 1024² draws): x takes part in its own median, which pulls the residual in.
-_RESIDUAL_SCALE = 1.4826 / 0.950
 
 
 def local_noise(image_e: np.ndarray, *, box: int = NOISE_BOX) -> np.ndarray:
@@ -52,14 +48,14 @@ def local_noise(image_e: np.ndarray, *, box: int = NOISE_BOX) -> np.ndarray:
     x = np.asarray(image_e, np.float32)
     if x.ndim != 2:
         raise ValueError(f"local_noise needs a 2-D image, got shape {x.shape}")
-    resid = np.abs(x - ndimage.median_filter(x, _MEDIAN_SIDE, mode="reflect"))
+    resid = np.abs(median_residual(x))
     ny, nx = -(-x.shape[0] // box), -(-x.shape[1] // box)
     # Boxes cut by the image's edge take the reflected pixels of the edge, so every box holds
     # box² pixels and the medians below work on one array.
     padded = np.pad(resid, ((0, ny * box - x.shape[0]), (0, nx * box - x.shape[1])), mode="reflect")
     blocks = padded.reshape(ny, box, nx, box).transpose(0, 2, 1, 3).reshape(ny, nx, box * box)
     # The residual has a median of ~0, so the median of its absolute value is its MAD.
-    sigma = np.median(blocks, axis=2).astype(np.float64) * _RESIDUAL_SCALE
+    sigma = np.median(blocks, axis=2).astype(np.float64) * RESIDUAL_SIGMA_PER_MAD
     full = np.repeat(np.repeat(sigma, box, axis=0), box, axis=1)
     return full[: x.shape[0], : x.shape[1]]
 

@@ -30,6 +30,9 @@ ROBUST_ASINH = {
     "units": "electrons",
 }
 
+#: What a card's ``normalisation["noise"]`` may say the input is scaled by (absent: global).
+INPUT_NOISES = ("global", "pixel")
+
 #: The same, the input scaled by the pixel-to-pixel noise (``TrainConfig.input_noise: pixel``).
 PIXEL_ASINH = {
     **ROBUST_ASINH,
@@ -108,6 +111,11 @@ class ModelCard:
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
         """Build from a dict, ignoring unknown keys written by newer versions."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        noise = dict(known.get("normalisation") or {}).get("noise", "global")
+        if noise not in INPUT_NOISES:
+            raise ValueError(
+                f"unknown input noise {noise!r} in the card's normalisation ({', '.join(INPUT_NOISES)})"
+            )
         return cls(**known)
 
     @classmethod
