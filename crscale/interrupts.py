@@ -101,6 +101,18 @@ def raise_pending() -> None:
         raise Interrupted(_pending.pop())
 
 
+def mark_handled() -> None:
+    """The signal's :class:`Interrupted` was caught and dealt with: never raise it again.
+
+    Whoever catches the interrupt and turns it into something else calls this: an error of
+    its own (a batch cluster whose watch gave up interrupts the main thread to stop its wait),
+    an exit status with the re-run message printed, or the normal end of a command that
+    runs until Ctrl-C (the dashboard). Otherwise :func:`raise_pending` would raise it a
+    second time when the command ends.
+    """
+    _pending.clear()
+
+
 def worker_preload(config: Any) -> list[str]:
     """The ``distributed.worker.preload`` list with this module added (for local clusters)."""
     current = config.get("distributed.worker.preload", []) or []

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -73,6 +74,38 @@ def test_a_signal_swallowed_by_a_finaliser_still_stops_the_command(monkeypatch):
         raise_pending()  # nor before any signal
 
 
+def test_an_interrupt_that_is_caught_and_handled_is_not_raised_again(capsys):
+    """A caught interrupt turned into an exit status (the CLI's stages), or into another error
+    (a batch cluster whose watch gave up interrupts the main thread): the end of the command
+    must not raise it a second time (CI saw exit 130 instead of 2, and the message twice)."""
+    from crscale.cli._run import EXIT_INTERRUPTED, guarded
+    from crscale.interrupts import mark_handled, raise_pending
+
+    def interrupted() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+
+    with handle_signals():  # exits without raising
+        value, status = guarded("detect", interrupted)
+    assert (value, status) == (None, EXIT_INTERRUPTED)
+    assert capsys.readouterr().err.count("re-run the same command") == 1
+
+    with pytest.raises(RuntimeError, match="no worker can come"), handle_signals():
+        try:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # JobWatch's way
+            time.sleep(1)
+        except KeyboardInterrupt:
+            mark_handled()
+            raise RuntimeError("no worker can come") from None
+    # Not handled: raised at the end as before.
+    with pytest.raises(Interrupted), handle_signals():
+        try:
+            interrupted()
+        except KeyboardInterrupt:
+            pass  # swallowed without mark_handled: the command must still stop
+    raise_pending()  # and nothing is left over
+
+
 def test_sigterm_during_detect_exits_130_and_rerun_finishes(tmp_path):
     archive = tmp_path / "a.zarr"
     cmd = [sys.executable, "-m", "crscale.cli", "run", str(FZ), "--archive", str(archive),
@@ -85,7 +118,7 @@ def test_sigterm_during_detect_exits_130_and_rerun_finishes(tmp_path):
     proc.send_signal(signal.SIGTERM)  # what a batch system sends at the walltime
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
-    assert "interrupted" in err and "re-run the same command" in err
+    assert "interrupted" in err and err.count("re-run the same command") == 1, err
     assert "Traceback" not in err and "leaked semaphore" not in err, err
     status = Archive(archive).status("banzai_test_frame")
     assert status["ingest"]["state"] == "done"

@@ -29,6 +29,7 @@ def guarded(name: str, call: Callable[[], Any]) -> tuple[Any, int | None]:
     and keeps its traceback.
     """
     from crscale.errors import CrscaleError
+    from crscale.interrupts import mark_handled
 
     try:
         return call(), None
@@ -36,6 +37,7 @@ def guarded(name: str, call: Callable[[], Any]) -> tuple[Any, int | None]:
         print(f"crscale {name}: {exc}", file=sys.stderr)
         return None, EXIT_USAGE
     except KeyboardInterrupt:
+        mark_handled()
         print(INTERRUPTED, file=sys.stderr)
         return None, EXIT_INTERRUPTED
 

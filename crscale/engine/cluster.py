@@ -301,6 +301,7 @@ def _jobqueue_client(system: str, say: Callable[[str], None]) -> Iterator[Client
                 yield client
             except KeyboardInterrupt:
                 if watch.error:  # the watch interrupted us: no worker can come
+                    interrupts.mark_handled()  # the interrupt was the watch's, not a signal to stop
                     raise ClusterError(watch.error) from None
                 raise
         finally:

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from crscale.errors import OutputError
+from crscale.interrupts import mark_handled
 from crscale.monitor.state import DashboardState, View
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ class DashboardServer:
             while self._thread is not None and self._thread.is_alive():
                 time.sleep(0.5)
         except KeyboardInterrupt:
-            pass
+            mark_handled()  # Ctrl-C is how this ends, not an interruption
         finally:
             self.stop()
 
