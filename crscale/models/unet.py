@@ -11,6 +11,7 @@ weights map onto it one to one.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -92,6 +93,12 @@ def _norm(kind: str, channels: int, groups: int) -> nn.Module:
     return nn.Identity()
 
 
+def _relu() -> Callable[[torch.Tensor], torch.Tensor]:
+    # In place when no gradient is kept (inference): a new tensor per activation, and the pass
+    # that fills it, cost a large part of the CPU time. Training keeps autograd's usual form.
+    return torch.relu if torch.is_grad_enabled() else torch.relu_
+
+
 class ConvBlock(nn.Module):
     """Two (3×3 convolution → normalisation → ReLU) layers."""
 
@@ -105,8 +112,9 @@ class ConvBlock(nn.Module):
         self.norm2 = _norm(norm, cout, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        x = torch.relu(self.norm1(self.conv1(x)))
-        return torch.relu(self.norm2(self.conv2(x)))
+        relu = _relu()
+        x = relu(self.norm1(self.conv1(x)))
+        return relu(self.norm2(self.conv2(x)))
 
 
 class AttentionGate(nn.Module):
@@ -131,7 +139,7 @@ class AttentionGate(nn.Module):
         self.npsi = nn.BatchNorm2d(1, momentum=BN_MOMENTUM) if norm == "batch" else nn.Identity()
 
     def forward(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        a = torch.relu(self.nx(self.wx(skip)) + self.ng(self.wg(gate)))
+        a = _relu()(self.nx(self.wx(skip)) + self.ng(self.wg(gate)))
         return skip * torch.sigmoid(self.npsi(self.psi(a)))
 
 
