@@ -119,6 +119,14 @@ def test_the_shipped_split_keeps_held_out_pixels_out_of_training():
         assert all((base / s.source).exists() for s in specs)
 
 
+def test_the_dimmed_training_frames_reach_no_val_or_held_out_pixel():
+    dim, base = read_specs(SPEC.with_name("archive-frames-dim.yaml"))
+    specs, base2 = read_specs(SPEC)
+    assert base == base2 and dim and all(s.role == "train" and s.dim < 1 for s in dim)
+    assert overlaps(specs + dim) == []
+    assert {s.name for s in dim}.isdisjoint(s.name for s in specs)
+
+
 def test_false_positives_per_mpix_at_the_operating_point():
     truth = np.zeros(1000, bool)
     truth[:10] = True
@@ -211,3 +219,66 @@ def test_a_trail_spec_is_written_with_its_header(tmp_path):
     np.testing.assert_array_equal(fits.getdata(path), fits.getdata(again))
     with pytest.raises(Exception, match="trail"):
         FrameSpec(name="x", source="s", role="train", kind="k", trail=(1.0, 0.0))
+
+
+ARC = SHARED_REAL / "eso_midas_testdata" / "HeAr_gr2_extr.fits"
+
+
+def test_a_dimmed_real_arc_has_fainter_lines_and_the_noise_of_a_shorter_exposure(tmp_path):
+    """dim: the light above the background scaled, the background's noise kept, and the shot
+    noise that of the fainter light (checked against a frame simulated at both exposures)."""
+    from crscale.detection.sky_noise import robust_sky_noise
+    from crscale.train.frames import dim_frame
+
+    if not ARC.exists():
+        pytest.skip(f"{ARC} is not here")
+    spec = _spec(tmp_path, [
+        {"name": "arc", "source": str(ARC), "role": "train", "kind": "arc", "crop": [0, 286, 0, 640]},
+        {"name": "arc-dim", "source": str(ARC), "role": "train", "kind": "arc", "crop": [0, 286, 0, 640],
+         "dim": 0.2},
+    ])
+    paths = write_frames(spec, tmp_path / "out")
+    full, dimmed = (fits.getdata(p) for p in paths["train"])
+    assert fits.getheader(paths["train"][1])["CRSDIM"] == 0.2
+    assert "CRSDIM" not in fits.getheader(paths["train"][0])
+    sky, sigma = robust_sky_noise(full)
+    lines = (full - sky) > 50 * sigma  # the arc's bright lines
+    assert lines.sum() > 200
+    # the lines' light is scaled, the background level and noise are kept
+    assert (dimmed - sky)[lines].sum() == pytest.approx(0.2 * (full - sky)[lines].sum(), rel=0.01)
+    # the background (the columns between the lines) keeps its level and its noise
+    between = np.abs(np.median(full, axis=0) - sky) < 0.5 * sigma
+    assert between.sum() > 100
+    assert dimmed[:, between].mean() == pytest.approx(full[:, between].mean(), abs=0.25 * sigma)
+
+    def noise(img):  # from pixel to pixel along the slit: the noise, not the frame's gradients
+        d = np.diff(img[:, between], axis=0).ravel()
+        return 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2)
+
+    assert noise(dimmed) == pytest.approx(noise(full), rel=0.1)
+
+    # The noise added is that of the shorter exposure: a Poisson frame of a line spectrum at
+    # exposure 1, dimmed by 0.2, has the noise of the same spectrum exposed 0.2 times as long.
+    rng = np.random.default_rng(3)
+    x = np.arange(400)
+    light = np.zeros((300, 400))
+    for c in (50, 150, 260, 330):  # four lines along the slit, 2 px sigma, 20,000 e- at peak
+        light += 2e4 * np.exp(-0.5 * ((x - c) / 2.0) ** 2)[None, :]
+    read = 5.0
+
+    def expose(t):
+        return rng.poisson(100 + t * light).astype(float) + rng.normal(0, read, light.shape)
+
+    bright, faint = expose(1.0), expose(0.2)
+    made = dim_frame(bright, np.zeros(light.shape, bool), 0.2, seed=4)
+    on_line = light > 5e3
+    # the light on the lines, and its scatter along each column (the slit direction)
+    cols = on_line[0]
+    assert np.mean(made[:, cols]) == pytest.approx(np.mean(faint[:, cols]), rel=0.01)
+    assert np.std(made[:, on_line[0]], axis=0).mean() == pytest.approx(
+        np.std(faint[:, on_line[0]], axis=0).mean(), rel=0.05)
+    off = light < 1
+    assert np.std(made[:, off[0]]) == pytest.approx(np.std(faint[:, off[0]]), rel=0.05)
+    with pytest.raises(InputError, match="frames.yaml.*dim"):
+        read_specs(_spec(tmp_path, [{"name": "a", "source": str(ARC), "role": "train", "kind": "k",
+                                     "dim": 0}]))

@@ -9,7 +9,10 @@ so its Poisson noise is that of the summed charge, and its read noise is ``bin �
 (quadrature sum of ``bin²`` reads), which is what the header then says. Trailing a real star
 field along a line (:func:`trail_frame`) makes the frame of a telescope that tracks a moving
 target (an asteroid, a comet): every star becomes a PSF-wide streak, the real structure most
-easily taken for a CR track.
+easily taken for a CR track. Dimming a real frame (:func:`dim_frame`) makes the same exposure
+shorter: its sources (an arc's lines, a spectrum's trace) fainter against the same background
+noise, so that a faint, sharp line of real light is among the hard negatives as well as a
+bright one.
 
 Each derived frame is written as a plain FITS file in electrons (``GAIN = 1``), with the source's
 path, sha256, crop and binning in its header, and its bad pixels (non-finite, saturated,
@@ -60,6 +63,9 @@ class FrameSpec:
     trail : tuple of float, optional
         ``(length, angle)``: trail the frame over ``length`` pixels at ``angle`` degrees
         (counter-clockwise from the x axis), see :func:`trail_frame`.
+    dim : float
+        ``0 < dim <= 1``: scale the light above the background by ``dim``, with the noise of
+        the fainter light (:func:`dim_frame`); 1 leaves the frame as it is.
     own_crs : {"", "none"}
         ``"none"``: do not look for the frame's own CRs (header ``CRSOWNCR = 'none'``), for
         exposures of a few seconds, which hold almost none (0.07 per Mpix per second at the ITL
@@ -76,6 +82,7 @@ class FrameSpec:
     crop: tuple[int, int, int, int] | None = None
     bin: int = 1
     trail: tuple[float, float] | None = None
+    dim: float = 1.0
     own_crs: str = ""
 
     def __post_init__(self) -> None:
@@ -85,6 +92,8 @@ class FrameSpec:
             raise SettingsError(f"frame {self.name!r}: own_crs must be '' or 'none', not {self.own_crs!r}")
         if self.bin < 1:
             raise SettingsError(f"frame {self.name!r}: bin must be >= 1, not {self.bin}")
+        if not (isinstance(self.dim, (int, float)) and 0 < self.dim <= 1):
+            raise SettingsError(f"frame {self.name!r}: dim must be a number in (0, 1], not {self.dim!r}")
         if self.trail is not None and (
             len(self.trail) != 2 or not self.trail[0] > 1 or not np.isfinite(self.trail).all()
         ):
@@ -178,6 +187,37 @@ def trail_frame(
     return img, reach
 
 
+def dim_frame(image: np.ndarray, bad: np.ndarray, factor: float, *, seed: int) -> np.ndarray:
+    """The frame as if exposed ``factor`` times as long: light above the background scaled.
+
+    With the background ``sky`` and its noise ``σ`` measured on the frame (the pixel-to-pixel
+    noise of :func:`~crscale.detection.sky_noise.pixel_noise`, away from the light), the light
+    ``x - sky`` is scaled by ``factor`` and white Gaussian noise of the missing variance is
+    added, so that the result has the noise of the fainter frame: ``σ²`` (the background's,
+    unchanged) plus the shot noise of the scaled light. The scaling leaves
+    ``factor² (σ² + max(x - sky, 0))``; the added variance is
+    ``(1 - factor²) σ² + (factor - factor²) max(x - sky, 0)``, never negative. Bad pixels are
+    left as they are.
+    """
+    from scipy import ndimage
+
+    from crscale.detection.sky_noise import pixel_noise, robust_sky_noise
+
+    sky, spread = robust_sky_noise(image, bad=bad)
+    # The background's own noise: an arc's lines or a flat's gradient inflate the spread of
+    # the pixel values, and adding that much would make the dimmed frame noisier than it is.
+    # Sharp bright lines still leave large residuals from the running median: measured again
+    # without them (and their wings).
+    sigma = pixel_noise(image, bad=bad) or spread
+    lit = ndimage.binary_dilation(image - sky > 3 * sigma, iterations=2)
+    sigma = pixel_noise(image, bad=bad | lit) or sigma
+    light = np.clip(image - sky, 0.0, None)
+    missing = (1.0 - factor**2) * float(sigma) ** 2 + (factor - factor**2) * light
+    rng = np.random.default_rng(seed)
+    out = sky + factor * (image - sky) + rng.normal(size=image.shape) * np.sqrt(missing)
+    return np.where(bad, image, out)
+
+
 def derive(spec: FrameSpec, base: Path) -> tuple[np.ndarray, dict]:
     """The derived image (float32 electrons, NaN where bad) and its header cards."""
     from crscale.io.inputs import expand_inputs
@@ -205,6 +245,9 @@ def derive(spec: FrameSpec, base: Path) -> tuple[np.ndarray, dict]:
             )
         seed = int.from_bytes(sha256(spec.name.encode()).digest()[:4], "little")
         img, bad = trail_frame(img, bad, *spec.trail, seed=seed)
+    if spec.dim < 1:
+        seed = int.from_bytes(sha256(f"{spec.name}:dim".encode()).digest()[:4], "little")
+        img = dim_frame(img, bad, spec.dim, seed=seed)
     out = np.where(bad, np.nan, img).astype(np.float32)
     header = {
         "GAIN": (1.0, "e-/ADU: derived frames are in electrons"),
@@ -220,6 +263,8 @@ def derive(spec: FrameSpec, base: Path) -> tuple[np.ndarray, dict]:
     }
     if spec.trail:
         header["CRSTRAIL"] = (f"{spec.trail[0]:g} px at {spec.trail[1]:g} deg", "trailed (trail_frame)")
+    if spec.dim < 1:
+        header["CRSDIM"] = (spec.dim, "light above the background scaled (dim_frame)")
     if spec.own_crs:
         header[OWN_CRS_KEY] = (spec.own_crs, "own CRs: not looked for (short exposure)")
     return out, header
