@@ -14,7 +14,7 @@ import crscale
 from crscale.cli import main
 from crscale.io.errors import InputError
 from crscale.train import TrainConfig, train
-from tests.conftest import EMMI, GMOS, SAAO
+from tests.conftest import EMMI, FZ, GMOS, SAAO
 
 
 def _config(tmp_path, name="tiny", **extra) -> TrainConfig:
@@ -153,11 +153,45 @@ def test_the_recommended_threshold_follows_the_configured_rule():
     assert recommended_threshold(val, TrainConfig(threshold_rule="fpr")) == 0.91
     assert recommended_threshold({**val, "fpr_threshold": 0.91}, TrainConfig(threshold_rule="fpr")) == 0.91
     assert recommended_threshold({**val, "fpr_threshold": 0.9991}, TrainConfig(threshold_rule="fpr")) == 0.99
+    # frame-fpr: the budget on every validation frame, not only pooled
+    frames = {**val, "frame_fpr_threshold": 0.9512}
+    assert recommended_threshold(frames, TrainConfig(threshold_rule="frame-fpr")) == 0.96
+    assert recommended_threshold(frames, TrainConfig(threshold_rule="fpr")) == 0.91
     with pytest.raises(ValueError, match="threshold_rule"):
         TrainConfig(threshold_rule="youden")
     for fpr in (0.0, 1.0, float("nan")):
         with pytest.raises(ValueError, match="threshold_fpr"):
             TrainConfig(threshold_rule="fpr", threshold_fpr=fpr)
+
+
+def test_frame_fpr_threshold_keeps_every_validation_frame_within_the_budget(tmp_path):
+    """Two real validation frames: at the frame-fpr threshold neither has more false pixels
+    than the budget allows, and the threshold is the larger of their own ones."""
+    import math
+
+    import zarr
+
+    from crscale.detection.normalise import compute_stats
+    from crscale.models import load_weights
+    from crscale.train.loop import validate
+
+    cfg = _config(tmp_path, epochs=1, val_images=[str(GMOS), str(FZ)], threshold_rule="frame-fpr",
+                  threshold_fpr=1e-3)
+    res = train(cfg, progress=False, log=lambda *_: None)
+    model, card = load_weights(res.model_path)
+    store = zarr.open_group(str(cfg.workdir_path / "patches.zarr"), mode="r")
+    val = validate(model, store, fpr=1e-3, normalisation=card.normalisation)
+    assert val["frame_fpr_threshold"] >= val["fpr_threshold"]
+    thr = card.recommended_threshold
+    assert thr == min(0.99, math.ceil(round(val["frame_fpr_threshold"] * 100, 6)) / 100)
+    rates = []
+    for key in store["val"].group_keys():
+        g = store["val"][key]
+        img, truth, valid, bad = g["image"][...], g["truth"][...], g["valid"][...], g["bad"][...]
+        stats = compute_stats(img, bad=bad | ~valid)  # as validation computes them
+        p = crscale.detect(img, model=(model, card), dq=bad, stats=stats, inpaint=False, tile=448).prob
+        rates.append(float(((p >= thr) & ~truth)[valid].sum() / valid.sum()))
+    assert len(rates) == 2 and max(rates) <= 1e-3, rates
 
 
 def test_faint_ignore_leaves_only_faint_cr_pixels_out_of_the_loss(tmp_path):

@@ -11,6 +11,9 @@ import yaml
 from crscale.errors import InputError, SettingsError
 from crscale.io.inputs import fits_files
 
+#: Values of ``threshold_rule``.
+THRESHOLD_RULES = ("best-f1", "fpr", "frame-fpr")
+
 
 @dataclass
 class SkyAugment:
@@ -44,10 +47,11 @@ class TrainConfig:
     own_crs : {"astroscrappy", "none"}
         How the science images' own CRs are handled: found with astroscrappy (conservative
         settings), replaced by its clean values and left out of the loss (dilated 1 px).
-    threshold_rule : {"best-f1", "fpr"}
+    threshold_rule : {"best-f1", "fpr", "frame-fpr"}
         How the model card's recommended threshold is chosen on validation
-        (:func:`crscale.train.loop.recommended_threshold`): the best F1, or the smallest
-        threshold whose false-positive rate is at most ``threshold_fpr``.
+        (:func:`crscale.train.loop.recommended_threshold`): the best F1, the smallest
+        threshold whose false-positive rate is at most ``threshold_fpr``, or the smallest at
+        which every validation frame's false-positive rate is.
     faint_ignore_nsigma : float or None
         Leave the faint injected CR pixels out of the loss: those whose injected charge is below
         this many times their pixel's noise (:func:`crscale.injection.faint.faint_pixels`).
@@ -101,8 +105,10 @@ class TrainConfig:
             raise SettingsError(f"loss must be 'bce' or 'median-weighted', not {self.loss!r}")
         if self.own_crs not in ("astroscrappy", "none"):
             raise SettingsError(f"own_crs must be 'astroscrappy' or 'none', not {self.own_crs!r}")
-        if self.threshold_rule not in ("best-f1", "fpr"):
-            raise SettingsError(f"threshold_rule must be 'best-f1' or 'fpr', not {self.threshold_rule!r}")
+        if self.threshold_rule not in THRESHOLD_RULES:
+            raise SettingsError(
+                f"threshold_rule must be one of {THRESHOLD_RULES}, not {self.threshold_rule!r}"
+            )
         if not 0 < self.threshold_fpr < 1:
             raise SettingsError(f"threshold_fpr must be in (0, 1), not {self.threshold_fpr!r}")
         if self.faint_ignore_nsigma is not None and not (

@@ -155,7 +155,8 @@ def validate(
 ) -> dict:
     """Validation loss and pixel metrics on the held-out images, predicted as :func:`crscale.detect` does.
 
-    ``fpr_threshold`` is the smallest threshold whose false-positive rate is at most ``fpr``;
+    ``fpr_threshold`` is the smallest threshold whose false-positive rate is at most ``fpr``,
+    ``frame_fpr_threshold`` the smallest at which that holds on every image;
     ``normalisation`` is the model card's (default: the robust noise, :data:`ROBUST_ASINH`).
     """
     normalisation = normalisation or input_normalisation("global")
@@ -194,6 +195,11 @@ def validate(
         "precision@tpr=0.95": m["precision_at_tpr_95"],
         "best_f1_threshold": best["threshold"],
         "fpr_threshold": threshold_at_fpr(p, t, fpr),
+        # Each frame within the budget, not only the pooled pixels (where a big, clean frame
+        # can hide a small frame full of false pixels).
+        "frame_fpr_threshold": max(
+            threshold_at_fpr(pi, ti, fpr) for pi, ti in zip(probs, truths, strict=True)
+        ),
         "f1": m["f1"],
         "iou": m["iou"],
         "fdr": m["fdr"],
@@ -212,10 +218,13 @@ def recommended_threshold(val: dict, config: TrainConfig) -> float:
     0.01 grid whose validation false-positive rate is at most ``config.threshold_fpr``
     (100 false-positive pixels per Mpix at 1e-4: a bound on what each frame of an archive gets,
     where the best F1 trades false pixels for the completeness of CR pixels below the noise).
+    ``frame-fpr``: the same, with the rate at most ``config.threshold_fpr`` on every
+    validation frame (the per-frame target of issue 15).
     """
     if config.threshold_rule == "best-f1":
         return float(val["best_f1_threshold"])
-    return float(min(0.99, math.ceil(round(float(val["fpr_threshold"]) * 100, 6)) / 100))
+    key = "frame_fpr_threshold" if config.threshold_rule == "frame-fpr" else "fpr_threshold"
+    return float(min(0.99, math.ceil(round(float(val[key]) * 100, 6)) / 100))
 
 
 def _save_checkpoint(path: Path, model, opt, sched, epoch: int, rng, history, best) -> None:
