@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -55,6 +56,8 @@ def handle_signals() -> Iterator[None]:
     Only the first signal raises: later ones (a batch system repeating SIGTERM, a second
     Ctrl-C) are ignored so that they cannot abort the clean-up the first one started. The
     previous handlers are restored on exit. Outside the main thread this does nothing.
+    An :class:`Interrupted` swallowed by a finaliser is not printed (it is raised again, see
+    :func:`raise_pending`); other unraisable exceptions go to the previous ``sys.unraisablehook``.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -71,7 +74,16 @@ def handle_signals() -> Iterator[None]:
         logging.getLogger("distributed").setLevel(logging.ERROR)
         raise Interrupted(signum)
 
+    report_unraisable = sys.unraisablehook
+
+    def unraisable(info: Any) -> None:
+        # A finaliser swallowed the signal's exception: raise_pending raises it again, so the
+        # "Exception ignored in ..." traceback Python would print is noise to the user.
+        if not isinstance(info.exc_value, Interrupted):
+            report_unraisable(info)
+
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    sys.unraisablehook = unraisable
     try:
         yield
     except BaseException:
@@ -80,6 +92,8 @@ def handle_signals() -> Iterator[None]:
         raise_pending()  # the signal's exception was swallowed and the command ran to its end
     finally:
         _pending.clear()
+        if sys.unraisablehook is unraisable:
+            sys.unraisablehook = report_unraisable
         for s, old in previous.items():
             signal.signal(s, old)
 
