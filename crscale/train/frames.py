@@ -197,7 +197,9 @@ def dim_frame(image: np.ndarray, bad: np.ndarray, factor: float, *, seed: int) -
     unchanged) plus the shot noise of the scaled light. The scaling leaves
     ``factor² (σ² + max(x - sky, 0))``; the added variance is
     ``(1 - factor²) σ² + (factor - factor²) max(x - sky, 0)``, never negative. Bad pixels are
-    left as they are.
+    left as they are. The noise added is white: right for raw frames (the arc, ISAAC, M13
+    here), not for a resampled frame whose noise is correlated from pixel to pixel (the
+    bundled GMOS spectrum: lag-1 correlation 0.78 along its columns).
     """
     from scipy import ndimage
 
