@@ -129,7 +129,9 @@ def needs_pixel_noise(normalisation: dict) -> bool:
     """
     noise = normalisation.get("noise", "global")
     if noise not in INPUT_NOISES:
-        raise ValueError(f"unknown input noise {noise!r} in the model card's normalisation (global, pixel)")
+        raise ValueError(
+            f"unknown input noise {noise!r} in the model card's normalisation ({', '.join(INPUT_NOISES)})"
+        )
     return noise == "pixel"
 
 
@@ -142,17 +144,14 @@ def input_noise(stats: ImageStats, normalisation: dict) -> float:
         The card asks for the pixel-to-pixel noise and ``stats`` has none (statistics made by
         hand, or by ``compute_stats`` without ``pixel=True``).
     """
-    noise = normalisation.get("noise", "global")
-    if noise == "global":
+    if not needs_pixel_noise(normalisation):
         return stats.noise
-    if noise == "pixel":
-        if stats.pixel_noise is None:
-            raise ValueError(
-                "this model normalises its input by the pixel-to-pixel noise, and the statistics "
-                "given have none: compute them with compute_stats(..., pixel=True)"
-            )
-        return stats.pixel_noise
-    raise ValueError(f"unknown input noise {noise!r} in the model card's normalisation (global, pixel)")
+    if stats.pixel_noise is None:
+        raise ValueError(
+            "this model normalises its input by the pixel-to-pixel noise, and the statistics "
+            "given have none: compute them with compute_stats(..., pixel=True)"
+        )
+    return stats.pixel_noise
 
 
 def with_noise_floor(stats: ImageStats, readnoise: float | None, gain: float | None) -> ImageStats:

@@ -10,6 +10,7 @@ import yaml
 
 from crscale.errors import InputError, SettingsError
 from crscale.io.inputs import fits_files
+from crscale.models.card import INPUT_NOISES
 
 #: Values of ``threshold_rule``.
 THRESHOLD_RULES = ("best-f1", "fpr", "frame-fpr")
@@ -119,8 +120,8 @@ class TrainConfig:
             raise SettingsError(
                 f"faint_ignore_nsigma must be a number in (0, 100) or null, not {self.faint_ignore_nsigma!r}"
             )
-        if self.input_noise not in ("global", "pixel"):
-            raise SettingsError(f"input_noise must be 'global' or 'pixel', not {self.input_noise!r}")
+        if self.input_noise not in INPUT_NOISES:
+            raise SettingsError(f"input_noise must be one of {INPUT_NOISES}, not {self.input_noise!r}")
         if self.patch % 8:
             raise SettingsError(f"patch size {self.patch} must be a multiple of 8")
 
