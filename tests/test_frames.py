@@ -287,3 +287,15 @@ def test_dimming_gives_the_noise_of_a_shorter_exposure():
         np.std(faint[:, on_line[0]], axis=0).mean(), rel=0.05)
     off = light < 1
     assert np.std(made[:, off[0]]) == pytest.approx(np.std(faint[:, off[0]]), rel=0.05)
+
+
+def test_a_crop_without_good_pixels_is_refused_naming_the_file(tmp_path):
+    data = fits.getdata(SAAO).astype(np.float32)
+    data[:40, :40] = np.nan  # a dead corner of a real frame
+    src = tmp_path / "dead-corner.fits"
+    fits.PrimaryHDU(data).writeto(src)
+    spec = _spec(tmp_path, [{"name": "c", "source": str(src), "role": "train", "kind": "k",
+                             "crop": [0, 40, 0, 40], "dim": 0.5}])
+    with pytest.raises(InputError, match="dead-corner.fits.*no good pixel"):
+        write_frames(spec, tmp_path / "out")
+    assert not (tmp_path / "out" / "train" / "c.fits").exists()

@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 
 from crscale.detection.badpix import bad_pixel_mask
-from crscale.errors import InputError, SettingsError
+from crscale.errors import CrscaleError, InputError, SettingsError
 from crscale.io.fits_reader import read_exposure, sha256_file
 
 log = logging.getLogger(__name__)
@@ -238,6 +238,8 @@ def derive(spec: FrameSpec, base: Path) -> tuple[np.ndarray, dict]:
     if not (0 <= y0 < y1 <= img.shape[0] and 0 <= x0 < x1 <= img.shape[1]):
         raise InputError(src, f"crop {spec.crop} outside the image {img.shape}", kind="invalid")
     img, bad = bin_sum(img[y0:y1, x0:x1], bad[y0:y1, x0:x1], spec.bin)
+    if bad.all():  # trail and dim measure the frame's sky and noise: there is none
+        raise InputError(src, f"frame {spec.name!r}: no good pixel in crop {spec.crop}", kind="invalid")
     if spec.trail:
         if spec.trail[0] >= min(img.shape) / 2:
             raise InputError(
@@ -327,11 +329,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("out")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
-    specs, _ = read_specs(args.spec)
-    bad = overlaps(specs)
-    if bad:
-        raise SystemExit(f"frames of different roles share pixels: {bad}")
-    paths = write_frames(args.spec, args.out, overwrite=args.overwrite)
+    try:
+        specs, _ = read_specs(args.spec)
+        bad = overlaps(specs)
+        if bad:
+            raise SystemExit(f"frames of different roles share pixels: {bad}")
+        paths = write_frames(args.spec, args.out, overwrite=args.overwrite)
+    except CrscaleError as exc:  # a bad spec or source: its message, not a traceback
+        raise SystemExit(f"crscale.train.frames: {exc}") from None
     for role, ps in paths.items():
         print(f"{role}: {len(ps)} frame(s) in {Path(args.out) / role}")
 
