@@ -152,9 +152,9 @@ def profile(net: torch.nn.Module) -> tuple[dict[str, float], list[tuple[str, str
 
 def network_side(n: int, tile: int, halo: int, align: int) -> int:
     """Pixels the network computes along an axis of ``n`` pixels (as predict_tiled tiles it, offset 0)."""
-    from crscale.detection.tiling import round_up
+    from crscale.detection.tiling import core_size
 
-    t = min(round_up(max(tile, align), align), round_up(n, align))
+    t = core_size(n, tile, align)
     return -(-n // t) * (t + 2 * halo)
 
 

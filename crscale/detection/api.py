@@ -19,7 +19,7 @@ from crscale.detection.normalise import (
     with_noise_floor,
 )
 from crscale.detection.predictor import Predictor, predictor_from
-from crscale.detection.tiling import alignment, predict_tiled, required_halo
+from crscale.detection.tiling import alignment, predict_tiled, required_halo, tile_layout
 from crscale.detection.torch_block import use_torch_path
 
 
@@ -149,7 +149,8 @@ def detect(
         ``torch.compile`` the network (~20 s of compilation, a few % faster here; for long
         runs). See :class:`Predictor`.
     tile : int, optional
-        Core tile size in pixels; default 448 on CPU, 1024 on GPU. Any value gives the same
+        Largest core tile size in pixels; default 448 on CPU, 1024 on GPU (each axis is cut
+        into the fewest such cores, as even as the grid allows). Any value gives the same
         result (to float rounding): tiles carry a halo ≥ the receptive radius.
     batch_size : int, optional
         Tiles per network call.
@@ -224,7 +225,7 @@ def detect(
     if progress:
         from tqdm.auto import tqdm
 
-        n_tiles = -(-data.shape[0] // tile) * -(-data.shape[1] // tile)
+        n_tiles = len(tile_layout(data.shape[0], data.shape[1], tile, alignment(pred.config), origin)[2])
         bar = tqdm(total=n_tiles, unit="tile", desc="detect")
     try:
         prob = predict_tiled(

@@ -33,12 +33,39 @@ def required_halo(config: UNetConfig) -> int:
     return round_up(config.receptive_radius + FILL_RADIUS, alignment(config))
 
 
+def core_size(extent: int, tile: int, align: int) -> int:
+    """Core size along one axis: at most ``tile`` (rounded up to ``align``), tiles as even as the grid allows.
+
+    ``extent`` is the axis length from the grid line before the image (``offset + n``). The
+    number of tiles is the fewest cores of ``tile`` that cover it; the core then shrinks to the
+    smallest multiple of ``align`` that still covers it with that many. A 2048-px axis with
+    ``tile`` 448 gets 5 cores of 416 rather than 5 of 448 (192 px computed past the edge): the
+    network computes 1.37x the image's pixels instead of 1.56x.
+    """
+    t = round_up(max(tile, align), align)
+    n = -(-extent // t)
+    return round_up(-(-extent // n), align)
+
+
 def tile_origins(h: int, w: int, tile: tuple[int, int], offset: tuple[int, int]) -> list[tuple[int, int]]:
     """Core origins, in padded coordinates, of the tiles that cover an (h, w) image."""
     ty, tx = tile
     ny = -(-(offset[0] + h) // ty)
     nx = -(-(offset[1] + w) // tx)
     return [(i * ty, j * tx) for i in range(ny) for j in range(nx)]
+
+
+def tile_layout(
+    h: int, w: int, tile: int, align: int, origin: tuple[int, int] = (0, 0)
+) -> tuple[tuple[int, int], tuple[int, int], list[tuple[int, int]]]:
+    """Core shape, grid offset and core origins (padded coordinates) of an (h, w) image's tiles.
+
+    The one place that decides the tiles, so that the numpy and torch paths (and the progress
+    bar) make the same network calls.
+    """
+    off = (origin[0] % align, origin[1] % align)
+    core = (core_size(off[0] + h, tile, align), core_size(off[1] + w, tile, align))
+    return core, off, tile_origins(h, w, core, off)
 
 
 def predict_tiled(
@@ -61,7 +88,8 @@ def predict_tiled(
     run_batch : callable
         Maps a (B, 1, H, W) float32 batch to (B, 1, H, W) float32 outputs.
     tile : int
-        Core size in pixels (rounded up to ``align``; shrunk to the image where larger).
+        Largest core size in pixels (rounded up to ``align``); each axis is cut into the fewest
+        cores of at most that size, made as even as the grid allows (:func:`core_size`).
     halo, align : int
         See the module docstring; ``halo`` must be a multiple of ``align``.
     origin : tuple of int
@@ -75,10 +103,7 @@ def predict_tiled(
     if halo % align:
         raise ValueError(f"halo {halo} is not a multiple of the alignment {align}")
     h, w = x.shape
-    off = (origin[0] % align, origin[1] % align)
-    ty = min(round_up(max(tile, align), align), round_up(off[0] + h, align))
-    tx = min(round_up(max(tile, align), align), round_up(off[1] + w, align))
-    origins = tile_origins(h, w, (ty, tx), off)
+    (ty, tx), off, origins = tile_layout(h, w, tile, align, origin)
     ny = origins[-1][0] + ty
     nx = origins[-1][1] + tx
     # Mirror the image beyond its edges: a network fed zeros there sees a cliff (for models

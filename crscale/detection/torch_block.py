@@ -25,7 +25,7 @@ from crscale import _validate
 from crscale.detection.badpix import FILL_RADIUS
 from crscale.detection.inpaint import DEFAULT_INPAINT
 from crscale.detection.normalise import ImageStats, input_noise
-from crscale.detection.tiling import alignment, required_halo, round_up, tile_origins
+from crscale.detection.tiling import alignment, required_halo, tile_layout
 
 #: ``backend`` values: ``auto`` takes the torch path on CUDA devices and the numpy path on CPUs.
 BACKENDS = ("auto", "numpy", "torch")
@@ -169,10 +169,7 @@ def predict_tiled_tensor(
     The same tiles in the same batches as the numpy path, so the same network calls.
     """
     h, w = x.shape
-    off = (origin[0] % align, origin[1] % align)
-    ty = min(round_up(max(tile, align), align), round_up(off[0] + h, align))
-    tx = min(round_up(max(tile, align), align), round_up(off[1] + w, align))
-    origins = tile_origins(h, w, (ty, tx), off)
+    (ty, tx), off, origins = tile_layout(h, w, tile, align, origin)
     ny, nx = origins[-1][0] + ty, origins[-1][1] + tx
     iy = _symmetric_index(h, halo + off[0], ny + halo - off[0] - h, x.device)
     ix = _symmetric_index(w, halo + off[1], nx + halo - off[1] - w, x.device)
