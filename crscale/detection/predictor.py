@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from crscale import _validate
+from crscale.detection.cpu_memory import keep_freed_memory
 from crscale.errors import DeviceError, FallbackWarning
 from crscale.models.card import ModelCard
 from crscale.models.unet import UNet, fold_batchnorm
@@ -80,6 +81,8 @@ class Predictor:
         self.card = card
         self.config = model.config
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # each tile reuses the last one's memory (cpu_memory)
         self.dtype = resolve_precision(precision, self.device)
         # Never the caller's module: a model still being trained must keep its dtype, mode and
         # gradients (fold_batchnorm already returns a copy).
@@ -99,7 +102,13 @@ class Predictor:
         return self.card.name
 
     def default_tile(self) -> int:
-        """Core tile size: ~450 px on CPUs (the activations then stay in cache), 1024 on GPUs."""
+        """Largest core tile: 448 px on CPUs, 1024 on GPUs.
+
+        Each axis is then cut into the fewest cores of at most that size, as even as the grid
+        allows (:func:`crscale.detection.tiling.core_size`). On CPUs a tile's input (core plus
+        two 32-px halos) then stays at or under 512 px: above that the network's time per pixel
+        rose by a third here, as its activations left the cache (``benchmarks/balanced_tiles.py``).
+        """
         return 1024 if self.device.type == "cuda" else 448
 
     def default_batch(self) -> int:
