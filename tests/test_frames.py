@@ -119,12 +119,17 @@ def test_the_shipped_split_keeps_held_out_pixels_out_of_training():
         assert all((base / s.source).exists() for s in specs)
 
 
-def test_the_dimmed_training_frames_reach_no_val_or_held_out_pixel():
-    dim, base = read_specs(SPEC.with_name("archive-frames-dim.yaml"))
+@pytest.mark.parametrize("name, changed", [("archive-frames-dim.yaml", lambda s: s.dim < 1),
+                                           ("archive-frames-sky.yaml", lambda s: s.sky > 0)])
+def test_the_dimmed_and_brightened_training_frames_reach_no_val_or_held_out_pixel(name, changed):
+    extra, base = read_specs(SPEC.with_name(name))
     specs, base2 = read_specs(SPEC)
-    assert base == base2 and dim and all(s.role == "train" and s.dim < 1 for s in dim)
-    assert overlaps(specs + dim) == []
-    assert {s.name for s in dim}.isdisjoint(s.name for s in specs)
+    assert base == base2 and extra and all(s.role == "train" and changed(s) for s in extra)
+    assert overlaps(specs + extra) == []
+    assert {s.name for s in extra}.isdisjoint(s.name for s in specs)
+    # every one is a training frame of the main split, the same pixels
+    train = {(s.source, s.detector, s.crop, s.bin) for s in specs if s.role == "train"}
+    assert all((s.source, s.detector, s.crop, s.bin) in train for s in extra)
 
 
 def test_false_positives_per_mpix_at_the_operating_point():
@@ -287,6 +292,29 @@ def test_dimming_gives_the_noise_of_a_shorter_exposure():
         np.std(faint[:, on_line[0]], axis=0).mean(), rel=0.05)
     off = light < 1
     assert np.std(made[:, off[0]]) == pytest.approx(np.std(faint[:, off[0]]), rel=0.05)
+
+
+def test_a_real_frame_under_a_brighter_sky_gains_the_level_and_its_poisson_noise(tmp_path):
+    """sky on the bundled real SAAO frame: every good pixel gains the level, with a noise of
+    variance the level, independent of the frame; the bad pixels stay bad; bad values refused."""
+    base = {"source": str(SAAO), "role": "train", "kind": "star field", "crop": [0, 400, 0, 500]}
+    spec = _spec(tmp_path, [{"name": "as-is", **base}, {"name": "bright", **base, "sky": 20000}])
+    paths = write_frames(spec, tmp_path / "out")
+    full, bright = (fits.getdata(p).astype(np.float64) for p in paths["train"])
+    assert fits.getheader(paths["train"][1])["CRSSKY"] == 20000
+    assert "CRSSKY" not in fits.getheader(paths["train"][0])
+    assert np.array_equal(np.isnan(full), np.isnan(bright))
+    good = np.isfinite(full)
+    added = (bright - full)[good]
+    assert added.mean() == pytest.approx(20000, abs=3 * np.sqrt(20000 / added.size))
+    assert added.std() == pytest.approx(np.sqrt(20000), rel=0.02)
+    # white and independent of the frame: no correlation with the stars, none from pixel to pixel
+    assert abs(np.corrcoef(added, full[good])[0, 1]) < 0.01
+    d = bright - full
+    assert abs(np.nanmean((d[:, 1:] - 20000) * (d[:, :-1] - 20000))) < 0.02 * 20000
+    for value in (-1, float("nan"), "abc", True):
+        with pytest.raises(InputError, match="frames.yaml.*sky must be"):
+            read_specs(_spec(tmp_path, [{"name": "a", **base, "sky": value}]))
 
 
 def test_a_crop_without_good_pixels_is_refused_naming_the_file(tmp_path):

@@ -12,7 +12,9 @@ target (an asteroid, a comet): every star becomes a PSF-wide streak, the real st
 easily taken for a CR track. Dimming a real frame (:func:`dim_frame`) makes the same exposure
 shorter: its sources (an arc's lines, a spectrum's trace) fainter against the same background
 noise, so that a faint, sharp line of real light is among the hard negatives as well as a
-bright one.
+bright one. Adding a sky to a real frame (:func:`add_sky`) makes the same field under a brighter
+sky (twilight, moonlight, a longer exposure): its CRs then stand only a few times their noise above
+it, as on a bright flat, while its stars and galaxies keep their shapes.
 
 Each derived frame is written as a plain FITS file in electrons (``GAIN = 1``), with the source's
 path, sha256, crop and binning in its header, and its bad pixels (non-finite, saturated,
@@ -66,6 +68,8 @@ class FrameSpec:
     dim : float
         ``0 < dim <= 1``: scale the light above the background by ``dim``, with the noise of
         the fainter light (:func:`dim_frame`); 1 leaves the frame as it is.
+    sky : float
+        Electrons of uniform sky to add, with its Poisson noise (:func:`add_sky`); 0 adds none.
     own_crs : {"", "none"}
         ``"none"``: do not look for the frame's own CRs (header ``CRSOWNCR = 'none'``), for
         exposures of a few seconds, which hold almost none (0.07 per Mpix per second at the ITL
@@ -83,6 +87,7 @@ class FrameSpec:
     bin: int = 1
     trail: tuple[float, float] | None = None
     dim: float = 1.0
+    sky: float = 0.0
     own_crs: str = ""
 
     def __post_init__(self) -> None:
@@ -94,6 +99,11 @@ class FrameSpec:
             raise SettingsError(f"frame {self.name!r}: bin must be >= 1, not {self.bin}")
         if not (isinstance(self.dim, (int, float)) and 0 < self.dim <= 1):
             raise SettingsError(f"frame {self.name!r}: dim must be a number in (0, 1], not {self.dim!r}")
+        if not (isinstance(self.sky, (int, float)) and not isinstance(self.sky, bool)
+                and np.isfinite(self.sky) and self.sky >= 0):
+            raise SettingsError(
+                f"frame {self.name!r}: sky must be a number of electrons >= 0, not {self.sky!r}"
+            )
         if self.trail is not None and (
             len(self.trail) != 2 or not self.trail[0] > 1 or not np.isfinite(self.trail).all()
         ):
@@ -220,6 +230,19 @@ def dim_frame(image: np.ndarray, bad: np.ndarray, factor: float, *, seed: int) -
     return np.where(bad, image, out)
 
 
+def add_sky(image: np.ndarray, bad: np.ndarray, level: float, *, seed: int) -> np.ndarray:
+    """The frame under a sky ``level`` electrons brighter: the level added with its Poisson noise.
+
+    Every good pixel gains ``level`` e⁻ plus Gaussian noise of variance ``level`` (Poisson at
+    these levels, thousands of electrons). The frame's own noise, light and structure are kept;
+    a CR injected into it later stands ``sqrt(level)`` more noise above it. Bad pixels are left
+    as they are.
+    """
+    rng = np.random.default_rng(seed)
+    out = image + level + rng.normal(size=image.shape) * np.sqrt(level)
+    return np.where(bad, image, out)
+
+
 def derive(spec: FrameSpec, base: Path) -> tuple[np.ndarray, dict]:
     """The derived image (float32 electrons, NaN where bad) and its header cards."""
     from crscale.io.inputs import expand_inputs
@@ -252,6 +275,9 @@ def derive(spec: FrameSpec, base: Path) -> tuple[np.ndarray, dict]:
     if spec.dim < 1:
         seed = int.from_bytes(sha256(f"{spec.name}:dim".encode()).digest()[:4], "little")
         img = dim_frame(img, bad, spec.dim, seed=seed)
+    if spec.sky > 0:
+        seed = int.from_bytes(sha256(f"{spec.name}:sky".encode()).digest()[:4], "little")
+        img = add_sky(img, bad, spec.sky, seed=seed)
     out = np.where(bad, np.nan, img).astype(np.float32)
     header = {
         "GAIN": (1.0, "e-/ADU: derived frames are in electrons"),
@@ -269,6 +295,8 @@ def derive(spec: FrameSpec, base: Path) -> tuple[np.ndarray, dict]:
         header["CRSTRAIL"] = (f"{spec.trail[0]:g} px at {spec.trail[1]:g} deg", "trailed (trail_frame)")
     if spec.dim < 1:
         header["CRSDIM"] = (spec.dim, "light above the background scaled (dim_frame)")
+    if spec.sky > 0:
+        header["CRSSKY"] = (spec.sky, "e- of sky added with its Poisson noise (add_sky)")
     if spec.own_crs:
         header[OWN_CRS_KEY] = (spec.own_crs, "own CRs: not looked for (short exposure)")
     return out, header
