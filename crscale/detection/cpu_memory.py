@@ -6,8 +6,10 @@ dynamic threshold has not risen past them, and gives freed memory at the top of 
 to the kernel once it exceeds the trim threshold; the next tile then touches fresh pages, and
 every page costs a fault that zeroes it. Dask's nanny starts workers with
 ``MALLOC_TRIM_THRESHOLD_=65536``, which makes glibc give back almost everything at once. On the
-2-core development machine that is 620,000 page faults per 2048² image and **0.53 s/Mpix
-against 0.30** with the memory kept (``benchmarks/malloc_tuning.py``).
+2-core development machine a real dask worker took ~150,000 page faults per Mpix and ran the
+default model at **0.58 s/Mpix, against 0.35** with the memory kept (``benchmarks/malloc_tuning.py``;
+a worker's task thread still faults some, as glibc gives back a thread arena's heap once it is
+wholly free).
 
 :func:`keep_freed_memory` raises both thresholds (``mallopt``) once per process, when a CPU
 predictor is made: allocations up to 32 MB (glibc's largest mmap threshold) come from the heap,
