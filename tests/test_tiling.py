@@ -49,7 +49,7 @@ def test_tiles_reassemble_exactly_and_stay_within_the_largest_tile(origin):
 
     tiled = predict_tiled(x, run, tile=tile, halo=halo, align=align, origin=origin, batch_size=3)
     np.testing.assert_allclose(tiled, whole, atol=1e-6, rtol=0)
-    (ty, tx), off, origins = tile_layout(*x.shape, tile, align, origin)
+    (ty, tx), off, origins = tile_layout(*x.shape, tile, align, origin=origin)
     assert sum(s[0] for s in shapes) == len(origins)
     assert all(s[2:] == (ty + 2 * halo, tx + 2 * halo) for s in shapes)
     assert ty <= tile and tx <= tile

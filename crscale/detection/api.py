@@ -225,7 +225,8 @@ def detect(
     if progress:
         from tqdm.auto import tqdm
 
-        n_tiles = len(tile_layout(data.shape[0], data.shape[1], tile, alignment(pred.config), origin)[2])
+        layout = tile_layout(data.shape[0], data.shape[1], tile, alignment(pred.config), origin=origin)
+        n_tiles = len(layout[2])
         bar = tqdm(total=n_tiles, unit="tile", desc="detect")
     try:
         prob = predict_tiled(

@@ -56,7 +56,7 @@ def tile_origins(h: int, w: int, tile: tuple[int, int], offset: tuple[int, int])
 
 
 def tile_layout(
-    h: int, w: int, tile: int, align: int, origin: tuple[int, int] = (0, 0)
+    h: int, w: int, tile: int, align: int, *, origin: tuple[int, int] = (0, 0)
 ) -> tuple[tuple[int, int], tuple[int, int], list[tuple[int, int]]]:
     """Core shape, grid offset and core origins (padded coordinates) of an (h, w) image's tiles.
 
@@ -103,7 +103,7 @@ def predict_tiled(
     if halo % align:
         raise ValueError(f"halo {halo} is not a multiple of the alignment {align}")
     h, w = x.shape
-    (ty, tx), off, origins = tile_layout(h, w, tile, align, origin)
+    (ty, tx), off, origins = tile_layout(h, w, tile, align, origin=origin)
     ny = origins[-1][0] + ty
     nx = origins[-1][1] + tx
     # Mirror the image beyond its edges: a network fed zeros there sees a cliff (for models

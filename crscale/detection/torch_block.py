@@ -169,7 +169,7 @@ def predict_tiled_tensor(
     The same tiles in the same batches as the numpy path, so the same network calls.
     """
     h, w = x.shape
-    (ty, tx), off, origins = tile_layout(h, w, tile, align, origin)
+    (ty, tx), off, origins = tile_layout(h, w, tile, align, origin=origin)
     ny, nx = origins[-1][0] + ty, origins[-1][1] + tx
     iy = _symmetric_index(h, halo + off[0], ny + halo - off[0] - h, x.device)
     ix = _symmetric_index(w, halo + off[1], nx + halo - off[1] - w, x.device)
