@@ -7,6 +7,8 @@ Two held-out sets:
   crowded undersampled field), never trained on and never used to choose an epoch. They are
   written first (``python -m crscale.train.frames``), then real ITL CR footprints are injected
   once per frame (seed 2026, 5e-4 CRs per pixel).
+- ``--set external``: the 3 frames of docs/evaluation/external-frames.yaml, of an instrument no
+  model was trained on (Liverpool Telescope SPRAT: an arc, two spectra), injected the same way.
 - ``--set survey``: the 33 survey cutouts of docs/evaluation/heldout-images.txt (the study of
   issue 6), with astroscrappy also at the paper's other settings.
 
@@ -16,7 +18,7 @@ Mpix, the per-frame targets (TPR >= 0.95, <= 100 FP px/Mpix), and the CPU time o
 (``crscale.detect``, mask only, on a 2048 x 2048 real frame, ``--threads`` threads, best of 2),
 and draws held-out quality against s/Mpix (``speed_quality.png`` in ``--out``).
 
-    python benchmarks/model_study.py [--set archive|survey] [--out DIR] [--model NAME ...]
+    python benchmarks/model_study.py [--set archive|external|survey] [--out DIR] [--model NAME ...]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SURVEY = ROOT / "docs" / "evaluation" / "heldout-images.txt"
 FRAMES = ROOT / "docs" / "training" / "archive-frames.yaml"
+EXTERNAL = ROOT / "docs" / "evaluation" / "external-frames.yaml"
 STUDY = ("crscale-bn-3-32", "crscale-bn-3-32-att", "crscale-gn-3-32", "crscale-gn-3-32-att")
 KEYS = (("tpr@fpr=1e-4", "0.01 %"), ("tpr@fpr=1e-3", "0.1 %"))
 
@@ -132,7 +135,7 @@ def plot(metrics: dict, speed: dict[str, float], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", choices=("archive", "survey"), default="archive")
+    ap.add_argument("--set", choices=("archive", "external", "survey"), default="archive")
     ap.add_argument("--out", default="benchmarks/out/model-study")
     ap.add_argument(
         "--model", action="append", help="models (default: crscale-default + the study's shipped ones)"
@@ -150,13 +153,14 @@ def main() -> None:
     from crscale.models.store import available_models
 
     models = args.model or ["default", *(m for m in STUDY if m in available_models())]
-    repeats = args.repeats or (1 if args.set == "archive" else 2)
+    repeats = args.repeats or (2 if args.set == "survey" else 1)
     quiet = {"progress": False, "repeats": repeats, "log": lambda *_: None}
     baselines = tuple(b for b in args.baselines.split(",") if b and b != "none")
-    if args.set == "archive":
+    if args.set in ("archive", "external"):
         from crscale.train.frames import write_frames
 
-        images = [str(p) for p in write_frames(FRAMES, ROOT / "runs" / "archive-frames")["heldout"]]
+        spec = FRAMES if args.set == "archive" else EXTERNAL
+        images = [str(p) for p in write_frames(spec, ROOT / "runs" / f"{args.set}-frames")["heldout"]]
     else:
         images = [f"@{SURVEY}"]
     report = evaluate(

@@ -119,6 +119,19 @@ def test_the_shipped_split_keeps_held_out_pixels_out_of_training():
         assert all((base / s.source).exists() for s in specs)
 
 
+def test_the_external_frames_are_held_out_and_no_training_spec_reads_them():
+    external, ext_base = read_specs(SPEC.parents[1] / "evaluation" / "external-frames.yaml")
+    assert external and all(s.role == "heldout" for s in external)
+    sources = {(ext_base / s.source).resolve() for s in external}
+    assert all(p.exists() for p in sources)  # shipped in the repository
+    for spec_file in SPEC.parent.glob("archive-frames*.yaml"):
+        specs, base = read_specs(spec_file)
+        assert sources.isdisjoint((base / s.source).resolve() for s in specs), spec_file.name
+    # nor does any training config name them
+    for cfg in SPEC.parent.glob("crscale-*.yaml"):
+        assert "sprat" not in cfg.read_text().lower(), cfg.name
+
+
 @pytest.mark.parametrize("name, changed", [("archive-frames-dim.yaml", lambda s: s.dim < 1),
                                            ("archive-frames-sky.yaml", lambda s: s.sky > 0)])
 def test_the_dimmed_and_brightened_training_frames_reach_no_val_or_held_out_pixel(name, changed):

@@ -219,7 +219,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         print(json.dumps(card.to_dict(), indent=2))
         return EXIT_OK
-    print(f"{'model':<24} {'architecture':<37} {'params':>8} {'noise':<6} {'thr':>5} {'TPR@1e-3':>9} "
+    print(f"{'model':<24} {'architecture':<37} {'params':>8} {'noise':<7} {'thr':>5} {'TPR@1e-3':>9} "
           f"{'TPR@1e-4':>9}")
     for name in available_models():
         _, card = load_model(name)
@@ -230,7 +230,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         # the noise the input is scaled by (crscale.detection.normalise.input_noise)
         noise = card.normalisation.get("noise", "global")
         print(
-            f"{name:<24} {arch:<37} {card.parameters:>8,} {noise:<6} {card.recommended_threshold:>5.2f} "
+            f"{name:<24} {arch:<37} {card.parameters:>8,} {noise:<7} {card.recommended_threshold:>5.2f} "
             f"{v.get('tpr@fpr=1e-3', float('nan')):>9.4f} {v.get('tpr@fpr=1e-4', float('nan')):>9.4f}{star}"
         )
     try:

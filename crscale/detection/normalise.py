@@ -132,7 +132,7 @@ def needs_pixel_noise(normalisation: dict) -> bool:
         raise ValueError(
             f"unknown input noise {noise!r} in the model card's normalisation ({', '.join(INPUT_NOISES)})"
         )
-    return noise == "pixel"
+    return noise in ("pixel", "poisson")
 
 
 def input_noise(stats: ImageStats, normalisation: dict) -> float:
@@ -166,6 +166,35 @@ def with_noise_floor(stats: ImageStats, readnoise: float | None, gain: float | N
     return stats
 
 
+def poisson_constants(stats: ImageStats) -> tuple[float, float]:
+    """``(gain, s_e)`` of :func:`poisson_sigmas`: electrons per image unit and the sky noise in electrons."""
+    gain = float(stats.gain or 1.0)
+    if stats.pixel_noise is None:
+        raise ValueError(
+            "this model normalises its input by the pixel-to-pixel noise, and the statistics "
+            "given have none: compute them with compute_stats(..., pixel=True)"
+        )
+    return gain, float(stats.pixel_noise) * gain
+
+
+def poisson_sigmas(x: np.ndarray, stats: ImageStats) -> np.ndarray:
+    """Each pixel's departure from the sky in units of its own noise (the ``poisson`` input noise).
+
+    ``d = (x - sky) × gain`` electrons; below the sky ``d / s`` (``s`` the pixel-to-pixel noise
+    at the sky, in electrons), above it ``2 d / (sqrt(d + s²) + s)`` = ``2 (sqrt(d + s²) - s)``,
+    the Anscombe transform of light whose variance is ``s² + d``: the shot noise of an arc line,
+    a star or a flat's illumination stops its photon noise from looking like CR charge, while a
+    CR on the sky keeps the scale of the ``pixel`` input noise. Pixel-wise with per-image
+    constants, so it commutes with tiling. In ADU with an unknown gain (1 assumed) the shot
+    noise of gains above 1 is overestimated: CRs on bright light look fainter, never brighter.
+    """
+    gain, s_e = poisson_constants(stats)
+    d = (np.asarray(x, np.float32) - np.float32(stats.sky)) * np.float32(gain)
+    s = np.float32(s_e)
+    v = np.float32(2.0) * d / (np.sqrt(np.maximum(d, np.float32(0.0)) + s * s) + s)
+    return v.astype(np.float32, copy=False)
+
+
 def normalise(image: np.ndarray, stats: ImageStats, normalisation: dict) -> np.ndarray:
     """Network input (float32) from image pixels, following a model card's ``normalisation``.
 
@@ -180,7 +209,11 @@ def normalise(image: np.ndarray, stats: ImageStats, normalisation: dict) -> np.n
     x = np.asarray(image, dtype=np.float32)
     method = normalisation.get("method", "robust-asinh")
     if method == "robust-asinh":
-        scale = float(normalisation.get("asinh_scale", 3.0)) * input_noise(stats, normalisation)
+        asinh_scale = float(normalisation.get("asinh_scale", 3.0))
+        if normalisation.get("noise") == "poisson":
+            v = poisson_sigmas(x, stats) / np.float32(asinh_scale)
+            return np.arcsinh(v).astype(np.float32, copy=False)
+        scale = asinh_scale * input_noise(stats, normalisation)
         return np.arcsinh((x - np.float32(stats.sky)) / np.float32(scale)).astype(np.float32, copy=False)
     if method == "scale":
         return x * np.float32(stats.gain / float(normalisation.get("scale", 1.0)))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from crscale import _validate
 from crscale.detection.badpix import FILL_RADIUS
 from crscale.detection.inpaint import DEFAULT_INPAINT
-from crscale.detection.normalise import ImageStats, input_noise
+from crscale.detection.normalise import ImageStats, input_noise, poisson_constants
 from crscale.detection.tiling import alignment, required_halo, tile_layout
 
 #: ``backend`` values: ``auto`` takes the torch path on CUDA devices and the numpy path on CPUs.
@@ -151,6 +151,12 @@ def normalise_tensor(x: torch.Tensor, stats: ImageStats, normalisation: dict) ->
     """:func:`crscale.detection.normalise.normalise` on a float32 tensor."""
     method = normalisation.get("method", "robust-asinh")
     if method == "robust-asinh":
+        if normalisation.get("noise") == "poisson":
+            gain, s_e = poisson_constants(stats)
+            d = (x - float(np.float32(stats.sky))) * float(np.float32(gain))
+            s = float(np.float32(s_e))
+            v = 2.0 * d / (torch.sqrt(torch.clamp(d, min=0.0) + s * s) + s)
+            return torch.asinh(v / float(np.float32(normalisation.get("asinh_scale", 3.0))))
         scale = float(normalisation.get("asinh_scale", 3.0)) * input_noise(stats, normalisation)
         # float(np.float32(v)): the value numpy's normalise uses, as a scalar torch's stubs accept
         return torch.asinh((x - float(np.float32(stats.sky))) / float(np.float32(scale)))

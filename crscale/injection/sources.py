@@ -59,6 +59,20 @@ def _own_crs(image_e: np.ndarray, bad: np.ndarray, readnoise_e: float) -> tuple[
     return crmask, np.where(crmask, clean, image_e).astype(np.float32)
 
 
+def lone_spikes(image_e: np.ndarray, bad: np.ndarray, noise_e: float, nsigma: float) -> np.ndarray:
+    """Pixels more than ``nsigma × noise_e`` above the brightest of their 8 neighbours.
+
+    A lone bright pixel is a hot pixel as often as a one-pixel CR: which it is, only other
+    exposures of the detector say (the defects stage). Training leaves them out of the loss on
+    frames whose own CRs are not looked for, so that neither answer is taught.
+    """
+    footprint = np.ones((3, 3), bool)
+    footprint[1, 1] = False
+    work = np.where(bad, -np.inf, image_e)
+    neighbours = ndimage.maximum_filter(work, footprint=footprint, mode="nearest")
+    return (work - neighbours > nsigma * noise_e) & ~bad
+
+
 def load_source_images(
     paths: list[Path],
     *,
@@ -66,12 +80,15 @@ def load_source_images(
     min_size: int = 0,
     skipped: list[dict] | None = None,
     dq_paths: dict[str, str] | None = None,
+    spike_nsigma: float | None = None,
 ) -> list[SourceImage]:
     """Read FITS files into per-detector images in electrons, with bad pixels and own CRs found.
 
     A file that cannot be read (corrupt, truncated, no 2-D image, ...) is left out and
     appended to ``skipped`` as ``{"path", "problem"}``; the others are still used.
-    ``dq_paths`` maps an image path to its data-quality companion file.
+    ``dq_paths`` maps an image path to its data-quality companion file. With ``spike_nsigma``,
+    the :func:`lone_spikes` of the frames whose own CRs are not looked for (header
+    ``CRSOWNCR = 'none'``) are their ``own_cr`` pixels: left out of the training loss.
     """
     out: list[SourceImage] = []
     for path in paths:
@@ -98,6 +115,8 @@ def load_source_images(
                 own = np.zeros_like(bad)
             sky, noise = robust_sky_noise(img, bad=bad | own)
             pixel = pixel_noise(img, bad=bad | own) or noise
+            if spike_nsigma is not None and str(det.header.get("CRSOWNCR", "")).lower() == "none":
+                own = lone_spikes(img, bad, pixel, spike_nsigma)
             name = exp.exposure_id if len(exp.detectors) == 1 else f"{exp.exposure_id}/{det.name}"
             out.append(SourceImage(name, str(path), digest, img, bad, own, sky, noise, rn, gain, pixel))
     return out

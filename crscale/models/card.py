@@ -31,7 +31,7 @@ ROBUST_ASINH = {
 }
 
 #: What a card's ``normalisation["noise"]`` may say the input is scaled by (absent: global).
-INPUT_NOISES = ("global", "pixel")
+INPUT_NOISES = ("global", "pixel", "poisson")
 
 #: The same, the input scaled by the pixel-to-pixel noise (``TrainConfig.input_noise: pixel``).
 PIXEL_ASINH = {
@@ -49,9 +49,27 @@ PIXEL_ASINH = {
 }
 
 
+#: The pixel-to-pixel noise at the sky, and each pixel's own shot noise above it
+#: (``TrainConfig.input_noise: poisson``, :func:`crscale.detection.normalise.poisson_sigmas`).
+POISSON_ASINH = {
+    **PIXEL_ASINH,
+    "description": (
+        "Computed once per detector image, never per tile: the image is converted to electrons "
+        "with the gain, sky = median of the finite, unflagged pixels (iterated 5-sigma clipping), "
+        "s = the pixel-to-pixel noise at the sky (robust sigma of the image less its 5x5 running "
+        "median in a fixed grid of up to 64 boxes of 64x64 pixels); d = image - sky is measured "
+        "in units of its own noise, v = 2 d / (sqrt(max(d, 0) + s^2) + s) (d / s below the sky, "
+        "the Anscombe transform of the light above it: a line or star is compressed by its shot "
+        "noise, a CR on it is not); the network input is asinh(v / asinh_scale). Bad pixels "
+        "(NaN/inf, saturated, DQ-flagged) are filled from their good neighbours before inference."
+    ),
+    "noise": "poisson",
+}
+
+
 def input_normalisation(noise: str) -> dict:
     """The card normalisation of a crscale-trained model whose input is scaled by ``noise``."""
-    return dict(PIXEL_ASINH if noise == "pixel" else ROBUST_ASINH)
+    return dict({"pixel": PIXEL_ASINH, "poisson": POISSON_ASINH}.get(noise, ROBUST_ASINH))
 
 
 @dataclass

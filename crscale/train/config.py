@@ -58,11 +58,24 @@ class TrainConfig:
         this many times their pixel's noise (:func:`crscale.injection.faint.faint_pixels`).
         They are then neither CR nor background to the model. None (the default) labels every
         injected CR pixel as CR.
-    input_noise : {"global", "pixel"}
+    ignore_spikes_nsigma : float or None
+        On the training frames whose own CRs are not looked for (``own_crs: none`` in a frame
+        spec: arcs, flats, IR frames of a few seconds), leave out of the loss every pixel this
+        many pixel-noise σ above all 8 of its neighbours
+        (:func:`crscale.injection.sources.lone_spikes`): such a pixel is a hot pixel or a
+        one-pixel CR, and only the defects stage can tell. None (the default) trains them as
+        background.
+    val_ignore_spikes : bool
+        With ``ignore_spikes_nsigma``, leave the same pixels of the validation frames out of
+        the validation figures too (and so out of the epoch and threshold choice); False (the
+        default) counts a model's masking them as false positives.
+    input_noise : {"global", "pixel", "poisson"}
         The noise the network input is scaled by (recorded in the model card's normalisation):
         the image's robust noise (spread of all pixel values, the default), or its
         pixel-to-pixel noise (:func:`crscale.detection.sky_noise.pixel_noise`), which smooth
-        structure (a flat's vignetting, an arc's lines, a galaxy) does not raise.
+        structure (a flat's vignetting, an arc's lines, a galaxy) does not raise; ``poisson``:
+        the pixel-to-pixel noise at the sky and each pixel's own shot noise above it
+        (:func:`crscale.detection.normalise.poisson_sigmas`).
     """
 
     name: str = "crscale-model"
@@ -89,6 +102,8 @@ class TrainConfig:
     threshold_rule: str = "best-f1"
     threshold_fpr: float = 1.0e-4
     faint_ignore_nsigma: float | None = None
+    ignore_spikes_nsigma: float | None = None
+    val_ignore_spikes: bool = False
     input_noise: str = "global"
     sky_augment: SkyAugment = field(default_factory=SkyAugment)
     seed: int = 0
@@ -112,6 +127,17 @@ class TrainConfig:
             )
         if not 0 < self.threshold_fpr < 1:
             raise SettingsError(f"threshold_fpr must be in (0, 1), not {self.threshold_fpr!r}")
+        if not isinstance(self.val_ignore_spikes, bool):
+            raise SettingsError(f"val_ignore_spikes must be true or false, not {self.val_ignore_spikes!r}")
+        if self.ignore_spikes_nsigma is not None and not (
+            isinstance(self.ignore_spikes_nsigma, (int, float))
+            and not isinstance(self.ignore_spikes_nsigma, bool)
+            and 0 < self.ignore_spikes_nsigma < 1000
+        ):
+            raise SettingsError(
+                "ignore_spikes_nsigma must be a number in (0, 1000) or null, "
+                f"not {self.ignore_spikes_nsigma!r}"
+            )
         if self.faint_ignore_nsigma is not None and not (
             isinstance(self.faint_ignore_nsigma, (int, float))
             and not isinstance(self.faint_ignore_nsigma, bool)

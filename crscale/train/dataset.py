@@ -71,8 +71,14 @@ def build_store(config: TrainConfig, path: str | Path, *, log: Reporter | None =
         raise SettingsError("train_images names no FITS file")
     log(f"reading {len(train_paths)} training and {len(val_paths)} validation file(s)")
     skipped: list[dict] = []
-    train = load_source_images(train_paths, own_crs=config.own_crs, min_size=config.patch, skipped=skipped)
-    val = load_source_images(val_paths, own_crs=config.own_crs, skipped=skipped)
+    train = load_source_images(
+        train_paths, own_crs=config.own_crs, min_size=config.patch, skipped=skipped,
+        spike_nsigma=config.ignore_spikes_nsigma,
+    )
+    val = load_source_images(
+        val_paths, own_crs=config.own_crs, skipped=skipped,
+        spike_nsigma=config.ignore_spikes_nsigma if config.val_ignore_spikes else None,
+    )
     for s in skipped:
         log(f"skipping {s['path']}: {s['problem']}")
     if not train:
