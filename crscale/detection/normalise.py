@@ -169,12 +169,7 @@ def with_noise_floor(stats: ImageStats, readnoise: float | None, gain: float | N
 def poisson_constants(stats: ImageStats) -> tuple[float, float]:
     """``(gain, s_e)`` of :func:`poisson_sigmas`: electrons per image unit and the sky noise in electrons."""
     gain = float(stats.gain or 1.0)
-    if stats.pixel_noise is None:
-        raise ValueError(
-            "this model normalises its input by the pixel-to-pixel noise, and the statistics "
-            "given have none: compute them with compute_stats(..., pixel=True)"
-        )
-    return gain, float(stats.pixel_noise) * gain
+    return gain, input_noise(stats, {"noise": "poisson"}) * gain
 
 
 def poisson_sigmas(x: np.ndarray, stats: ImageStats) -> np.ndarray:

@@ -68,8 +68,8 @@ class PatchSampler:
         self.bad = g["bad"][...]
         self.sky = g["sky_e"][...]
         # The noise the input is scaled by; the sky augmentation transforms either kind alike.
-        self.noise = g["pixel_noise_e" if config.input_noise in ("pixel", "poisson") else "noise_e"][...]
         self.normalisation = input_normalisation(config.input_noise)
+        self.noise = g["pixel_noise_e" if needs_pixel_noise(self.normalisation) else "noise_e"][...]
         self.rn = g["readnoise_e"][...]
         self.weight = g["weight"][...]
         self.config = config
