@@ -123,3 +123,17 @@ def test_a_card_naming_an_unknown_input_noise_is_refused_naming_the_file(tmp_pat
     (tmp_path / "m.json").write_text(json.dumps(card))
     with pytest.raises(InputError, match=r"m\.safetensors.*unknown input noise 'locl'"):
         load_model(str(weights))
+
+
+def test_the_small_box_median_is_scipys_median_filter_to_the_bit():
+    """median_residual sorts small boxes itself; every box of a real frame gives scipy's values."""
+    from scipy import ndimage
+
+    from crscale.detection.sky_noise import median_residual
+
+    image = _saao()  # whole ADU: many ties among the 25 neighbours
+    boxes = [image[b] for b in pixel_noise_boxes(image.shape)]
+    boxes += [image[:1, :64], image[:64, :1], image[:2, :2], image[:5, :7], image[:300, :300]]
+    for box in boxes:
+        expected = box - ndimage.median_filter(box, 5, mode="reflect")
+        assert np.array_equal(median_residual(box), expected), box.shape

@@ -119,7 +119,7 @@ def test_cli_train_and_models(tmp_path, capsys):
     listing = capsys.readouterr().out
     assert "crscale-default" in listing and "467,233" in listing
     rows = {line.split()[0]: line for line in listing.splitlines() if line.startswith("crscale-")}
-    assert " pixel " in rows["crscale-v2p-bn-3-16"] and " global " in rows["crscale-default"]
+    assert " pixel " in rows["crscale-default"] and " global " in rows["crscale-v2-bn-3-16"]
     assert main(["models", "default"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "crscale-default"
 

@@ -164,6 +164,26 @@ def _pixels_and_bad(
     return pixels, bad_pixel_mask(pixels, dq=dq, saturation=plan.saturation)
 
 
+def _box_pixels_and_bad(
+    image: Any, dq_array: Any, plan: DetectorPlan, boxes: list[tuple[slice, slice]]
+) -> list[tuple[Any, Any]]:
+    """The pixels and bad pixels of each box, read one full-width strip per row of boxes.
+
+    One read per box decompressed each chunk once for every box in it (64 reads of a 2048²
+    detector took 0.24 s, 8 strips 0.04 s); a strip of 64 rows keeps memory independent of the
+    detector's height.
+    """
+    strips: dict[tuple[int, int], tuple[Any, Any]] = {}
+    out = []
+    for rows, cols in boxes:
+        key = (int(rows.start), int(rows.stop))
+        if key not in strips:
+            strips[key] = _pixels_and_bad(image, dq_array, plan, (rows, slice(None)))
+        pixels, bad = strips[key]
+        out.append((pixels[:, cols], bad[:, cols]))
+    return out
+
+
 def detector_stats(
     archive_path: str, exposure_id: str, plans: list[DetectorPlan], pixel_noise: bool = False
 ) -> dict[str, Any]:
@@ -196,7 +216,7 @@ def detector_stats(
             )
         stats = stats_from_sample(sample, bad=bad, gain=p.gain)
         if pixel_noise:
-            boxes = [_pixels_and_bad(image, dq_array, p, box) for box in pixel_noise_boxes(p.shape)]
+            boxes = _box_pixels_and_bad(image, dq_array, p, pixel_noise_boxes(p.shape))
             stats = with_pixel_noise(stats, pixel_noise_from_boxes(boxes))
         out[p.name] = with_noise_floor(stats, p.readnoise, p.gain)
     return out

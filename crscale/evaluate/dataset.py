@@ -65,6 +65,10 @@ class EvalImage:
     faint : numpy.ndarray or None
         bool, the injected CR pixels below the noise
         (:func:`crscale.injection.faint.faint_pixels`); None for labelled pairs.
+    own_cr, spikes : numpy.ndarray or None
+        bool, the frame's own CRs (left out of ``valid``) and its own lone spikes before injection
+        (:func:`crscale.evaluate.false_positives.own_spikes`): what its false positives may sit
+        on without being real structure. None for labelled pairs.
     """
 
     name: str
@@ -78,6 +82,8 @@ class EvalImage:
     source: str
     mask_path: str = ""
     faint: np.ndarray | None = None
+    own_cr: np.ndarray | None = None
+    spikes: np.ndarray | None = None
 
     @property
     def n_cr_pixels(self) -> int:
@@ -330,6 +336,7 @@ def injected_set(
         Receives messages about darks left out; by default they are logged at INFO.
     """
     log = reporter(logger, log)
+    from crscale.evaluate.false_positives import own_spikes
     from crscale.injection.darks import footprints_from_dark_file
     from crscale.injection.footprints import load_itl_footprints
     from crscale.injection.inject import inject_crs
@@ -356,6 +363,7 @@ def injected_set(
     out: list[EvalImage] = []
     for i, im in enumerate(sources):
         filled = _fill(im.image_e, im.bad)
+        spikes = own_spikes(filled, im.bad, im.own_cr, im.pixel_noise_e or im.noise_e)
         for r in range(repeats):
             lib = libs[(i + r) % len(libs)]
             inj = inject_crs(
@@ -380,6 +388,8 @@ def injected_set(
                     im.gain,
                     "injected",
                     faint=faint_pixels(inj.added, inj.truth, filled, readnoise_e=im.readnoise_e),
+                    own_cr=im.own_cr,
+                    spikes=spikes,
                 )
             )
     return out

@@ -314,7 +314,10 @@ def _md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
 _OPERATING_NOTE = (
     "Each method at its own operating point (a crscale model's threshold, astroscrappy's chosen "
     "sigclip): the fraction of the image's CR pixels it finds, and the pixels it flags that are "
-    "not CRs, per million pixels that count. This is what a user of that setting gets on that frame."
+    "not CRs, per million pixels that count. This is what a user of that setting gets on that frame. "
+    "In brackets, where the set knows them: the false pixels on neither the frame's own lone spikes "
+    "(hot pixels or one-pixel CRs of its own, which one exposure cannot tell apart) nor its own CRs' "
+    "tails (crscale.evaluate.false_positives), that is those on the frame's real structure or noise."
 )
 
 
@@ -323,7 +326,9 @@ def _operating_cell(row: dict | None) -> str:
     if not row:
         return "–"
     fp = _num(row.get("fp_per_mpix"))
-    return f"{_fmt(row.get('tpr'))} / {'–' if fp is None else f'{fp:,.0f}'}"
+    cell = f"{_fmt(row.get('tpr'))} / {'–' if fp is None else f'{fp:,.0f}'}"
+    other = _num((row.get("fp_kinds") or {}).get("other"))
+    return cell if other is None else f"{cell} ({other:,.0f})"
 
 
 _SIGNIFICANT_NOTE = (

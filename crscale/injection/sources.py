@@ -70,7 +70,8 @@ def lone_spikes(image_e: np.ndarray, bad: np.ndarray, noise_e: float, nsigma: fl
     footprint[1, 1] = False
     work = np.where(bad, -np.inf, image_e)
     neighbours = ndimage.maximum_filter(work, footprint=footprint, mode="nearest")
-    return (work - neighbours > nsigma * noise_e) & ~bad
+    with np.errstate(invalid="ignore"):  # a bad pixel among bad ones: -inf - -inf, masked below
+        return (work - neighbours > nsigma * noise_e) & ~bad
 
 
 def load_source_images(
